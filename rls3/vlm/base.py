@@ -1,0 +1,68 @@
+"""The VLM seam: one Protocol every adapter (lite, clip, paligemma) implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from rls3.sample import Sample
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Per-sample VLM performance on one episode and the scalar J2 the loop multiplies by beta.
+
+    `per_sample` is the contrastive loss (CLIP-type) or the S_PG score (PaliGemma) of each sample.
+    """
+
+    per_sample: tuple[float, ...]
+    j2: float
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Evaluation of a dataset: overall score, per spatial term, per complexity (1-3), mean loss.
+
+    `score` is accuracy in [0, 1] for CLIP-type adapters and mean S_PG in [1, 5] for PaliGemma.
+    """
+
+    score: float
+    per_term: dict[str, float] = field(default_factory=dict)
+    per_complexity: dict[int, float] = field(default_factory=dict)
+    loss: float | None = None
+    n: int = 0
+
+    def to_dict(self) -> dict:
+        return {"score": self.score, "per_term": dict(self.per_term),
+                "per_complexity": {str(k): v for k, v in self.per_complexity.items()},
+                "loss": self.loss, "n": self.n}
+
+
+@runtime_checkable
+class VLM(Protocol):
+    """A vision-language model RLS3 can query for feedback, fine-tune, evaluate and checkpoint."""
+
+    name: str
+
+    def feedback(self, samples: Sequence[Sample]) -> Feedback:
+        """Score an episode's samples; poor performance means a large J2."""
+        ...
+
+    def finetune(self, samples: Sequence[Sample], k: int) -> list[float]:
+        """Fine-tune on `samples` for K epochs (CLIP-type) or K optimizer steps (PaliGemma);
+        returns the training loss of every optimizer step."""
+        ...
+
+    def evaluate(self, samples: Sequence[Sample]) -> Metrics:
+        """Metrics on a dataset (overall, per term, per complexity)."""
+        ...
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights (and what is needed to rebuild the model) into folder `path`."""
+        ...
+
+    def load(self, path: str | Path) -> None:
+        """Restore weights written by `save`."""
+        ...
