@@ -1,0 +1,101 @@
+"""Offscreen pyrender (EGL) rendering of a scene: textured room, furniture, objects, lights."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+if not hasattr(np, "infty"):  # pyrender 0.1.45 still uses np.infty, removed in numpy 2
+    np.infty = np.inf  # type: ignore[attr-defined]
+import pyrender  # noqa: E402
+
+from rls3.scene import Camera  # noqa: E402
+
+
+def pose_matrix(position: np.ndarray, yaw: float) -> np.ndarray:
+    """4x4 world transform: rotation `yaw` about z, then translation."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    m = np.eye(4)
+    m[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+    m[:3, 3] = position
+    return m
+
+
+def camera_pose(camera: Camera) -> np.ndarray:
+    """pyrender camera pose (looks along its -z, +y up) for a z-up world camera."""
+    f = camera.forward
+    right = np.cross(f, (0.0, 0.0, 1.0))
+    if np.linalg.norm(right) < 1e-6:
+        raise ValueError("camera looks straight up or down; its yaw is undefined")
+    right /= np.linalg.norm(right)
+    up = np.cross(right, f)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2] = right, up, -f
+    m[:3, 3] = camera.position
+    return m
+
+
+def scene_meshes(tscene: trimesh.Scene) -> list[tuple[pyrender.Mesh, np.ndarray]]:
+    """pyrender meshes of a trimesh scene with their local transforms (materials kept)."""
+    out = []
+    for node in tscene.graph.nodes_geometry:
+        transform, geom = tscene.graph[node]
+        out.append((pyrender.Mesh.from_trimesh(tscene.geometry[geom], smooth=False), transform))
+    return out
+
+
+def textured_quad(size: tuple[float, float], texture: Image.Image | None, tile: float,
+                  color: tuple[float, float, float]) -> pyrender.Mesh:
+    """A flat rectangle in its local xy plane (normal +z) with a repeated texture or a colour."""
+    sx, sy = size
+    v = np.array([[-sx / 2, -sy / 2, 0], [sx / 2, -sy / 2, 0], [sx / 2, sy / 2, 0],
+                  [-sx / 2, sy / 2, 0]])
+    f = np.array([[0, 1, 2], [0, 2, 3]])
+    uv = np.array([[0, 0], [sx / tile, 0], [sx / tile, sy / tile], [0, sy / tile]])
+    mesh = trimesh.Trimesh(v, f, process=False)
+    if texture is not None:
+        mat = trimesh.visual.material.PBRMaterial(baseColorTexture=texture, roughnessFactor=0.9,
+                                                  metallicFactor=0.0)
+        mesh.visual = trimesh.visual.TextureVisuals(uv=uv, material=mat)
+    else:
+        mat = None
+    m = pyrender.Mesh.from_trimesh(mesh, smooth=False)
+    if texture is None:
+        m.primitives[0].material = pyrender.MetallicRoughnessMaterial(
+            baseColorFactor=(*color, 1.0), roughnessFactor=0.9, metallicFactor=0.0)
+    return m
+
+
+# One offscreen GL context per process: pyrender binds meshes to a context and deleting a context
+# terminates the shared EGL display under every other one, so all backends of a process share it.
+_CONTEXT: list[pyrender.OffscreenRenderer] = []
+
+
+def _offscreen(width: int, height: int) -> pyrender.OffscreenRenderer:
+    if not _CONTEXT:
+        _CONTEXT.append(pyrender.OffscreenRenderer(width, height))
+    r = _CONTEXT[0]
+    if (r.viewport_width, r.viewport_height) != (width, height):
+        r.viewport_width, r.viewport_height = width, height
+    return r
+
+
+class Renderer:
+    """Renders pyrender scenes through the process's shared offscreen context."""
+
+    def __init__(self, shadows: bool = True) -> None:
+        self.shadows = shadows
+
+    def render(self, scene: pyrender.Scene, width: int, height: int) -> np.ndarray:
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+        flags = pyrender.RenderFlags.SHADOWS_DIRECTIONAL if self.shadows else pyrender.RenderFlags.NONE
+        color, _ = _offscreen(width, height).render(scene, flags=flags)
+        return np.ascontiguousarray(color[..., :3])
+
+    def close(self) -> None:
+        """Nothing to free per backend: the context lives as long as the process."""

@@ -1,0 +1,111 @@
+"""Rls3Env: gymnasium and SB3 checkers, determinism, episode rules, feedback hook, bad input."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from rls3.env import OBS_SIZE, EnvConfig, Rls3Env
+from rls3.sim import SimBackend
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = SimBackend(["kitchen", "bedroom"])
+    yield b
+    b.close()
+
+
+def make(backend, **kw):
+    return Rls3Env(backend, EnvConfig(**{"t0": 4, "image_size": 32, **kw}))
+
+
+def test_checkers_pass(backend):
+    env = make(backend)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+    assert env.observation_space.shape == (OBS_SIZE,)
+    assert env.action_space.shape == (3,)
+
+
+def test_determinism(backend):
+    def rollout():
+        env = make(backend, t0=6)
+        obs, _ = env.reset(seed=11)
+        rng = np.random.default_rng(0)
+        out, imgs = [obs], []
+        for _ in range(25):
+            obs, r, term, trunc, info = env.step(rng.uniform(-1, 1, 3).astype(np.float32))
+            out.append(obs)
+            if info["frame"] is not None:
+                imgs.append(info["frame"].image)
+            if term or trunc:
+                obs, _ = env.reset()
+                out.append(obs)
+        return np.array(out), imgs
+
+    (o1, i1), (o2, i2) = rollout(), rollout()
+    assert np.array_equal(o1, o2)
+    assert len(i1) == len(i2) > 0 and all(np.array_equal(a, b) for a, b in zip(i1, i2))
+
+
+def test_episode_ends_with_t0_valid_frames_and_feedback(backend):
+    calls = []
+
+    def feedback(frames):
+        calls.append(len(frames))
+        return 7.5
+
+    env = Rls3Env(backend, EnvConfig(t0=3, image_size=32), feedback=feedback)
+    env.reset(seed=0)
+    rewards, n = [], 0
+    while True:
+        obs, r, term, trunc, info = env.step(env.action_space.sample() * 0.2)
+        assert env.observation_space.contains(obs)
+        n += 1
+        rewards.append(r)
+        assert (info["frame"] is not None) == info["valid"]
+        assert r in (1.0, -1.0) or term
+        if term or trunc:
+            break
+    assert term and calls == [3]
+    assert rewards[-1] == pytest.approx(1.0 + 7.5)
+    assert sum(1 for x in rewards if x > 0) == 3
+
+
+def test_step_cap_truncates(backend):
+    env = make(backend, t0=50, max_steps=50)
+    env.reset(seed=1)
+    for i in range(50):
+        _, _, term, trunc, _ = env.step(np.ones(3, dtype=np.float32))  # mostly out of bounds
+        if term or trunc:
+            break
+    assert term or trunc
+
+
+def test_never_crashes_inside_action_space(backend):
+    env = make(backend, t0=1000, swap_prob=0.5)
+    env.reset(seed=2)
+    corners = [np.array(c, dtype=np.float32) for c in
+               [(1, 1, 1), (-1, -1, -1), (1, -1, 0), (0, 0, 0), (-1, 1, 1)]]
+    rng = np.random.default_rng(3)
+    for a in corners + [rng.uniform(-1, 1, 3).astype(np.float32) for _ in range(40)]:
+        obs, r, *_ = env.step(a)
+        assert env.observation_space.contains(obs) and r in (1.0, -1.0)
+
+
+def test_bad_actions_and_config(backend):
+    env = make(backend)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="finite"):
+        env.step(np.array([np.nan, 0, 0], dtype=np.float32))
+    with pytest.raises(ValueError, match="outside the action space"):
+        env.step(np.array([3.0, 0, 0], dtype=np.float32))
+    with pytest.raises(ValueError, match="t0"):
+        EnvConfig(t0=-1)
+    with pytest.raises(ValueError, match="image_size"):
+        EnvConfig(image_size=0)
+    assert isinstance(env, gym.Env)
