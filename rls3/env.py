@@ -40,8 +40,8 @@ class EnvConfig:
     t0: int = 200
     max_steps: int = 0  # hard cap on steps per episode; 0 means 10 * t0
     image_size: int = 224
-    max_step_xy: float = 0.6  # metres moved per unit action along x and y
-    max_step_z: float = 0.8  # metres per unit action along z (reach a shelf in one move)
+    max_step_xy: float = 0.4  # metres moved per unit action along x and y
+    max_step_z: float = 0.6  # metres per unit action along z (reach a shelf in one move)
     scene_every: int = 0  # valid frames per scene before cycling inside an episode; 0 = t0 // 5
     swap_prob: float = 0.25  # chance that the next object to move is first swapped with the pool
     render: bool = True
