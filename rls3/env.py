@@ -1,5 +1,9 @@
 """`Rls3Env`: the paper's data-generation MDP as a gymnasium env over any `SceneBackend`.
 
+Observation (32 floats, as in the paper): pool index of the object to move, scene index, size (3)
+and top-centre (3) of the surface it stands on, position (3) and Euler rotation (3) of the three
+active objects (the one to move first), camera position (3) and rotation (3).
+
 Each step moves one of the three active objects by the action (a displacement scaled from [-1, 1]);
 the reward is +1 for a feasible layout and -1 otherwise, and every valid step is rendered into a
 `Frame`. An episode ends once it has produced `t0` valid frames (or after `max_steps`); on that
@@ -190,7 +194,8 @@ class Rls3Env(gym.Env):
         moved = s.objects[self._moving]
         surf = s.surface(moved.surface)
         v = [float(self._pool.index(moved.name)), float(s.scene_index), *surf.size, *surf.center]
-        for o in s.objects:
+        for k in range(3):  # the moved object first, then the others in slot order
+            o = s.objects[(self._moving + k) % 3]
             v += [*o.position, *(_wrap(r) for r in o.rotation)]
         v += [*s.camera.position, *(_wrap(r) for r in s.camera.rotation)]
         obs = np.asarray(v, dtype=np.float32)
