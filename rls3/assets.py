@@ -97,7 +97,10 @@ def assets_dir() -> Path:
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser().resolve()
-    return Path(rls3.__file__).resolve().parents[1] / "assets"
+    repo = Path(rls3.__file__).resolve().parents[1] / "assets"
+    if repo.is_dir():  # a source checkout or an editable install
+        return repo
+    return Path(rls3.__file__).resolve().parent / "_assets"  # installed wheel
 
 
 def _entry(raw: dict[str, Any], where: Path) -> AssetEntry:

@@ -59,7 +59,12 @@ class SceneSpec:
 def scenes_dir() -> Path:
     """Folder of scene files: `$RLS3_SCENES`, else the repository's `sim/scenes`."""
     env = os.environ.get("RLS3_SCENES")
-    return Path(env) if env else Path(rls3.__file__).resolve().parents[1] / "sim" / "scenes"
+    if env:
+        return Path(env)
+    repo = Path(rls3.__file__).resolve().parents[1] / "sim" / "scenes"
+    if repo.is_dir():  # a source checkout or an editable install
+        return repo
+    return Path(rls3.__file__).resolve().parent / "_scenes"  # installed wheel
 
 
 def list_scenes(split: str | None = None) -> tuple[str, ...]:
