@@ -308,19 +308,20 @@ class SimBackend:
         (floor_tex, floor_tile), (wall_tex, wall_tile) = self._texture(spec.floor), self._texture(spec.wall)
         floor = trimesh.creation.box((sx, sy, 0.1))
         phys.add_static_mesh(floor, np.array([0, 0, -0.05]), 0.0)
-        scene.add(textured_quad((sx, sy), floor_tex, floor_tile, (0.6, 0.5, 0.4)))
-        for pos, rot, size in _walls(sx, sy, sz):
+        scene.add(textured_quad((sx, sy), floor_tex, floor_tile, (0.6, 0.5, 0.4)), name="floor")
+        for k, (pos, rot, size) in enumerate(_walls(sx, sy, sz)):
             m = np.eye(4)
             m[:3, :3], m[:3, 3] = rot, pos
-            scene.add(textured_quad(size, wall_tex, wall_tile, (0.85, 0.85, 0.8)), pose=m)
+            scene.add(textured_quad(size, wall_tex, wall_tile, (0.85, 0.85, 0.8)), pose=m,
+                      name=f"wall/{k}")
         surfaces: list[Surface] = []
         for f in spec.furniture:
             entry = self._entry(f.asset, "furniture")
             yaw = math.radians(f.yaw)
             pos = np.asarray(f.position, dtype=float)
             phys.add_static_mesh(_as_mesh(load_mesh(entry)), pos, yaw)
-            for mesh, local in self._asset_meshes(entry):
-                scene.add(mesh, pose=pose_matrix(pos, yaw) @ local)
+            for k, (mesh, local) in enumerate(self._asset_meshes(entry)):
+                scene.add(mesh, pose=pose_matrix(pos, yaw) @ local, name=f"{f.id}/{k:03d}")
             picks = range(len(entry.surfaces)) if f.surfaces is None else f.surfaces
             for k in picks:
                 if not 0 <= k < len(entry.surfaces):
@@ -340,8 +341,8 @@ class SimBackend:
             bodies[name] = phys.add_object(self._object_mesh(name))
             phys.park(bodies[name], self._pool.index(name))
             node = pyrender.Node(name=name, matrix=np.eye(4))
-            for mesh, local in self._asset_meshes(self._object_entries[name]):
-                node.children.append(pyrender.Node(mesh=mesh, matrix=local))
+            for k, (mesh, local) in enumerate(self._asset_meshes(self._object_entries[name])):
+                node.children.append(pyrender.Node(name=f"{name}/{k:03d}", mesh=mesh, matrix=local))
             nodes[name] = node
         d = np.asarray(spec.light_direction, dtype=float)
         d /= np.linalg.norm(d)

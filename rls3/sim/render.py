@@ -25,6 +25,19 @@ _pyrender_renderer.glRenderbufferStorageMultisample = (
     lambda target, samples, fmt, w, h: _storage(target, _MSAA, fmt, w, h))
 
 
+def _stable_sorted_mesh_nodes(self: _pyrender_renderer.Renderer, scene: pyrender.Scene) -> list:
+    """pyrender's far-to-near draw order, with ties broken by node name instead of set order, so
+    coplanar surfaces resolve identically in every process (same seed → same pixels)."""
+    cam = scene.get_pose(scene.main_camera_node)[:3, 3]
+    nodes = sorted(scene.mesh_nodes, key=lambda n: n.name or "")
+    nodes.sort(key=lambda n: -np.linalg.norm(scene.get_pose(n)[:3, 3] - cam))
+    return [n for n in nodes if not n.mesh.is_transparent] + \
+        [n for n in nodes if n.mesh.is_transparent]
+
+
+_pyrender_renderer.Renderer._sorted_mesh_nodes = _stable_sorted_mesh_nodes
+
+
 def pose_matrix(position: np.ndarray, yaw: float) -> np.ndarray:
     """4x4 world transform: rotation `yaw` about z, then translation."""
     c, s = np.cos(yaw), np.sin(yaw)
