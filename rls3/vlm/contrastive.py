@@ -1,0 +1,383 @@
+"""Contrastive (CLIP-type) evaluation, feedback and fine-tuning shared by the `lite` and `clip`
+adapters.
+
+Loss (paper Eq. 1 with NegCLIP hard negatives). For a group of N samples (one mini-batch: the
+`batch_size` consecutive samples of the given order in evaluation/feedback, a shuffled mini-batch
+in fine-tuning) the text side holds every sample's caption and its two hard negatives
+(`spatial_negative`, `order_negative`), i.e. up to 3N texts; identical strings are one text (so a
+caption shared by two images is never a false negative of either). With cosine similarities
+s(i, t) and the learned temperature tau (`scale` = 1/tau, at most 100):
+
+    L_i2t(i) = -log softmax_t( s(i, t) / tau )[caption_i]           over all texts t of the group
+    L_t2i(i) = -log softmax_j( s(j, caption_i) / tau )[i]           over the N images j, leaving
+                                                                     out other images j whose own
+                                                                     caption is that same string
+    loss(i)  = (L_i2t(i) + L_t2i(i)) / 2                             (the per-sample loss)
+
+The group loss L is the mean of loss(i); fine-tuning minimises it. Feedback reports loss(i) for
+every sample of the episode and J2 = (mean_i loss(i))**2 — the mean per-sample loss over all the
+episode's samples, squared; the loop multiplies J2 by beta.
+
+Accuracy: an image is right when its true caption scores strictly above each of its hard negatives
+(negatives that are missing — an empty string — or equal to the caption are skipped).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rls3.captions import Description
+from rls3.sample import Sample
+from rls3.vlm.base import Feedback, Metrics
+from rls3.vlm.common import (autocast, batches, breakdown, check_positive, progress,
+                             resolve_device, resolve_dtype, seeded_generator)
+
+log = logging.getLogger(__name__)
+
+#: Upper bound on the learned logit scale 1/tau, as in CLIP.
+MAX_LOGIT_SCALE = 100.0
+
+
+@dataclass(frozen=True)
+class TextTable:
+    """The distinct texts of a group of samples and, per sample, the row of its caption, spatial
+    negative and order negative in `texts` (-1 where a negative is absent)."""
+
+    texts: tuple[str, ...]
+    index: torch.Tensor  # (N, 3) long
+
+
+def text_table(descriptions: Sequence[Description]) -> TextTable:
+    """Collect captions and hard negatives, each distinct string once, in first-seen order."""
+    rows: dict[str, int] = {}
+    index = torch.full((len(descriptions), 3), -1, dtype=torch.long)
+    for i, d in enumerate(descriptions):
+        if not d.caption:
+            raise ValueError(f"sample {i} has an empty caption")
+        for j, text in enumerate((d.caption, d.spatial_negative, d.order_negative)):
+            if j > 0 and (not text or text == d.caption):
+                continue
+            index[i, j] = rows.setdefault(text, len(rows))
+    return TextTable(tuple(rows), index)
+
+
+def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, index: torch.Tensor,
+                     scale: torch.Tensor | float) -> torch.Tensor:
+    """Per-sample symmetric InfoNCE with hard negatives (see the module docstring).
+
+    image_emb: (N, D) image embeddings; text_emb: (U, D) embeddings of the group's distinct texts;
+    index: (N, 3) rows of each sample's caption/negatives in text_emb (-1 = absent; only column 0
+    is needed here, since every text of the group is in the denominator anyway); scale: 1/tau.
+    Returns the (N,) per-sample losses."""
+    img = F.normalize(image_emb.float(), dim=-1)
+    txt = F.normalize(text_emb.float(), dim=-1)
+    pos = index[:, 0].to(img.device)
+    logits = scale * img @ txt.T                                       # (N, U)
+    l_i2t = torch.logsumexp(logits, dim=1) - logits.gather(1, pos[:, None]).squeeze(1)
+    t2i = scale * txt[pos] @ img.T                                     # (N captions, N images)
+    n = img.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=img.device)
+    same = (pos[:, None] == pos[None, :]) & ~eye
+    t2i = t2i.masked_fill(same, float("-inf"))
+    l_t2i = torch.logsumexp(t2i, dim=1) - t2i.diagonal()
+    return 0.5 * (l_i2t + l_t2i)
+
+
+def hard_negative_correct(image_emb: torch.Tensor, text_emb: torch.Tensor,
+                          index: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the caption's similarity is strictly above that of every present negative."""
+    img = F.normalize(image_emb.float(), dim=-1)
+    txt = F.normalize(text_emb.float(), dim=-1)
+    index = index.to(img.device)
+    sims = (img[:, None, :] * txt[index.clamp(min=0)]).sum(-1)        # (N, 3)
+    wins = (sims[:, :1] > sims[:, 1:]) | (index[:, 1:] < 0)
+    return wins.all(dim=1)
+
+
+def _select_rows(cache: Any, rows: torch.Tensor) -> Any:
+    if isinstance(cache, torch.Tensor):
+        return cache[rows]
+    if isinstance(cache, dict):
+        return {k: _select_rows(v, rows) for k, v in cache.items()}
+    raise TypeError(f"cannot index a cache of type {type(cache).__name__}")
+
+
+def _concat(parts: list[Any]) -> Any:
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+
+
+class ContrastiveVLM:
+    """Base class of the CLIP-type adapters: implements the `VLM` Protocol on top of a few hooks.
+
+    Each tower is split into a frozen *prefix* (run once per fine-tuning call without gradients;
+    its outputs are cached across the K epochs) and a trainable *suffix*. Subclasses provide:
+
+    - `module`: the `nn.Module` holding every weight;
+    - `image_inputs(images)` / `text_inputs(texts)`: CPU preprocessing (pixels, token ids);
+    - `image_prefix` / `image_suffix`, `text_prefix` / `text_suffix` (on `self.device`);
+    - `logit_scale()`: 1/tau as a tensor; `trainable_parameters()`; `save` / `load`.
+
+    All modules stay in eval mode, also while fine-tuning (BatchNorm statistics frozen, no
+    dropout), so results depend only on the weights, the data and the seed.
+    """
+
+    name: str
+    kind: str
+    module: nn.Module
+    #: at most this many evaluated samples keep their frozen-prefix outputs (0 disables the cache)
+    eval_cache_samples: int = 4096
+
+    def __init__(self, name: str, *, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype | None = None, batch_size: int = 32, lr: float = 1e-4,
+                 weight_decay: float = 0.01, grad_clip: float | None = 1.0, seed: int = 0,
+                 progress: bool = True) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_positive("lr", lr)
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        self.name = name
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.grad_clip = grad_clip
+        self.seed = int(seed)
+        self.progress = progress
+        self._generator = seeded_generator(seed)
+        self._optimizer: torch.optim.Optimizer | None = None
+        # frozen-prefix outputs of the last fine-tuning batch (the loop fine-tunes the same batch
+        # in several calls, validating in between); holds the samples so their ids stay unique
+        self._prefix_memo: tuple[list[Sample], TextTable, Any, Any] | None = None
+        # frozen-prefix outputs of evaluated chunks, keyed by the chunk's sample ids: the loop
+        # evaluates the same fixed validation/test samples every iteration, and the prefix is
+        # frozen, so only the suffix must run again (about 10x faster evaluation with `lite`).
+        # Holds the samples so their ids stay unique; cleared by `load`.
+        self._eval_memo: dict[tuple[int, ...], tuple[list[Sample], TextTable, Any, Any]] = {}
+
+    # ----------------------------------------------------------------- hooks (subclasses)
+    def image_inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def text_inputs(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def image_prefix(self, x: torch.Tensor) -> Any:
+        return x
+
+    def image_suffix(self, h: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def text_prefix(self, tokens: dict[str, torch.Tensor]) -> Any:
+        return tokens
+
+    def text_suffix(self, h: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logit_scale(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+
+    def lr_multiplier(self, param_name: str) -> float:
+        """Learning-rate factor of a trainable parameter (e.g. larger for freshly initialised
+        heads); 1 by default."""
+        return 1.0
+
+    def rng_state(self) -> torch.Tensor:
+        """State of the fine-tuning shuffle generator (for exact resumption)."""
+        return self._generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self._generator.set_state(state)
+
+    # ----------------------------------------------------------------- embeddings
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """L2-normalised image embeddings (N, D), float32 on the CPU, in batches."""
+        self.module.eval()
+        out = []
+        for sl in batches(len(images), self.batch_size):
+            x = _to(self.image_inputs(images[sl]), self.device)
+            with autocast(self.device, self.dtype):
+                out.append(self.image_suffix(self.image_prefix(x)).float())
+        return F.normalize(torch.cat(out), dim=-1).cpu()
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (N, D), float32 on the CPU, in batches."""
+        self.module.eval()
+        out = []
+        for sl in batches(len(texts), self.batch_size * 3):
+            tok = _to(self.text_inputs(list(texts[sl])), self.device)
+            with autocast(self.device, self.dtype):
+                out.append(self.text_suffix(self.text_prefix(tok)).float())
+        return F.normalize(torch.cat(out), dim=-1).cpu()
+
+    def clear_eval_cache(self) -> None:
+        """Forget the cached frozen-prefix outputs of evaluated samples."""
+        self._eval_memo.clear()
+
+    def _chunk_prefix(self, chunk: list[Sample], memo: bool) -> tuple[TextTable, Any, Any]:
+        """Text table and frozen-prefix outputs of one evaluation chunk (cached when `memo`)."""
+        key = tuple(id(s) for s in chunk)
+        hit = self._eval_memo.get(key) if memo else None
+        if hit is not None and all(a is b for a, b in zip(hit[0], chunk)):
+            return hit[1], hit[2], hit[3]
+        table = text_table([s.description for s in chunk])
+        x = _to(self.image_inputs([s.image for s in chunk]), self.device)
+        tok = _to(self.text_inputs(list(table.texts)), self.device)
+        with autocast(self.device, self.dtype):
+            img_h, txt_h = self.image_prefix(x), self.text_prefix(tok)
+        cached = sum(len(v[0]) for v in self._eval_memo.values())
+        if memo and cached + len(chunk) <= self.eval_cache_samples:
+            self._eval_memo[key] = (list(chunk), table, img_h, txt_h)
+        return table, img_h, txt_h
+
+    @torch.no_grad()
+    def _score(self, samples: Sequence[Sample], desc: str, memo: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-sample loss and hard-negative correctness, group by group of `batch_size`;
+        `memo` caches the frozen-prefix outputs of the groups (for sets evaluated repeatedly)."""
+        self.module.eval()
+        losses, correct = [], []
+        t0 = time.perf_counter()
+        with progress(len(samples), desc, self.progress) as bar:
+            for sl in batches(len(samples), self.batch_size):
+                chunk = samples[sl]
+                table, img_h, txt_h = self._chunk_prefix(chunk, memo)
+                with autocast(self.device, self.dtype):
+                    img = self.image_suffix(img_h).float()
+                    txt = self.text_suffix(txt_h).float()
+                losses.append(contrastive_loss(img, txt, table.index, self.logit_scale().float()))
+                correct.append(hard_negative_correct(img, txt, table.index))
+                bar.update(len(chunk))
+        dt = time.perf_counter() - t0
+        log.debug("%s: %d samples in %.2fs (%.1f samples/s)", desc, len(samples), dt,
+                  len(samples) / max(dt, 1e-9))
+        return torch.cat(losses).cpu().numpy(), torch.cat(correct).cpu().numpy()
+
+    # ----------------------------------------------------------------- VLM Protocol
+    def feedback(self, samples: Sequence[Sample]) -> Feedback:
+        """Per-sample contrastive loss of the episode's samples; J2 = (mean loss)**2."""
+        if not samples:
+            raise ValueError("feedback needs at least one sample")
+        losses, _ = self._score(list(samples), f"{self.name} feedback")
+        mean = float(np.mean(losses, dtype=np.float64))
+        return Feedback(per_sample=tuple(float(v) for v in losses), j2=mean * mean)
+
+    def evaluate(self, samples: Sequence[Sample]) -> Metrics:
+        """Hard-negative accuracy overall / per term / per complexity, and the mean loss."""
+        samples = list(samples)
+        if not samples:
+            raise ValueError("evaluate needs at least one sample")
+        losses, correct = self._score(samples, f"{self.name} eval", memo=True)
+        score, per_term, per_cx = breakdown(correct.astype(float).tolist(),
+                                            [s.description for s in samples])
+        return Metrics(score=score, per_term=per_term, per_complexity=per_cx,
+                       loss=float(np.mean(losses, dtype=np.float64)), n=len(samples))
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+        for name, p in self.trainable_parameters():
+            groups.setdefault((p.ndim >= 2, self.lr_multiplier(name)), []).append(p)
+        if not groups:
+            raise RuntimeError(f"adapter {self.name!r} has no trainable parameters")
+        return torch.optim.AdamW(
+            [{"params": ps, "lr": self.lr * mult,
+              "weight_decay": self.weight_decay if decay else 0.0}
+             for (decay, mult), ps in sorted(groups.items(), key=lambda kv: kv[0])],
+            lr=self.lr)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the trainable parameters; kept across `finetune` calls and checkpoints."""
+        if self._optimizer is None:
+            self._optimizer = self._make_optimizer()
+        return self._optimizer
+
+    @torch.no_grad()
+    def _prefix_cache(self, samples: Sequence[Sample], table: TextTable) -> tuple[Any, Any]:
+        img_parts = []
+        for sl in batches(len(samples), self.batch_size):
+            x = _to(self.image_inputs([s.image for s in samples[sl]]), self.device)
+            with autocast(self.device, self.dtype):
+                img_parts.append(self.image_prefix(x))
+        tok = self.text_inputs(list(table.texts))        # one padding length for all texts
+        txt_parts = []
+        for sl in batches(len(table.texts), self.batch_size * 3):
+            with autocast(self.device, self.dtype):
+                txt_parts.append(self.text_prefix(_to(_select_rows(tok, torch.arange(
+                    sl.start, sl.stop)), self.device)))
+        return _concat(img_parts), _concat(txt_parts)
+
+    def finetune(self, samples: Sequence[Sample], k: int) -> list[float]:
+        """K epochs over `samples` in shuffled mini-batches of `batch_size` (seeded); returns the
+        loss of every optimizer step."""
+        if not isinstance(k, int) or k < 0:
+            raise ValueError(f"k (epochs) must be a non-negative integer, got {k!r}")
+        samples = list(samples)
+        if not samples or k == 0:
+            return []
+        t0 = time.perf_counter()
+        self.module.eval()
+        memo = self._prefix_memo
+        if memo is not None and len(memo[0]) == len(samples) and all(
+                a is b for a, b in zip(memo[0], samples)):
+            _, table, img_cache, txt_cache = memo
+        else:
+            self._prefix_memo = None
+            table = text_table([s.description for s in samples])
+            img_cache, txt_cache = self._prefix_cache(samples, table)
+            self._prefix_memo = (samples, table, img_cache, txt_cache)
+        opt = self.optimizer
+        params = [p for _, p in self.trainable_parameters()]
+        n, n_texts = len(samples), len(table.texts)
+        lut = torch.full((n_texts,), -1, dtype=torch.long)
+        step_losses: list[float] = []
+        with progress(n * k, f"{self.name} finetune", self.progress) as bar:
+            for epoch in range(k):
+                perm = torch.randperm(n, generator=self._generator)
+                for sl in batches(n, self.batch_size):
+                    rows = perm[sl]
+                    sub = table.index[rows]
+                    needed = torch.unique(sub[sub >= 0])
+                    lut[needed] = torch.arange(len(needed))
+                    local = torch.where(sub >= 0, lut[sub.clamp(min=0)], -1)
+                    with autocast(self.device, self.dtype):
+                        img = self.image_suffix(_select_rows(img_cache, rows.to(self.device)))
+                        txt = self.text_suffix(_select_rows(txt_cache, needed.to(self.device)))
+                    loss = contrastive_loss(img.float(), txt.float(), local,
+                                            self.logit_scale().float()).mean()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if self.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                    opt.step()
+                    step_losses.append(float(loss.detach()))
+                    bar.update(len(rows))
+                    bar.set_postfix(epoch=epoch, loss=f"{step_losses[-1]:.3f}")
+        dt = time.perf_counter() - t0
+        log.info("%s: fine-tuned %d epochs x %d samples in %.1fs (%.1f samples/s), "
+                 "loss %.4f -> %.4f", self.name, k, n, dt, n * k / max(dt, 1e-9),
+                 step_losses[0], step_losses[-1])
+        return step_losses

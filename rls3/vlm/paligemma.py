@@ -1,0 +1,321 @@
+"""`paligemma`: the generative path — `PaliGemmaForConditionalGeneration` through transformers, by
+hub name (e.g. `google/paligemma-3b-pt-224`, on a GPU machine) or local folder.
+
+- Prompt: the sample's question ("What is the position of the {B} relative to the {A}?") through
+  `prompt_template` (default "{question}"); target: the positive caption (positives only).
+- Fine-tuning: K optimizer steps (AdamW) on shuffled mini-batches of `batch_size`, teacher-forced
+  next-token loss on the answer tokens only. ONLY the language model's self-attention q/k/v/o
+  projections train; every other parameter has requires_grad=False.
+- Feedback/evaluation: greedy generation (`max_new_tokens`), scored with `rls3.rubric.score`
+  (S_PG, 1-5). Feedback: per-sample S_PG and J2 = (6 - mean S_PG)**2. Metrics: mean S_PG overall,
+  per term and per complexity; `loss` is the mean teacher-forced answer loss (`eval_loss=True`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rls3.sample import Sample
+from rls3.vlm.base import Feedback, Metrics
+from rls3.vlm.common import (META_FILE, batches, breakdown, check_positive, load_optimizer_state,
+                             progress, read_meta, resolve_device, resolve_dtype, resolve_source,
+                             save_optimizer, seeded_generator, to_pil, write_meta)
+
+log = logging.getLogger(__name__)
+
+#: Names of the trainable parameters: self-attention q/k/v/o projections of the language model.
+LM_ATTENTION = re.compile(
+    r"(?:^|\.)language_model\.(?:.*\.)?layers\.\d+\.self_attn\.(?:q|k|v|o)_proj\.(?:weight|bias)$")
+IMAGE_TOKEN = "<image>"
+#: S_PG's best score; J2 = (S_MAX + 1 - mean S_PG)**2.
+S_MAX = 5
+
+
+def load_paligemma(source: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
+    """(model, processor) of a PaliGemma checkpoint given as a hub name or local folder (weights
+    in `dtype`). FileNotFoundError for a missing folder, ValueError for another model type."""
+    import transformers
+    from transformers import AutoConfig, AutoProcessor, PaliGemmaForConditionalGeneration
+
+    src = resolve_source(source)
+    if Path(src).is_dir() and not (Path(src) / "config.json").is_file():
+        raise ValueError(f"folder {str(source)!r} is not a transformers checkpoint (no "
+                         "config.json); a PaliGemma checkpoint folder is needed")
+    try:
+        config = AutoConfig.from_pretrained(src)
+    except OSError as e:
+        raise OSError(f"cannot load a PaliGemma checkpoint from {str(source)!r}: it is not a "
+                      f"local folder and the hub could not provide it ({e})") from e
+    except ValueError as e:
+        raise ValueError(f"{str(source)!r} is not a transformers checkpoint the paligemma "
+                         f"adapter can use ({e})") from e
+    if getattr(config, "model_type", None) != "paligemma":
+        raise ValueError(f"checkpoint {str(source)!r} is a {config.model_type!r} model; the "
+                         "paligemma adapter needs a 'paligemma' checkpoint")
+    major = int(transformers.__version__.split(".")[0])
+    kw = {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
+    model = PaliGemmaForConditionalGeneration.from_pretrained(src, **kw)
+    processor = AutoProcessor.from_pretrained(src)
+    return model.eval(), processor
+
+
+def freeze_all_but_lm_attention(model: nn.Module) -> list[str]:
+    """Set requires_grad=True exactly on the language model's attention projections; returns
+    their names. Raises if the model has none (not a PaliGemma-like layout)."""
+    names = []
+    for name, p in model.named_parameters():
+        train = bool(LM_ATTENTION.search(name))
+        p.requires_grad_(train)
+        if train:
+            names.append(name)
+    if not names:
+        raise ValueError("no language-model self-attention projections found to fine-tune")
+    return names
+
+
+class PaliGemmaVLM:
+    """PaliGemma behind the `VLM` Protocol (see the module docstring).
+
+    `weights`: hub name or folder (`load_paligemma`); `tiny=True` builds a tiny random model with
+    an offline tokenizer instead (tests). The model stays in eval mode (no dropout) while
+    fine-tuning; weights are held in `dtype` (bfloat16 on CUDA by default).
+    """
+
+    kind = "paligemma"
+
+    def __init__(self, name: str = "paligemma", *, weights: str | Path | None = None,
+                 tiny: bool = False, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype | None = None, batch_size: int = 4, lr: float = 1e-5,
+                 weight_decay: float = 0.0, grad_clip: float | None = 1.0,
+                 max_new_tokens: int = 24, prompt_template: str = "{question}",
+                 eval_loss: bool = True, seed: int = 0, progress: bool = True) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_positive("lr", lr)
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if "{question}" not in prompt_template:
+            raise ValueError(f"prompt_template must contain '{{question}}', got {prompt_template!r}")
+        self.name = name
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.grad_clip = grad_clip
+        self.max_new_tokens = max_new_tokens
+        self.prompt_template = prompt_template
+        self.eval_loss = eval_loss
+        self.seed = int(seed)
+        self.progress = progress
+        self._generator = seeded_generator(seed)
+        if weights is not None:
+            model, processor = load_paligemma(weights, self.dtype)
+        elif tiny:
+            from rls3.vlm.tiny import tiny_paligemma
+            model, processor = tiny_paligemma(seed=seed)
+        else:
+            raise ValueError("the paligemma adapter needs `weights` (a hub name such as "
+                             "'google/paligemma-3b-pt-224' or a local folder)")
+        self._install(model, processor)
+        if weights is not None and Path(str(weights)).expanduser().is_dir():
+            opt_state = load_optimizer_state(Path(str(weights)).expanduser())
+            if opt_state is not None:
+                self.optimizer.load_state_dict(opt_state)
+
+    def _install(self, model: nn.Module, processor: Any) -> None:
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.trainable_names = freeze_all_but_lm_attention(self.model)
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    def rng_state(self) -> torch.Tensor:
+        """State of the fine-tuning shuffle generator (for exact resumption)."""
+        return self._generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self._generator.set_state(state)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        if self._optimizer is None:
+            params = [p for _, p in self.trainable_parameters()]
+            self._optimizer = torch.optim.AdamW(params, lr=self.lr,
+                                                weight_decay=self.weight_decay)
+        return self._optimizer
+
+    # inputs ----------------------------------------------------------------------------------
+    def prompts(self, samples: Sequence[Sample]) -> list[str]:
+        return [IMAGE_TOKEN + self.prompt_template.format(question=s.description.question)
+                for s in samples]
+
+    def _inputs(self, samples: Sequence[Sample], with_answers: bool) -> dict[str, torch.Tensor]:
+        kw: dict[str, Any] = {}
+        if with_answers:
+            kw["suffix"] = [s.description.answer for s in samples]
+        enc = self.processor(images=to_pil([s.image for s in samples]),
+                             text=self.prompts(samples), padding="longest",
+                             return_tensors="np", **kw)
+        keep = ["input_ids", "attention_mask", "pixel_values", "token_type_ids"]
+        if with_answers:
+            keep.append("labels")
+        out = {k: torch.from_numpy(np.asarray(enc[k])).to(self.device)
+               for k in keep if k in enc}
+        out["pixel_values"] = out["pixel_values"].to(self.dtype)
+        return out
+
+    def training_inputs(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        """Model inputs with `labels` (-100 except on the answer tokens and the final <eos>)."""
+        return self._inputs(samples, with_answers=True)
+
+    # generation and scoring --------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, samples: Sequence[Sample]) -> list[str]:
+        """Greedy answers to the samples' questions, in batches."""
+        self.model.eval()
+        answers: list[str] = []
+        for sl in batches(len(samples), self.batch_size):
+            answers += self._generate(list(samples[sl]))
+        return answers
+
+    def _generate(self, chunk: list[Sample]) -> list[str]:
+        inputs = self._inputs(chunk, with_answers=False)
+        out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                  pad_token_id=self.tokenizer.pad_token_id,
+                                  eos_token_id=self.tokenizer.eos_token_id)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        return [a.strip() for a in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def _score(self, samples: list[Sample], desc: str, with_loss: bool
+               ) -> tuple[list[str], list[int], float | None]:
+        from rls3.rubric import score
+
+        self.model.eval()
+        answers: list[str] = []
+        scores: list[int] = []
+        loss_sum, tokens = 0.0, 0
+        t0 = time.perf_counter()
+        with progress(len(samples), desc, self.progress) as bar:
+            for sl in batches(len(samples), self.batch_size):
+                chunk = samples[sl]
+                got = self._generate(chunk)
+                answers += got
+                scores += [int(score(a, s.description.terms)) for a, s in zip(got, chunk)]
+                if with_loss:
+                    s, n = self._loss_sum(self.training_inputs(chunk))
+                    loss_sum, tokens = loss_sum + float(s), tokens + n
+                bar.update(len(chunk))
+        log.debug("%s: %d samples in %.1fs", desc, len(samples), time.perf_counter() - t0)
+        return answers, scores, (loss_sum / max(tokens, 1)) if with_loss else None
+
+    def _loss_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Summed next-token cross-entropy over the answer tokens, and their count."""
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self.model(**inputs).logits[:, :-1].float()
+        target = labels[:, 1:]
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           target.reshape(-1), ignore_index=-100,
+                                           reduction="sum")
+        return loss, int((target != -100).sum())
+
+    # VLM Protocol ------------------------------------------------------------------------------
+    def feedback(self, samples: Sequence[Sample]) -> Feedback:
+        """Per-sample S_PG of the generated answers; J2 = (6 - mean S_PG)**2."""
+        samples = list(samples)
+        if not samples:
+            raise ValueError("feedback needs at least one sample")
+        _, scores, _ = self._score(samples, f"{self.name} feedback", with_loss=False)
+        mean = float(np.mean(scores))
+        return Feedback(per_sample=tuple(float(s) for s in scores), j2=(S_MAX + 1 - mean) ** 2)
+
+    def evaluate(self, samples: Sequence[Sample]) -> Metrics:
+        """Mean S_PG overall / per term / per complexity; `loss`: mean answer-token loss."""
+        samples = list(samples)
+        if not samples:
+            raise ValueError("evaluate needs at least one sample")
+        _, scores, loss = self._score(samples, f"{self.name} eval", with_loss=self.eval_loss)
+        overall, per_term, per_cx = breakdown([float(s) for s in scores],
+                                              [s.description for s in samples])
+        return Metrics(score=overall, per_term=per_term, per_complexity=per_cx, loss=loss,
+                       n=len(samples))
+
+    def finetune(self, samples: Sequence[Sample], k: int) -> list[float]:
+        """K AdamW steps on mini-batches of `batch_size` drawn from `samples` in seeded shuffled
+        passes; returns the loss (mean answer-token cross-entropy) of every step."""
+        if not isinstance(k, int) or k < 0:
+            raise ValueError(f"k (optimizer steps) must be a non-negative integer, got {k!r}")
+        samples = list(samples)
+        if not samples or k == 0:
+            return []
+        self.model.eval()
+        opt = self.optimizer
+        params = [p for _, p in self.trainable_parameters()]
+
+        def minibatches():  # seeded shuffled passes; the last batch of a pass may be short
+            while True:
+                perm = torch.randperm(len(samples), generator=self._generator).tolist()
+                for sl in batches(len(samples), self.batch_size):
+                    yield perm[sl]
+
+        stream = minibatches()
+        losses: list[float] = []
+        t0 = time.perf_counter()
+        with progress(k, f"{self.name} finetune", self.progress, unit="step") as bar:
+            for _ in range(k):
+                rows = next(stream)
+                batch = self.training_inputs([samples[i] for i in rows])
+                loss_sum, n_tok = self._loss_sum(batch)
+                loss = loss_sum / max(n_tok, 1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                opt.step()
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        log.info("%s: %d steps in %.1fs, loss %.4f -> %.4f", self.name, k,
+                 time.perf_counter() - t0, losses[0], losses[-1])
+        return losses
+
+    # checkpoints -------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write a transformers checkpoint folder (model + processor), the rls3 metadata and the
+        optimizer state; `load_paligemma` reads it back."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder)
+        self.processor.save_pretrained(folder)
+        write_meta(folder, {"kind": self.kind, "name": self.name, "format": 1,
+                            "prompt_template": self.prompt_template})
+        save_optimizer(folder, self._optimizer)
+
+    def load(self, path: str | Path) -> None:
+        """Replace the model by the checkpoint in `path` (a `save` folder or any PaliGemma
+        transformers folder); restores the optimizer state when the folder has one."""
+        folder = Path(path)
+        if (folder / META_FILE).is_file():
+            read_meta(folder, self.kind)
+        self._install(*load_paligemma(folder, self.dtype))
+        opt_state = load_optimizer_state(folder)
+        if opt_state is not None:
+            self.optimizer.load_state_dict(opt_state)

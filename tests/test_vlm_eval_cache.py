@@ -1,0 +1,49 @@
+"""The contrastive adapters cache the frozen-prefix outputs of evaluated samples: results must be
+exactly those of a fresh computation, also after fine-tuning and after `load`."""
+
+from __future__ import annotations
+
+import pytest
+
+from rls3.vlm import build_vlm
+from rls3.vlm.synthetic import make_samples
+
+ADAPTERS = {"lite": {"image_size": 64}, "clip-tiny": {}}
+
+
+def _vlm(name: str):
+    return build_vlm(name, batch_size=4, progress=False, seed=0, **ADAPTERS[name])
+
+
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_cached_evaluation_equals_fresh(name: str, tmp_path) -> None:
+    samples = make_samples(10, seed=5, size=64)
+    batch = make_samples(8, seed=6, size=64)
+    vlm, ref = _vlm(name), _vlm(name)
+    ref.eval_cache_samples = 0                       # never caches
+    assert vlm.evaluate(samples).to_dict() == ref.evaluate(samples).to_dict()
+    assert len(vlm._eval_memo) == 3 and not ref._eval_memo   # 10 samples in groups of 4
+    assert vlm.evaluate(samples).to_dict() == ref.evaluate(samples).to_dict()   # warm cache
+    # fine-tuning changes only the suffix: cached prefixes stay valid
+    assert vlm.finetune(batch, 1) == ref.finetune(batch, 1)
+    assert vlm.evaluate(samples).to_dict() == ref.evaluate(samples).to_dict()
+    # feedback never fills the cache
+    n = len(vlm._eval_memo)
+    vlm.feedback(batch)
+    assert len(vlm._eval_memo) == n
+    # load() replaces every weight, so the cache is dropped
+    other = _vlm(name)
+    other.finetune(make_samples(8, seed=7, size=64), 2)
+    other.save(tmp_path / "w")
+    vlm.load(tmp_path / "w")
+    assert not vlm._eval_memo
+    assert vlm.evaluate(samples).to_dict() == other.evaluate(samples).to_dict()
+
+
+def test_cache_is_bounded() -> None:
+    vlm = _vlm("lite")
+    vlm.eval_cache_samples = 5
+    vlm.evaluate(make_samples(10, seed=5, size=64))
+    assert sum(len(v[0]) for v in vlm._eval_memo.values()) <= 5
+    vlm.clear_eval_cache()
+    assert not vlm._eval_memo

