@@ -165,6 +165,16 @@ class Rls3Env(gym.Env):
         self.backend.close()
 
     @property
+    def episode(self) -> int:
+        """Episodes started since the last seeded reset (-1 before the first); it picks the scene
+        an episode starts in, so a resumed run restores it."""
+        return self._episode
+
+    @episode.setter
+    def episode(self, n: int) -> None:
+        self._episode = int(n)
+
+    @property
     def frames(self) -> tuple[Frame, ...]:
         """The current episode's valid frames so far."""
         return tuple(self._frames)

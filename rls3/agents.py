@@ -1,0 +1,357 @@
+"""Data-generation agents: stable-baselines3 SAC (pre-trained on the intrinsic reward) and the
+random baseline, behind one small interface.
+
+Both agents drive an `Rls3Env` episode by episode: `collect(episodes, seed, on_step)` resets the env
+with `seed` and runs until `episodes` episodes have *completed* (reached T0 valid frames; episodes
+cut by the env's step cap do not count), calling `on_step(info, reward, done)` after every env step.
+
+SAC learns while it collects (`learn(..., reset_num_timesteps=False)` with an SB3 callback that
+ends `learn` after the E-th completed episode). The stop happens at the start of the *next* rollout,
+not by returning False from `_on_step`: in SB3 (2.x, `OffPolicyAlgorithm.collect_rollouts`) a
+False return skips storing the current transition, which here is the episode-completing one that
+carries the VLM reward beta * J2, and skips its gradient step. Stopping one hook later keeps the
+replay buffer and the update schedule exactly as in one uninterrupted `learn` call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from stable_baselines3 import SAC
+from stable_baselines3.common.callbacks import BaseCallback
+from tqdm.auto import tqdm
+
+from rls3.config import AgentConfig
+from rls3.env import Rls3Env
+
+log = logging.getLogger(__name__)
+
+StepHook = Callable[[dict[str, Any], float, bool], None]
+
+MODEL_FILE = "sac.zip"
+BUFFER_FILE = "replay_buffer.pkl"
+RANDOM_FILE = "random_agent.json"
+STATE_FILE = "sac_state.json"
+KEY_FILE = "key.json"
+AGENT_FORMAT = 1
+
+
+class Agent(Protocol):
+    """What the loop needs from a data-generation agent."""
+
+    name: str
+    env: Rls3Env
+
+    def collect(self, episodes: int, seed: int, on_step: StepHook | None = None) -> int:
+        """Reset the env with `seed`, run until `episodes` episodes completed; returns env steps."""
+        ...
+
+    def save(self, folder: str | Path) -> None:
+        """Write everything needed to continue identically into `folder`."""
+        ...
+
+    def load(self, folder: str | Path) -> None:
+        """Restore what `save` wrote."""
+        ...
+
+
+def _completed(env: Rls3Env, info: Mapping[str, Any], done: bool) -> bool:
+    return bool(done) and int(info.get("n_valid", 0)) >= env.config.t0
+
+
+# ------------------------------------------------------------------------------------ random
+class RandomAgent:
+    """Uniform random actions in [-1, 1]^3, ignoring every reward; episodic like SAC."""
+
+    name = "random"
+
+    def __init__(self, env: Rls3Env, seed: int = 0) -> None:
+        self.env = env
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x52414E44]))
+        self.num_timesteps = 0
+
+    def collect(self, episodes: int, seed: int, on_step: StepHook | None = None) -> int:
+        if episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {episodes}")
+        env = self.env
+        env.reset(seed=int(seed))
+        done_eps = steps = 0
+        while done_eps < episodes:
+            action = self.rng.uniform(-1.0, 1.0, size=3).astype(np.float32)
+            _, reward, terminated, truncated, info = env.step(action)
+            steps += 1
+            done = terminated or truncated
+            if on_step is not None:
+                on_step(info, float(reward), done)
+            if done:
+                done_eps += _completed(env, info, done)
+                env.reset()
+        self.num_timesteps += steps
+        return steps
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {"format": AGENT_FORMAT, "agent": self.name,
+                 "rng": self.rng.bit_generator.state, "num_timesteps": self.num_timesteps}
+        (folder / RANDOM_FILE).write_text(json.dumps(state))
+
+    def load(self, folder: str | Path) -> None:
+        f = Path(folder) / RANDOM_FILE
+        if not f.is_file():
+            raise FileNotFoundError(f"{str(folder)!r} holds no random-agent state ({RANDOM_FILE})")
+        state = json.loads(f.read_text())
+        if state.get("agent") != self.name or state.get("format") != AGENT_FORMAT:
+            raise ValueError(f"{str(f)!r} is not a random-agent state of format {AGENT_FORMAT}")
+        self.rng.bit_generator.state = state["rng"]
+        self.num_timesteps = int(state["num_timesteps"])
+
+
+# ------------------------------------------------------------------------------------ SAC
+class _IterationDone(Exception):
+    """Raised by `_EpisodeCounter` at the start of the rollout after the last wanted episode."""
+
+
+class _EpisodeCounter(BaseCallback):
+    """Counts completed episodes, forwards each step to `on_step` and ends `learn` once
+    `episodes` completed episodes are stored (see the module docstring for why not earlier)."""
+
+    def __init__(self, env: Rls3Env, episodes: int, on_step: StepHook | None) -> None:
+        super().__init__(verbose=0)
+        self.rls3_env = env
+        self.episodes = episodes
+        self.hook = on_step
+        self.completed = 0
+        self.steps = 0
+
+    def _on_rollout_start(self) -> None:
+        if self.completed >= self.episodes:
+            raise _IterationDone
+
+    def _on_step(self) -> bool:
+        info = self.locals["infos"][0]
+        done = bool(self.locals["dones"][0])
+        self.steps += 1
+        if self.hook is not None:
+            self.hook(info, float(self.locals["rewards"][0]), done)
+        if _completed(self.rls3_env, info, done):
+            self.completed += 1
+        return True
+
+
+class _StepProgress(BaseCallback):
+    """A tqdm bar over SAC pretraining steps."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        super().__init__(verbose=0)
+        self.bar = tqdm(total=total, desc="pretrain SAC", unit="step", leave=False,
+                        disable=not enabled, dynamic_ncols=True)
+
+    def _on_step(self) -> bool:
+        self.bar.update(1)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with `n` torch CPU threads (0: unchanged), restoring the previous count."""
+    if n <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sac_kwargs(cfg: AgentConfig) -> dict[str, Any]:
+    return {"learning_rate": cfg.learning_rate, "buffer_size": cfg.buffer_size,
+            "batch_size": cfg.batch_size, "learning_starts": cfg.learning_starts,
+            "gamma": cfg.gamma, "tau": cfg.tau, "train_freq": cfg.train_freq,
+            "gradient_steps": cfg.gradient_steps, "ent_coef": cfg.ent_coef,
+            "policy_kwargs": {"net_arch": list(cfg.net_arch)}, "device": cfg.device}
+
+
+class SACAgent:
+    """SB3 SAC (MlpPolicy) continuing to learn across loop iterations."""
+
+    name = "sac"
+
+    def __init__(self, env: Rls3Env, model: SAC, threads: int = 1) -> None:
+        self.env = env
+        self.model = model
+        self.threads = threads
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def new(cls, env: Rls3Env, cfg: AgentConfig, seed: int) -> SACAgent:
+        """A fresh, untrained SAC on `env`."""
+        with torch_threads(cfg.torch_threads):
+            model = SAC("MlpPolicy", env, seed=int(seed), verbose=0, **_sac_kwargs(cfg))
+        return cls(env, model, cfg.torch_threads)
+
+    @classmethod
+    def from_folder(cls, env: Rls3Env, folder: str | Path, cfg: AgentConfig) -> SACAgent:
+        """Load a model (and its replay buffer, when saved) written by `save`."""
+        folder = Path(folder)
+        f = folder / MODEL_FILE
+        if not f.is_file():
+            raise FileNotFoundError(f"{str(folder)!r} holds no SAC model ({MODEL_FILE})")
+        with torch_threads(cfg.torch_threads):
+            model = SAC.load(f, env=env, device=cfg.device)
+        agent = cls(env, model, cfg.torch_threads)
+        agent._load_extras(folder)
+        return agent
+
+    def _load_extras(self, folder: Path) -> None:
+        if (folder / BUFFER_FILE).is_file():
+            self.model.load_replay_buffer(folder / BUFFER_FILE)
+        state_file = folder / STATE_FILE
+        if state_file.is_file():
+            state = json.loads(state_file.read_text())
+            if state.get("format") != AGENT_FORMAT or state.get("agent") != self.name:
+                raise ValueError(f"{str(state_file)!r} is not a SAC agent state of format "
+                                 f"{AGENT_FORMAT}")
+            self.model.action_space.np_random.bit_generator.state = state["action_space_rng"]
+
+    # -- Agent interface -----------------------------------------------------------------------
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.model.num_timesteps)
+
+    def collect(self, episodes: int, seed: int, on_step: StepHook | None = None) -> int:
+        if episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {episodes}")
+        vec = self.model.get_env()
+        assert vec is not None
+        vec.seed(int(seed))  # applied by the reset `learn` performs because _last_obs is None
+        self.model._last_obs = None  # start a fresh episode: iterations are self-contained
+        counter = _EpisodeCounter(self.env, episodes, on_step)
+        try:
+            with torch_threads(self.threads):
+                self.model.learn(total_timesteps=2**62, callback=counter,
+                                 reset_num_timesteps=False, progress_bar=False)
+        except _IterationDone:
+            pass
+        else:  # pragma: no cover - learn() cannot end on its own with this budget
+            raise RuntimeError("SAC.learn returned before the episodes completed")
+        return counter.steps
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save(folder / MODEL_FILE)
+        self.model.save_replay_buffer(folder / BUFFER_FILE)
+        state = {"format": AGENT_FORMAT, "agent": self.name,
+                 "action_space_rng": self.model.action_space.np_random.bit_generator.state}
+        (folder / STATE_FILE).write_text(json.dumps(state))
+
+    def load(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        f = folder / MODEL_FILE
+        if not f.is_file():
+            raise FileNotFoundError(f"{str(folder)!r} holds no SAC model ({MODEL_FILE})")
+        with torch_threads(self.threads):
+            self.model = SAC.load(f, env=self.env, device=self.model.device)
+        self._load_extras(folder)
+
+
+# ------------------------------------------------------------------------------------ pretraining
+def pretrain_key(cfg: AgentConfig, env: Rls3Env, seed: int, backend_name: str) -> dict[str, Any]:
+    """What determines a pre-trained SAC: scenes, object pool, env dynamics, SAC settings, seed.
+    (Rendering and image size do not: pretraining runs without images.)"""
+    import stable_baselines3
+
+    env_cfg = {k: v for k, v in asdict(env.config).items() if k not in ("render", "image_size")}
+    agent = {k: v for k, v in asdict(cfg).items()
+             if k not in ("name", "pretrained_dir", "device", "torch_threads")}
+    agent["net_arch"] = list(cfg.net_arch)
+    return {"format": AGENT_FORMAT, "backend": backend_name,
+            "scenes": list(env.backend.scene_names), "objects": list(env.backend.object_pool),
+            "env": env_cfg, "agent": agent, "seed": int(seed),
+            "sb3": stable_baselines3.__version__}
+
+
+def pretrained_folder(cfg: AgentConfig, key: Mapping[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cfg.pretrained_dir) / f"sac-{key['backend']}-{digest}"
+
+
+def pretrained_sac(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
+                   progress: bool = False) -> SACAgent:
+    """SAC pre-trained for `cfg.pretrain_steps` on the intrinsic reward (rendering off), loaded
+    onto `env`. The pre-trained model and replay buffer are cached under `cfg.pretrained_dir` and
+    reused by any run with the same scenes, env dynamics, SAC settings and seed."""
+    key = pretrain_key(cfg, env, seed, backend_name)
+    folder = pretrained_folder(cfg, key)
+    if (folder / MODEL_FILE).is_file() and (folder / KEY_FILE).is_file():
+        try:
+            stored = json.loads((folder / KEY_FILE).read_text())
+        except json.JSONDecodeError:
+            stored = None
+        if stored != json.loads(json.dumps(key)):
+            raise ValueError(f"pre-trained agent cache {str(folder)!r} does not match its key; "
+                             f"delete the folder to pre-train again")
+        log.info("reusing the pre-trained SAC in %s", folder)
+    else:
+        _pretrain(env, cfg, seed, key, folder, progress)
+    return SACAgent.from_folder(env, folder, cfg)
+
+
+def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any], folder: Path,
+              progress: bool) -> None:
+    from dataclasses import replace
+
+    import time
+
+    quiet = Rls3Env(env.backend, replace(env.config, render=False), feedback=None)
+    agent = SACAgent.new(quiet, cfg, seed)
+    t0 = time.perf_counter()
+    if cfg.pretrain_steps > 0:
+        with torch_threads(cfg.torch_threads):
+            agent.model.learn(total_timesteps=cfg.pretrain_steps,
+                              callback=_StepProgress(cfg.pretrain_steps, progress),
+                              progress_bar=False)
+    dt = time.perf_counter() - t0
+    log.info("pre-trained SAC for %d steps on the intrinsic reward in %.1fs (%.0f steps/s)",
+             cfg.pretrain_steps, dt, cfg.pretrain_steps / max(dt, 1e-9))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        agent.save(tmp)
+        (tmp / KEY_FILE).write_text(json.dumps(key, indent=2, sort_keys=True))
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another run finished the same pretraining first: use theirs
+            if not (folder / MODEL_FILE).is_file():
+                raise
+            log.info("another process cached this pre-trained SAC first; using %s", folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_agent(name: str, env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
+                progress: bool = False) -> Agent:
+    """The loop's agent at the start of a run: pre-trained SAC or a seeded random agent."""
+    if name == "sac":
+        return pretrained_sac(env, cfg, seed, backend_name, progress)
+    if name == "random":
+        return RandomAgent(env, seed)
+    raise ValueError(f"unknown agent {name!r}; allowed: ['sac', 'random']")

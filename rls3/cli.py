@@ -1,0 +1,341 @@
+"""The `rls3` command: run / generate / eval / report / scenes.
+
+    rls3 run                                   # quick preset, SAC, lite VLM; writes a report
+    rls3 run --agent random --budget-from runs/quick__sac__0__...   # the equal-budget baseline
+    rls3 run --resume runs/quick__sac__0__...  # continue a killed or interrupted run
+    rls3 run --preset paper-clip --set loop.iterations=30 --set vlm.device=cuda
+    rls3 generate [--preset P]                 # the fixed validation and test sets
+    rls3 eval CHECKPOINT_DIR DATASET_DIR       # a VLM checkpoint (or run) on a dataset
+    rls3 report RUN_DIR [RUN_DIR ...] [--out DIR]
+    rls3 scenes [--out scenes.png] [--layouts 3]
+
+Bad input ends with exit code 2 and a one-line message; Ctrl-C with exit code 130 (a run stays
+resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rls3.config import AGENTS, BACKENDS, PRESETS, Config, ConfigError, preset
+
+log = logging.getLogger("rls3.cli")
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad command-line input (reported in one line, exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="start from this preset (default: quick, or the preset named in --config)")
+    p.add_argument("--config", type=Path, help="YAML file with config values (any subset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one value, e.g. --set loop.eta=0.3 (repeatable)")
+    p.add_argument("--seed", type=int, help="run seed")
+    p.add_argument("--backend", help=f"scene backend ({', '.join(sorted(BACKENDS))})")
+    u = p.add_argument_group("Unity backend (--backend unity)")
+    u.add_argument("--unity-build", metavar="PATH",
+                   help="Unity player executable ('testpeer' runs the embedded simulator behind "
+                   "the real ML-Agents protocol)")
+    u.add_argument("--unity-editor", action="store_true",
+                   help="connect to a running Unity Editor (press Play; port 5004)")
+    u.add_argument("--unity-worker-id", type=int, metavar="N", help="ML-Agents worker id")
+    u.add_argument("--unity-base-port", type=int, metavar="PORT", help="ML-Agents base port")
+    u.add_argument("--unity-timeout", type=float, metavar="S", help="seconds to wait per exchange")
+    u.add_argument("--unity-no-graphics", action="store_true",
+                   help="start the player with -nographics (renders no images)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rls3", description="RL-based synthetic sample selection for "
+                     "spatial reasoning in vision-language models (RLS3).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress")
+    common = argparse.ArgumentParser(add_help=False)  # -v/-q also after the command
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="warnings only, no progress")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    p = add("run", "run RLS3 (Algorithm 1) and write a report")
+    _add_config_args(p)
+    p.add_argument("--agent", help=f"data-generation agent ({', '.join(AGENTS)})")
+    p.add_argument("--vlm", help="VLM adapter name (see rls3.vlm.available_vlms)")
+    p.add_argument("--budget-from", type=Path, metavar="RUN_DIR",
+                   help="stop once as many samples were generated as RUN_DIR generated")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run directory")
+    p.add_argument("--run-dir", type=Path, help="use this (new) run directory")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+
+    p = add("generate", "generate the fixed validation and test sets")
+    _add_config_args(p)
+    p.add_argument("--split", choices=["val", "test", "both"], default="both")
+    p.add_argument("--force", action="store_true", help="regenerate existing sets")
+
+    p = add("eval", "evaluate a VLM checkpoint on a dataset")
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_DIR",
+                   help="a VLM folder, a run checkpoint folder or a run directory (its best VLM)")
+    p.add_argument("dataset", type=Path, metavar="DATASET_DIR")
+    p.add_argument("--vlm", help="adapter name (default: the one recorded in the checkpoint)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when present)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics as JSON")
+
+    p = add("report", "write the markdown/plot report of one or more runs")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report for one "
+                   "run, ./report for several)")
+
+    p = add("scenes", "contact sheet of the simulator's scenes")
+    p.add_argument("--out", type=Path, default=Path("scenes.png"))
+    p.add_argument("--layouts", type=int, default=1, help="random layouts per scene")
+    p.add_argument("--size", type=int, default=256, help="tile size in pixels")
+    p.add_argument("--split", choices=["train", "test", "all"], default="all")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+# ------------------------------------------------------------------------------------ helpers
+def resolve_config(args: argparse.Namespace) -> Config:
+    """preset -> --config YAML -> flags -> --set overrides."""
+    name = args.preset
+    if args.config is not None:
+        cfg = Config.from_yaml(args.config, base=preset(name) if name else None)
+        if name is None and cfg.preset == "custom":
+            cfg = Config.from_yaml(args.config, base=preset("quick"))
+    else:
+        cfg = preset(name or "quick")
+    flags: dict[str, Any] = {}
+    if args.seed is not None:
+        flags["seed"] = args.seed
+    if getattr(args, "backend", None):
+        flags["backend.name"] = args.backend
+    unity = {"build": getattr(args, "unity_build", None),
+             "editor": getattr(args, "unity_editor", False) or None,
+             "worker_id": getattr(args, "unity_worker_id", None),
+             "base_port": getattr(args, "unity_base_port", None),
+             "timeout_s": getattr(args, "unity_timeout", None),
+             "no_graphics": getattr(args, "unity_no_graphics", False) or None}
+    unity = {k: v for k, v in unity.items() if v is not None}
+    if unity:
+        if (getattr(args, "backend", None) or cfg.backend.name) != "unity":
+            raise ConfigError("--unity-* options need --backend unity")
+        flags["backend.options"] = {**cfg.backend.options, **unity}
+    if getattr(args, "agent", None):
+        flags["agent.name"] = args.agent
+    if getattr(args, "vlm", None):
+        flags["vlm.name"] = args.vlm
+    if flags:
+        cfg = cfg.override(flags)
+    if args.overrides:
+        cfg = cfg.override(args.overrides)
+    return cfg
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Console log lines that do not break tqdm progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s",
+                                           "%H:%M:%S"))
+    handler.setLevel(level)  # the console; a run's run.log still gets INFO
+    root = logging.getLogger("rls3")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+# ------------------------------------------------------------------------------------ commands
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
+    from rls3 import loop
+
+    # `kill` ends a run like Ctrl-C: the last finished iteration stays resumable either way
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+    if args.resume is not None:
+        given = [f for f, v in (("--preset", args.preset), ("--config", args.config),
+                                ("--set", args.overrides), ("--seed", args.seed),
+                                ("--backend", args.backend), ("--agent", args.agent),
+                                ("--vlm", args.vlm), ("--budget-from", args.budget_from),
+                                ("--run-dir", args.run_dir)) if v]
+        if given:
+            raise UsageError(f"--resume continues a run with its own config; drop "
+                             f"{', '.join(given)}")
+        if not args.resume.is_dir():
+            raise UsageError(f"run directory {str(args.resume)!r} does not exist")
+        result = loop.resume(args.resume, progress=False if args.quiet else None)
+    else:
+        cfg = resolve_config(args)
+        if args.budget_from is not None:
+            if not args.budget_from.is_dir():
+                raise UsageError(f"--budget-from: run directory {str(args.budget_from)!r} "
+                                 f"does not exist")
+            budget = loop.budget_from_run(args.budget_from, cfg.loop.budget_unit)
+            cfg = cfg.override({"loop.budget": budget, "loop.budget_from": str(args.budget_from)})
+            print(f"budget: {budget} generated samples ({cfg.loop.budget_unit}) from "
+                  f"{args.budget_from}")
+        if args.quiet:
+            cfg = cfg.override({"progress": False})
+        result = loop.run(cfg, run_dir=args.run_dir)
+    final = result.final
+    test = (final.get("test") or {}).get("score")
+    print(f"run {result.run_dir}: {result.iterations} iterations ({result.stop_reason}), "
+          f"{final.get('cum_steps', 0)} generated samples, {final.get('cum_valid', 0)} valid"
+          + (f", test score {test:.4f}" if test is not None else ""))
+    if not args.no_report:
+        from rls3.report import write_report
+
+        path = write_report([result.run_dir], result.run_dir / "report")
+        print(f"report: {path}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from rls3.config import make_backend
+    from rls3.data import ensure_fixed_set, fixed_set_dir
+
+    cfg = resolve_config(args)
+    jobs = [("val", "train", cfg.data.val_size), ("test", "test", cfg.data.test_size)]
+    for split, backend_split, n in jobs:
+        if args.split not in (split, "both"):
+            continue
+        backend = make_backend(cfg.backend, backend_split)
+        try:
+            folder = fixed_set_dir(cfg.data.dir, split, cfg.backend.name, backend.scene_names, n,
+                                   cfg.env.image_size, cfg.data.seed)
+            existed = folder.exists() and not args.force
+            ensure_fixed_set(folder, backend, split, n, cfg.env.image_size, cfg.data.seed,
+                             cfg.backend.name, force=args.force, progress=not args.quiet)
+        finally:
+            backend.close()
+        print(f"{split}: {folder} ({n} samples{', already there' if existed else ''})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rls3.data import read_dataset
+    from rls3.loop import vlm_checkpoint
+    from rls3.vlm import build_vlm
+    from rls3.vlm.common import read_meta
+
+    for what, p in (("checkpoint", args.checkpoint), ("dataset", args.dataset)):
+        if not p.exists():
+            raise UsageError(f"{what} {str(p)!r} does not exist")
+    folder = vlm_checkpoint(args.checkpoint)
+    try:
+        meta = read_meta(folder)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from e
+    name = args.vlm or meta.get("name") or meta.get("kind")
+    samples = read_dataset(args.dataset, progress=not args.quiet)
+    kw: dict[str, Any] = {}
+    if args.device:
+        kw["device"] = args.device
+    if args.batch_size:
+        kw["batch_size"] = args.batch_size
+    try:
+        vlm = build_vlm(name, weights=str(folder), progress=not args.quiet, **kw)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"cannot load VLM {name!r} from {str(folder)!r}: {e}") from e
+    m = vlm.evaluate(samples).to_dict()
+    print(f"{name} ({folder}) on {args.dataset} ({m['n']} samples)")
+    print(f"  score  {m['score']:.4f}" + (f"   loss {m['loss']:.4f}" if m.get("loss") is not None
+                                          else ""))
+    for t, v in m["per_term"].items():
+        print(f"  term {t:<10} {v:.4f}")
+    for c, v in m["per_complexity"].items():
+        print(f"  complexity {c}  {v:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(m, indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rls3.loop import check_run_dir
+    from rls3.report import write_report
+
+    for d in args.runs:
+        check_run_dir(d)
+    out = args.out or (args.runs[0] / "report" if len(args.runs) == 1 else Path("report"))
+    print(f"report: {write_report(args.runs, out)}")
+    return 0
+
+
+def cmd_scenes(args: argparse.Namespace) -> int:
+    if args.layouts < 1 or args.size < 32:
+        raise UsageError(f"--layouts must be >= 1 and --size >= 32, got {args.layouts}, "
+                         f"{args.size}")
+    from rls3.sim import list_scenes
+    from rls3.sim.sheet import contact_sheet
+
+    scenes = None if args.split == "all" else list(list_scenes(args.split))
+    img = contact_sheet(scenes, layouts=args.layouts, size=args.size, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(args.out)
+    print(f"scenes: {args.out} ({img.width}x{img.height})")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "generate": cmd_generate, "eval": cmd_eval, "report": cmd_report,
+            "scenes": cmd_scenes}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    from rls3.data import DatasetError
+    from rls3.loop import RunDirError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, ConfigError, DatasetError, RunDirError) as e:
+        print(f"rls3 {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        hint = ""
+        if args.command == "run":
+            hint = (" (the run keeps its last finished iteration; continue it with "
+                    "rls3 run --resume RUN_DIR)")
+        print(f"rls3 {args.command}: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

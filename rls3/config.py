@@ -1,0 +1,549 @@
+"""Typed run configuration: frozen dataclasses whose defaults are the paper's numbers, named
+presets, YAML in/out, `key=value` overrides, and the scene-backend registry.
+
+A `Config` is built as: preset (`paper-clip`, `paper-paligemma`, `quick`) -> YAML file (any
+subset of keys) -> CLI flags -> `--set section.key=value` overrides. Every value is checked on construction;
+errors name the key, the bad value and what is allowed (`ConfigError`, a `ValueError`).
+
+Paper defaults (Sec. 5.2): T0 = 200 valid images per episode, eta = 0.5, E = 20 episodes per
+iteration, beta = 10, K = 10 CLIP epochs (256 PaliGemma steps), early stopping after no significant
+validation improvement for 5 iterations once at least 10 ran (10 after 15 for PaliGemma), a fixed
+validation set of 500 frames from the training scenes and a test set of 1000 frames from the three
+test scenes, and SAC pre-trained for 100k steps on the intrinsic reward.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from rls3.env import EnvConfig
+from rls3.scene import SceneBackend
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it and what is allowed."""
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid {key}={value!r}: must be {allowed}")
+
+
+AGENTS: tuple[str, ...] = ("sac", "random")
+#: `env.max_steps: 0` in a run config means this many T0 steps per episode at most. The paper has no
+#: cap (an episode runs until T0 valid frames); the env's own default (10 T0) would cut many
+#: random-agent episodes in the embedded simulator, whose random-action yield is about 12%.
+STEP_CAP_T0 = 40
+BUDGET_UNITS: tuple[str, ...] = ("steps", "valid")
+
+
+# ------------------------------------------------------------------------------------ sections
+@dataclass(frozen=True)
+class BackendConfig:
+    """Which scene backend to use and which scenes it serves for training and testing.
+
+    `train_scenes` / `test_scenes` are a split name ("train", "test") or a list of scene names;
+    `options` are passed to the backend's factory (e.g. a Unity executable path).
+    """
+
+    name: str = "sim"
+    train_scenes: str | tuple[str, ...] = "train"
+    test_scenes: str | tuple[str, ...] = "test"
+    objects: tuple[str, ...] | None = None
+    shadows: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(self.name in BACKENDS, "backend.name", self.name, f"one of {sorted(BACKENDS)}")
+        for key in ("train_scenes", "test_scenes"):
+            v = getattr(self, key)
+            _require(isinstance(v, str) and bool(v) or isinstance(v, tuple) and len(v) > 0,
+                     f"backend.{key}", v, "a split name or a non-empty list of scene names")
+        _require(self.objects is None or len(self.objects) >= 3, "backend.objects", self.objects,
+                 "null (the default pool) or a list of at least 3 object names")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Algorithm 1: iterations of E episodes (T0 valid samples each, kept at rate eta), VLM
+    feedback beta * J2 at each episode's completing step, K fine-tuning epochs/steps, validation
+    every F (= `val_every`, in epochs/steps; 0 means once, after all K), test after each iteration.
+
+    `budget` (> 0) stops the run once this many samples were generated (counted in `budget_unit`:
+    "steps" = every env step, valid or not, the paper's "generated samples"; "valid" = valid
+    frames only), checked after each iteration (a budget replaces the `iterations` limit);
+    `rls3 run --budget-from RUN_DIR` fills it from a finished run and records the source in
+    `budget_from`. `save_batches` keeps each iteration's fine-tuning batch in the run directory,
+    `keep_best` the VLM at its best validation score, `random_feedback` computes (and logs) J2 for
+    the random agent too, which ignores it.
+    """
+
+    iterations: int = 50
+    episodes: int = 20
+    eta: float = 0.5
+    beta: float = 10.0
+    k: int = 10
+    val_every: int = 0
+    budget: int = 0
+    budget_unit: str = "steps"
+    budget_from: str | None = None
+    save_batches: bool = True
+    keep_best: bool = True
+    random_feedback: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.iterations >= 1, "loop.iterations", self.iterations, "an integer >= 1")
+        _require(self.episodes >= 1, "loop.episodes", self.episodes, "an integer >= 1 (E)")
+        _require(0.0 < self.eta <= 1.0, "loop.eta", self.eta, "in (0, 1]")
+        _require(self.beta >= 0.0, "loop.beta", self.beta, ">= 0")
+        _require(self.k >= 1, "loop.k", self.k, "an integer >= 1 (K epochs or steps)")
+        _require(self.val_every >= 0, "loop.val_every", self.val_every,
+                 "0 (validate once after K) or a positive number of epochs/steps (F)")
+        _require(self.budget >= 0, "loop.budget", self.budget, ">= 0 (0: no budget)")
+        _require(self.budget_unit in BUDGET_UNITS, "loop.budget_unit", self.budget_unit,
+                 f"one of {list(BUDGET_UNITS)}")
+
+    @property
+    def validation_points(self) -> tuple[int, ...]:
+        """Fine-tuning epochs/steps k (1-based) after which validation runs; always ends at K."""
+        f = self.val_every or self.k
+        pts = list(range(f, self.k + 1, f))
+        if not pts or pts[-1] != self.k:
+            pts.append(self.k)
+        return tuple(pts)
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Stop when the validation score has not improved by more than `min_delta` for `patience`
+    iterations, once at least `min_iterations` iterations ran (paper: 5 after 10 for CLIP-type,
+    10 after 15 for PaliGemma). Not applied to runs with a sample budget (the random baseline)."""
+
+    enabled: bool = True
+    patience: int = 5
+    min_iterations: int = 10
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.patience >= 1, "early_stopping.patience", self.patience, "an integer >= 1")
+        _require(self.min_iterations >= 1, "early_stopping.min_iterations", self.min_iterations,
+                 "an integer >= 1")
+        _require(self.min_delta >= 0.0, "early_stopping.min_delta", self.min_delta, ">= 0")
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    """Which VLM adapter (`rls3.vlm` registry name), its weights (hub id or folder; None: the
+    adapter's default) and optional training settings; `options` go to `build_vlm` as keywords."""
+
+    name: str = "lite"
+    weights: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        known = known_vlms()
+        _require(self.name in known, "vlm.name", self.name, f"one of {sorted(known)}")
+        _require(self.batch_size is None or self.batch_size >= 1, "vlm.batch_size",
+                 self.batch_size, "null or an integer >= 1")
+        _require(self.lr is None or self.lr > 0, "vlm.lr", self.lr, "null or > 0")
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `rls3.vlm.build_vlm` (unset values are left to the adapter)."""
+        kw: dict[str, Any] = dict(self.options)
+        for key in ("weights", "device", "dtype", "batch_size", "lr"):
+            v = getattr(self, key)
+            if v is not None:
+                kw[key] = v
+        return kw
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The data-generation agent: "sac" (stable-baselines3 SAC, MlpPolicy) or "random".
+
+    SAC is first pre-trained for `pretrain_steps` on the intrinsic reward alone with rendering off;
+    the result is cached under `pretrained_dir` keyed by scenes, env settings, SAC settings and seed
+    and reused by later runs. `torch_threads` is torch's thread count while SAC collects and trains
+    (small MLPs gain nothing from more and lose a lot under CPU contention). The other fields are
+    SAC's constructor arguments.
+    """
+
+    name: str = "sac"
+    pretrain_steps: int = 100_000
+    pretrained_dir: str = "runs/_pretrained"
+    learning_rate: float = 3e-4
+    buffer_size: int = 1_000_000
+    batch_size: int = 256
+    learning_starts: int = 100
+    gamma: float = 0.99
+    tau: float = 0.005
+    train_freq: int = 1
+    gradient_steps: int = 1
+    net_arch: tuple[int, ...] = (256, 256)
+    ent_coef: str = "auto"
+    device: str = "cpu"
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.name in AGENTS, "agent.name", self.name, f"one of {list(AGENTS)}")
+        _require(self.pretrain_steps >= 0, "agent.pretrain_steps", self.pretrain_steps, ">= 0")
+        _require(self.learning_rate > 0, "agent.learning_rate", self.learning_rate, "> 0")
+        _require(self.buffer_size >= 1, "agent.buffer_size", self.buffer_size, ">= 1")
+        _require(self.batch_size >= 1, "agent.batch_size", self.batch_size, ">= 1")
+        _require(self.learning_starts >= 0, "agent.learning_starts", self.learning_starts, ">= 0")
+        _require(0.0 <= self.gamma <= 1.0, "agent.gamma", self.gamma, "in [0, 1]")
+        _require(0.0 < self.tau <= 1.0, "agent.tau", self.tau, "in (0, 1]")
+        _require(self.train_freq >= 1, "agent.train_freq", self.train_freq, ">= 1")
+        _require(self.gradient_steps >= 1, "agent.gradient_steps", self.gradient_steps, ">= 1")
+        _require(len(self.net_arch) >= 1 and all(n >= 1 for n in self.net_arch),
+                 "agent.net_arch", self.net_arch, "a non-empty list of layer widths")
+        _require(self.torch_threads >= 0, "agent.torch_threads", self.torch_threads,
+                 ">= 0 (0: leave torch's default; SAC's small MLP is fastest on 1 thread)")
+        ok = self.ent_coef == "auto" or self.ent_coef.startswith("auto_")
+        if not ok:
+            try:
+                ok = float(self.ent_coef) > 0
+            except ValueError:
+                ok = False
+        _require(ok, "agent.ent_coef", self.ent_coef, "'auto', 'auto_<init>' or a positive number")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The fixed validation (training scenes) and test (test scenes) sets: sizes, generation seed
+    (independent of the run seed, so all runs share them) and the folder they are cached in."""
+
+    dir: str = "data"
+    val_size: int = 500
+    test_size: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.val_size >= 1, "data.val_size", self.val_size, "an integer >= 1")
+        _require(self.test_size >= 1, "data.test_size", self.test_size, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs. `preset` names the preset it started from (used in run folder
+    names); `seed` seeds agent, env, captions' choices and VLM initialisation."""
+
+    preset: str = "custom"
+    seed: int = 0
+    env: EnvConfig = field(default_factory=EnvConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    runs_dir: str = "runs"
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.preset in PRESETS or self.preset == "custom", "preset", self.preset,
+                 f"one of {sorted(PRESETS)} (or 'custom')")
+        _require(0 <= self.seed < 2**31, "seed", self.seed, "an integer in [0, 2**31)")
+        _require(round(self.loop.eta * self.env.t0) >= 1, "loop.eta", self.loop.eta,
+                 f"large enough that eta * t0 (t0={self.env.t0}) keeps at least one sample")
+
+    @property
+    def env_config(self) -> EnvConfig:
+        """The env settings a run uses: `max_steps` 0 resolved to STEP_CAP_T0 * t0."""
+        return replace(self.env, max_steps=self.env.max_steps or STEP_CAP_T0 * self.env.t0)
+
+    # ---------------------------------------------------------------- conversions
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), the YAML layout."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base: Config | None = None) -> Config:
+        """Build from a (partial) nested dict on top of `base` (default: the dataclass defaults,
+        or the preset named by `data["preset"]` when present)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+        if base is None:
+            base = preset(data["preset"]) if data.get("preset") in PRESETS else cls()
+        merged = _deep_merge(base.to_dict(), data, "")
+        return _build(cls, merged, "")
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, base: Config | None = None) -> Config:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
+        return cls.from_dict(data, base)
+
+    def override(self, assignments: Sequence[str] | Mapping[str, Any]) -> Config:
+        """Apply `section.key=value` strings (values parsed as YAML) or a {dotted.key: value}
+        map."""
+        if isinstance(assignments, Mapping):
+            pairs = list(assignments.items())
+        else:
+            pairs = [parse_assignment(a) for a in assignments]
+        data: dict[str, Any] = {}
+        for key, value in pairs:
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {key!r} conflicts with another override")
+            node[parts[-1]] = value
+        return Config.from_dict(data, base=self)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """'loop.eta=0.3' -> ('loop.eta', 0.3); the value is parsed as YAML ('null', lists, ...)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. loop.eta=0.3)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from e
+    return key, value
+
+
+# ------------------------------------------------------------------------------------ presets
+def _paper_clip() -> Config:
+    return Config(preset="paper-clip", vlm=VLMConfig(name="clip"),
+                  env=EnvConfig(t0=200),
+                  loop=LoopConfig(k=10),
+                  early_stopping=EarlyStoppingConfig(patience=5, min_iterations=10))
+
+
+def _paper_paligemma() -> Config:
+    return Config(preset="paper-paligemma", vlm=VLMConfig(name="paligemma"),
+                  env=EnvConfig(t0=200),
+                  loop=LoopConfig(k=256),
+                  early_stopping=EarlyStoppingConfig(patience=10, min_iterations=15))
+
+
+def _quick() -> Config:
+    """A CPU demo that runs end to end (data sets, pretraining, iterations, report) in minutes."""
+    return Config(
+        preset="quick",
+        env=EnvConfig(t0=32, image_size=96),
+        loop=LoopConfig(iterations=8, episodes=4, eta=0.5, beta=10.0, k=2),
+        early_stopping=EarlyStoppingConfig(patience=3, min_iterations=5, min_delta=0.0),
+        vlm=VLMConfig(name="lite"),
+        agent=AgentConfig(pretrain_steps=3000, buffer_size=50_000, batch_size=128),
+        data=DataConfig(val_size=60, test_size=90),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "paper-clip": _paper_clip,
+    "paper-paligemma": _paper_paligemma,
+    "quick": _quick,
+}
+
+
+def preset(name: str) -> Config:
+    """The named preset's config."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; allowed: {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ------------------------------------------------------------------------------------ registries
+BackendFactory = Callable[[BackendConfig, str], SceneBackend]
+#: Scene backends by name: factory(backend_config, split) -> SceneBackend, split "train"/"test".
+BACKENDS: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make `backend.name: <name>` (and `rls3 run --backend <name>`) build backends with
+    `factory(backend_config, split)`."""
+    BACKENDS[name] = factory
+
+
+def make_backend(cfg: BackendConfig, split: str) -> SceneBackend:
+    """Build the backend serving `split` ("train" or "test") scenes."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if cfg.name not in BACKENDS:
+        raise ConfigError(f"unknown backend {cfg.name!r}; allowed: {sorted(BACKENDS)}")
+    return BACKENDS[cfg.name](cfg, split)
+
+
+def _sim_backend(cfg: BackendConfig, split: str) -> SceneBackend:
+    from rls3.sim import SimBackend
+
+    scenes = cfg.train_scenes if split == "train" else cfg.test_scenes
+    return SimBackend(scenes if isinstance(scenes, str) else list(scenes),
+                      objects=list(cfg.objects) if cfg.objects is not None else None,
+                      shadows=cfg.shadows, **cfg.options)
+
+
+def _unity_backend(cfg: BackendConfig, split: str) -> SceneBackend:
+    from rls3.bridges import unity_backend_factory  # lazy: mlagents-envs is an optional extra
+
+    return unity_backend_factory(cfg, split)
+
+
+register_backend("sim", _sim_backend)
+register_backend("unity", _unity_backend)
+
+
+def known_vlms() -> tuple[str, ...]:
+    """Names `rls3.vlm.build_vlm` accepts."""
+    from rls3 import vlm
+
+    for attr in ("available", "available_vlms", "list_vlms"):
+        fn = getattr(vlm, attr, None)
+        if callable(fn):
+            return tuple(fn())
+    for attr in ("REGISTRY", "VLMS", "CONFIGS"):
+        reg = getattr(vlm, attr, None)
+        if isinstance(reg, Mapping):
+            return tuple(reg)
+    return ("lite", "clip", "paligemma")
+
+
+# ------------------------------------------------------------------------------------ plumbing
+def _to_plain(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _deep_merge(base: dict[str, Any], new: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in new.items():
+        name = f"{prefix}{key}"
+        if key not in base:
+            allowed = ", ".join(base)
+            where = f"section {prefix[:-1]!r}" if prefix else "the top level"
+            raise ConfigError(f"unknown key {name!r}; allowed keys in {where}: {allowed}")
+        if isinstance(base[key], dict) and isinstance(value, Mapping) and key != "options":
+            out[key] = _deep_merge(base[key], value, f"{name}.")
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    names = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown key {prefix + key!r}; allowed: {sorted(names)}")
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], data[f.name], prefix + f.name)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        if msg.startswith("invalid ") and prefix:  # EnvConfig style: "invalid t0=-1: must be ..."
+            raise ConfigError(f"invalid {prefix}{msg[len('invalid '):]}") from e
+        raise ConfigError(f"{prefix[:-1] or cls.__name__}: {msg}") from e
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"invalid {key}={value!r}: must be a mapping (section)")
+        return _build(tp, value, key + ".")
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"invalid {key}=None: a value is required")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1] if len(errors) == 1 else
+                          f"invalid {key}={value!r}: must be {_describe(tp)}")
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"invalid {key}={value!r}: must be a list")
+        (elem, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(elem, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"invalid {key}={value!r}: must be a mapping")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"invalid {key}={value!r}: must be true or false")
+        return value
+    if tp in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-5" as a string
+            value = float(value) if tp is float else int(value)
+        except ValueError:
+            pass
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"invalid {key}={value!r}: must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"invalid {key}={value!r}: must be a number")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith(
+                "ent_coef"):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"invalid {key}={value!r}: must be a string")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key}: unsupported config type {tp!r}")  # pragma: no cover
+
+
+def _describe(tp: Any) -> str:
+    names = []
+    for arg in typing.get_args(tp):
+        if arg is type(None):
+            names.append("null")
+        elif typing.get_origin(arg) is tuple:
+            names.append("a list")
+        else:
+            names.append(getattr(arg, "__name__", str(arg)))
+    return " or ".join(names)
+

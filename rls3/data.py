@@ -1,0 +1,292 @@
+"""Datasets on disk: a folder of PNG images plus `metadata.jsonl`, one record per image.
+
+Each record is `{"file_name": "00012.png", **Sample.metadata()}` (caption, negatives, question,
+answer, terms, complexity, primary/secondary object, scene and the full ground-truth state), the
+layout Hugging Face `datasets.load_dataset("imagefolder", data_dir=folder)` reads. A `dataset.json`
+beside it records how the set was made (split, size, image size, seed, scenes, backend).
+
+Writing is atomic (a temporary folder renamed into place); reading validates every record and raises
+`DatasetError` naming each missing, corrupt or malformed file. The fixed validation set (training
+scenes) and test set (test scenes) are generated once per (backend, scenes, size, image size, seed)
+and cached under `data.dir`; runs only read them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+import rls3
+from rls3.captions import describe
+from rls3.sample import Sample
+from rls3.scene import SceneBackend, SceneState
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.jsonl"
+INFO_FILE = "dataset.json"
+DATASET_FORMAT = "rls3-dataset"
+DATASET_VERSION = 1
+SPLITS = ("val", "test")
+_MAX_LISTED = 20
+
+
+class DatasetError(ValueError):
+    """A folder is not a valid dataset; `problems` lists every bad file or record by name."""
+
+    def __init__(self, folder: str | Path, problems: Sequence[str]) -> None:
+        self.folder = Path(folder)
+        self.problems = list(problems)
+        shown = "; ".join(self.problems[:_MAX_LISTED])
+        more = f" (and {len(self.problems) - _MAX_LISTED} more)" if len(
+            self.problems) > _MAX_LISTED else ""
+        super().__init__(f"dataset {str(self.folder)!r} is invalid: {shown}{more}")
+
+
+def make_sample(image: np.ndarray, state: SceneState, rng: np.random.Generator) -> Sample:
+    """Caption a rendered frame (the choice of reference object is drawn from `rng`)."""
+    return Sample(np.asarray(image, dtype=np.uint8), state, describe(state, rng))
+
+
+# ------------------------------------------------------------------------------------ writing
+def write_dataset(folder: str | Path, samples: Sequence[Sample], info: dict[str, Any] | None = None,
+                  overwrite: bool = False) -> Path:
+    """Write `samples` as PNGs + `metadata.jsonl` (+ `dataset.json` with `info`) into `folder`.
+
+    The folder appears complete or not at all. An existing folder raises FileExistsError unless
+    `overwrite` is set."""
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"dataset folder {str(folder)!r} already exists")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        width = max(5, len(str(max(len(samples) - 1, 0))))
+        with open(tmp / METADATA_FILE, "w") as f:
+            for i, s in enumerate(samples):
+                name = f"{i:0{width}d}.png"
+                img = np.asarray(s.image)
+                if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                    raise ValueError(f"sample {i}: image must be (H, W, 3) uint8, got "
+                                     f"{img.shape} {img.dtype}")
+                Image.fromarray(img).save(tmp / name, format="PNG")
+                f.write(json.dumps({"file_name": name, **s.metadata()}) + "\n")
+        meta = {"format": DATASET_FORMAT, "version": DATASET_VERSION,
+                "rls3_version": rls3.__version__, "n": len(samples), **(info or {})}
+        (tmp / INFO_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+# ------------------------------------------------------------------------------------ reading
+def read_info(folder: str | Path) -> dict[str, Any]:
+    """The folder's `dataset.json` ({} when absent)."""
+    f = Path(folder) / INFO_FILE
+    if not f.is_file():
+        return {}
+    try:
+        info = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(folder, [f"{INFO_FILE} is not valid JSON ({e})"]) from e
+    if not isinstance(info, dict):
+        raise DatasetError(folder, [f"{INFO_FILE} must hold a JSON object"])
+    return info
+
+
+def read_dataset(folder: str | Path, progress: bool = False) -> list[Sample]:
+    """Load and validate every record; raises `DatasetError` listing each bad file by name."""
+    samples, problems = _scan(Path(folder), load=True, progress=progress)
+    if problems:
+        raise DatasetError(folder, problems)
+    return samples
+
+
+def validate_dataset(folder: str | Path) -> list[str]:
+    """Every problem found (missing/corrupt images, malformed records), [] if the set is sound."""
+    return _scan(Path(folder), load=False, progress=False)[1]
+
+
+def _scan(folder: Path, load: bool, progress: bool) -> tuple[list[Sample], list[str]]:
+    if not folder.is_dir():
+        raise DatasetError(folder, ["folder does not exist"])
+    meta_path = folder / METADATA_FILE
+    if not meta_path.is_file():
+        raise DatasetError(folder, [f"not a dataset folder: no {METADATA_FILE}"])
+    info = read_info(folder)
+    if info and info.get("format") != DATASET_FORMAT:
+        raise DatasetError(folder, [f"{INFO_FILE} has format {info.get('format')!r}, expected "
+                                    f"{DATASET_FORMAT!r}"])
+    if info and info.get("version") != DATASET_VERSION:
+        raise DatasetError(folder, [f"{INFO_FILE} has version {info.get('version')!r}; this rls3 "
+                                    f"reads version {DATASET_VERSION} (regenerate the set)"])
+    problems: list[str] = []
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    try:
+        lines = meta_path.read_text().splitlines()
+    except UnicodeDecodeError as e:
+        raise DatasetError(folder, [f"{METADATA_FILE} is not UTF-8 text ({e})"]) from e
+    records = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
+    for lineno, line in tqdm(records, desc=f"read {folder.name}", unit="img", leave=False,
+                             disable=not progress):
+        where = f"{METADATA_FILE} line {lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"{where}: not valid JSON ({e.msg})")
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("file_name"), str):
+            problems.append(f"{where}: record has no 'file_name'")
+            continue
+        name = rec["file_name"]
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            problems.append(f"{name}: file_name must be a path inside the folder ({where})")
+            continue
+        if name in seen:
+            problems.append(f"{name}: listed twice ({where})")
+            continue
+        seen.add(name)
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name}: image file missing ({where})")
+            continue
+        try:
+            image = _load_image(path) if load else _check_image(path)
+        except (OSError, SyntaxError, ValueError) as e:
+            problems.append(f"{name}: corrupt image ({e})")
+            continue
+        meta = {k: v for k, v in rec.items() if k != "file_name"}
+        try:
+            sample = Sample.from_metadata(image if image is not None else
+                                          np.zeros((1, 1, 3), np.uint8), meta)
+        except ValueError as e:
+            problems.append(f"{name}: bad metadata ({e})")
+            continue
+        if meta.get("complexity") is not None and meta["complexity"] != \
+                sample.description.complexity:
+            problems.append(f"{name}: complexity {meta['complexity']!r} does not match its "
+                            f"terms {list(sample.description.terms)}")
+            continue
+        if load:
+            samples.append(sample)
+    expected = info.get("n")
+    if isinstance(expected, int) and expected != len(records):
+        problems.append(f"{METADATA_FILE} has {len(records)} records but {INFO_FILE} says "
+                        f"{expected}")
+    if not records:
+        problems.append(f"{METADATA_FILE} is empty")
+    return samples, problems
+
+
+def _check_image(path: Path) -> None:
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:  # verify() misses truncated pixel data; decode it too
+        im.load()
+
+
+def _load_image(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        im.load()
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+# ------------------------------------------------------------------------------------ generating
+def generate_samples(backend: SceneBackend, n: int, image_size: int, seed: int,
+                     progress: bool = False, desc: str = "generate") -> list[Sample]:
+    """`n` random valid layouts cycling through the backend's scenes (scene k % n_scenes), each
+    rendered at `image_size` and captioned; reproducible for a given seed."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = np.random.default_rng(seed)
+    n_scenes = len(backend.scene_names)
+    out = []
+    for k in tqdm(range(n), desc=desc, unit="img", leave=False, disable=not progress):
+        state = backend.load_scene(k % n_scenes, seed=int(rng.integers(2**31 - 1)))
+        image = backend.render(image_size, image_size)
+        out.append(make_sample(image, state, rng))
+    return out
+
+
+def fixed_set_dir(root: str | Path, split: str, backend: str, scenes: Iterable[str], n: int,
+                  image_size: int, seed: int) -> Path:
+    """Cache folder of a fixed set:
+    `{root}/{backend}-{split}-n{n}-{size}px-seed{seed}-{hash of the scene names}`."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    import hashlib
+
+    h = hashlib.sha256(",".join(scenes).encode()).hexdigest()[:8]
+    return Path(root) / f"{backend}-{split}-n{n}-{image_size}px-seed{seed}-{h}"
+
+
+def ensure_fixed_set(folder: Path, backend: SceneBackend, split: str, n: int, image_size: int,
+                     seed: int, backend_name: str, force: bool = False,
+                     progress: bool = False) -> Path:
+    """Generate the fixed `split` set into `folder` unless a valid one is already there.
+
+    An existing folder whose `dataset.json` disagrees with the request, or that fails validation,
+    raises `DatasetError` (it is never silently overwritten; pass `force` to regenerate)."""
+    want = {"split": split, "n": n, "image_size": image_size, "seed": seed,
+            "backend": backend_name, "scenes": list(backend.scene_names)}
+    if folder.exists() and not force:
+        info = read_info(folder)
+        diff = {k: (info.get(k), v) for k, v in want.items() if info.get(k) != v}
+        if diff:
+            raise DatasetError(folder, [f"exists but was made with different settings "
+                                        f"{ {k: a for k, (a, _) in diff.items()} }, wanted "
+                                        f"{ {k: b for k, (_, b) in diff.items()} }"])
+        problems = validate_dataset(folder)
+        if problems:
+            raise DatasetError(folder, problems + ["regenerate it with `rls3 generate --force`"])
+        log.info("using the fixed %s set %s (%d samples)", split, folder, n)
+        return folder
+    # val and test differ even with one seed: the split enters the seed sequence
+    ss = np.random.SeedSequence([seed, SPLITS.index(split)])
+    data_seed = int(ss.generate_state(1)[0])
+    log.info("generating the fixed %s set: %d frames from %s at %d px", split, n,
+             ", ".join(backend.scene_names), image_size)
+    samples = generate_samples(backend, n, image_size, data_seed, progress=progress,
+                               desc=f"{split} set")
+    write_dataset(folder, samples, info=want, overwrite=force)
+    return folder
+
+
+def term_counts(samples: Iterable[Sample]) -> dict[str, int]:
+    """How many samples carry each spatial term."""
+    out: dict[str, int] = {}
+    for s in samples:
+        for t in dict.fromkeys(s.description.terms):
+            out[t] = out.get(t, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def complexity_counts(samples: Iterable[Sample]) -> dict[str, int]:
+    """How many samples have 1, 2 or 3 terms (keys as strings, JSON-ready)."""
+    out: dict[str, int] = {}
+    for s in samples:
+        key = str(s.description.complexity)
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))

@@ -1,0 +1,863 @@
+"""Algorithm 1 (RLS3): generate with an agent, score with the VLM, fine-tune, validate, test; run
+directories, checkpoints, resume and early stopping.
+
+One iteration:
+  1. E episodes, each until T0 valid frames. On an episode's completing step the env calls the
+     `EpisodeCollector`: it captions the T0 frames, asks the VLM for feedback (J2) and returns
+     beta * J2 as extrinsic reward (SAC learns from it; the random agent ignores it), then keeps
+     round(eta * T0) of the frames, drawn without replacement, for the fine-tuning batch.
+     Episodes cut by the env's step cap produce no feedback and no batch samples, but their steps
+     count as generated data.
+  2. The VLM is fine-tuned K epochs (CLIP-type) / K steps (PaliGemma) on the E * eta * T0 batch;
+     validation runs after every F = `loop.val_every` epochs/steps (0: once, after K).
+  3. The test set is evaluated, a metrics record is appended, and a checkpoint is committed.
+  4. Stop on early stopping (validation, SAC runs), on the sample budget (random runs with
+     `--budget-from`) or after `loop.iterations`.
+
+"Generated samples" (the paper's x-axis and the budget) are env steps, valid or not: every step
+proposes a layout, as every Unity step produced a frame to check; `cum_valid` counts valid frames.
+Iteration 0 is the untouched VLM (validation and test before any fine-tuning).
+
+A run directory `runs/{preset}__{agent}__{seed}__{time}/` holds:
+  run.json          format marker (format, format_version, rls3 version)
+  config.yaml       the resolved config
+  metrics.jsonl     one JSON record per finished iteration (append-only)
+  tb/               TensorBoard scalars
+  data/iter_NNNN/   each iteration's fine-tuning batch (PNG + metadata.jsonl)
+  checkpoints/      LATEST.json -> iter_NNNN/ (VLM, agent + replay buffer, RNG states, counters,
+                    manifest with sizes and SHA-256), committed atomically after each iteration
+  best_vlm/         the VLM at its best validation score
+  run.log           the log
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import rls3
+from rls3.agents import Agent, RandomAgent, SACAgent, build_agent
+from rls3.config import Config, ConfigError, make_backend
+from rls3.data import (complexity_counts, ensure_fixed_set, fixed_set_dir, make_sample,
+                       read_dataset, term_counts, write_dataset)
+from rls3.env import Frame, Rls3Env
+from rls3.sample import Sample
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = "rls3-run"
+RUN_FORMAT_VERSION = 1
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "run.log"
+CHECKPOINTS = "checkpoints"
+LATEST_FILE = "LATEST.json"
+MANIFEST_FILE = "manifest.json"
+STATE_FILE = "state.json"
+RNG_FILE = "rng.pkl"
+BEST_VLM = "best_vlm"
+
+PhaseHook = Callable[[int, str], None]
+
+
+class RunDirError(ValueError):
+    """A run directory cannot be used (wrong format/version, corrupt checkpoint, ...)."""
+
+
+# ------------------------------------------------------------------------------------ early stop
+@dataclass(frozen=True)
+class EarlyStopStatus:
+    stop: bool
+    best_iteration: int
+    best_score: float
+    since_best: int
+
+
+def early_stopping(scores: Sequence[float], patience: int, min_iterations: int,
+                   min_delta: float = 0.0) -> EarlyStopStatus:
+    """Early stopping on a validation history (higher is better).
+
+    `scores[0]` is the score before any fine-tuning (iteration 0), `scores[i]` the score after
+    iteration i. An iteration improves significantly when it beats the best so far by more than
+    `min_delta`. Stop once at least `min_iterations` iterations ran and none of the last
+    `patience` iterations improved significantly. NaN scores never improve."""
+    if not scores:
+        raise ValueError("early_stopping needs at least the iteration-0 score")
+    if patience < 1 or min_iterations < 1 or min_delta < 0:
+        raise ValueError(f"bad early-stopping settings patience={patience}, "
+                         f"min_iterations={min_iterations}, min_delta={min_delta}")
+    best_i, best = 0, float(scores[0])
+    for i, s in enumerate(scores[1:], 1):
+        s = float(s)
+        if math.isnan(s):
+            continue
+        if math.isnan(best) or s > best + min_delta:
+            best_i, best = i, s
+    n = len(scores) - 1
+    since = n - best_i
+    return EarlyStopStatus(n >= min_iterations and since >= patience, best_i, best, since)
+
+
+def should_stop(scores: Sequence[float], patience: int, min_iterations: int,
+                min_delta: float = 0.0) -> bool:
+    """True when `early_stopping(...)` says stop."""
+    return early_stopping(scores, patience, min_iterations, min_delta).stop
+
+
+# ------------------------------------------------------------------------------------ run dirs
+def run_name(cfg: Config, when: datetime | None = None) -> str:
+    stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.preset}__{cfg.agent.name}__{cfg.seed}__{stamp}"
+
+
+def create_run(cfg: Config, run_dir: str | Path | None = None) -> Path:
+    """Make a new run directory (format marker + resolved config); nothing runs yet."""
+    if run_dir is None:
+        base = Path(cfg.runs_dir) / run_name(cfg)
+        run_dir, k = base, 1
+        while run_dir.exists():
+            k += 1
+            run_dir = base.with_name(f"{base.name}-{k}")
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirError(f"run directory {str(run_dir)!r} already exists and is not empty; "
+                          f"continue it with `rls3 run --resume {run_dir}`")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
+              "rls3_version": rls3.__version__,
+              "created": datetime.now().isoformat(timespec="seconds")}
+    _atomic_write(run_dir / RUN_FILE, json.dumps(marker, indent=2))
+    _atomic_write(run_dir / CONFIG_FILE, cfg.to_yaml())
+    return run_dir
+
+
+def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
+    """Read and check a run directory's format marker; RunDirError if it is not a usable run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {str(run_dir)!r} does not exist")
+    f = run_dir / RUN_FILE
+    if not f.is_file():
+        raise RunDirError(f"{str(run_dir)!r} is not an rls3 run directory (no {RUN_FILE})")
+    try:
+        marker = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{str(f)!r} is corrupt: {e}") from e
+    if not isinstance(marker, dict) or marker.get("format") != RUN_FORMAT:
+        raise RunDirError(f"{str(run_dir)!r} is not an rls3 run directory ({RUN_FILE} has format "
+                          f"{marker.get('format') if isinstance(marker, dict) else marker!r})")
+    if marker.get("format_version") != RUN_FORMAT_VERSION:
+        raise RunDirError(f"{str(run_dir)!r} has run format version "
+                          f"{marker.get('format_version')!r}; this rls3 reads version "
+                          f"{RUN_FORMAT_VERSION}")
+    if marker.get("rls3_version") != rls3.__version__:
+        raise RunDirError(f"{str(run_dir)!r} was made by rls3 {marker.get('rls3_version')!r}; "
+                          f"this is rls3 {rls3.__version__} and cannot continue it exactly "
+                          f"(start a new run)")
+    return marker
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    check_run_dir(run_dir)
+    try:
+        return Config.from_yaml(Path(run_dir) / CONFIG_FILE, base=Config())
+    except ConfigError as e:
+        raise RunDirError(f"{str(run_dir)!r}: bad {CONFIG_FILE}: {e}") from e
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All metrics records of a run, in order (a torn last line from a crash is skipped)."""
+    f = Path(run_dir) / METRICS_FILE
+    if not f.is_file():
+        return []
+    out = []
+    lines = f.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                log.warning("%s: ignoring a torn last line", f)
+                continue
+            raise RunDirError(f"{str(f)!r} line {i + 1} is not valid JSON: {e}") from e
+    return out
+
+
+def budget_from_run(run_dir: str | Path, unit: str = "steps") -> int:
+    """Total generated samples (env steps, or valid frames for unit="valid") of a run."""
+    key = {"steps": "cum_steps", "valid": "cum_valid"}.get(unit)
+    if key is None:
+        raise ConfigError(f"invalid loop.budget_unit={unit!r}: must be one of ['steps', 'valid']")
+    check_run_dir(run_dir)
+    recs = [r for r in read_metrics(run_dir) if r.get("iteration", 0) > 0]
+    if not recs:
+        raise RunDirError(f"run {str(run_dir)!r} has no finished iteration to take a budget from")
+    if not recs[-1].get("stop_reason"):
+        log.warning("budget run %s has not finished; using its %d iterations so far", run_dir,
+                    recs[-1]["iteration"])
+    return int(recs[-1][key])
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file()}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1))
+
+
+def _verify_manifest(folder: Path) -> None:
+    mf = folder / MANIFEST_FILE
+    if not mf.is_file():
+        raise RunDirError(f"checkpoint {str(folder)!r} is corrupt: no {MANIFEST_FILE}")
+    try:
+        files = json.loads(mf.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise RunDirError(f"checkpoint {str(folder)!r} is corrupt: bad {MANIFEST_FILE}") from e
+    bad = []
+    for rel, meta in files.items():
+        p = folder / rel
+        if not p.is_file():
+            bad.append(f"{rel} missing")
+        elif p.stat().st_size != meta["size"] or _sha256(p) != meta["sha256"]:
+            bad.append(f"{rel} altered")
+    if bad:
+        raise RunDirError(f"checkpoint {str(folder)!r} is corrupt: {', '.join(bad)}")
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The committed checkpoint folder (verified), or None if the run has none yet."""
+    ck = Path(run_dir) / CHECKPOINTS
+    latest = ck / LATEST_FILE
+    if not latest.is_file():
+        return None
+    try:
+        ptr = json.loads(latest.read_text())
+        folder = ck / ptr["dir"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise RunDirError(f"{str(latest)!r} is corrupt: {e}") from e
+    if not folder.is_dir():
+        raise RunDirError(f"checkpoint {str(folder)!r} named by {LATEST_FILE} is missing")
+    _verify_manifest(folder)
+    return folder
+
+
+def vlm_checkpoint(path: str | Path) -> Path:
+    """A VLM weights folder from a run directory (its best VLM, else the latest checkpoint's),
+    a checkpoint folder, or a VLM folder itself."""
+    p = Path(path)
+    if (p / RUN_FILE).is_file():
+        check_run_dir(p)
+        if (p / BEST_VLM).is_dir():
+            return p / BEST_VLM
+        ck = latest_checkpoint(p)
+        if ck is None:
+            raise RunDirError(f"run {str(p)!r} has no checkpoint yet")
+        return ck / "vlm"
+    if (p / STATE_FILE).is_file() and (p / "vlm").is_dir():
+        return p / "vlm"
+    return p
+
+
+# ------------------------------------------------------------------------------------ VLM
+def build_vlm_from_config(cfg: Config, weights: str | Path | None = None) -> Any:
+    """The run's VLM adapter (seeded with the run seed)."""
+    from rls3.vlm import build_vlm
+
+    kw = cfg.vlm.build_kwargs()
+    if weights is not None:
+        kw["weights"] = str(weights)
+    try:
+        return build_vlm(cfg.vlm.name, seed=cfg.seed, progress=cfg.progress, **kw)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"cannot build VLM {cfg.vlm.name!r}: {e}") from e
+
+
+def _vlm_rng_get(vlm: Any) -> Any:
+    if hasattr(vlm, "rng_state"):
+        return vlm.rng_state()
+    g = getattr(vlm, "_generator", None)  # the contrastive adapters' shuffling generator
+    return g.get_state() if isinstance(g, torch.Generator) else None
+
+
+def _vlm_rng_set(vlm: Any, state: Any) -> None:
+    if state is None:
+        return
+    if hasattr(vlm, "set_rng_state"):
+        vlm.set_rng_state(state)
+        return
+    g = getattr(vlm, "_generator", None)
+    if isinstance(g, torch.Generator):
+        g.set_state(state)
+
+
+# ------------------------------------------------------------------------------------ episodes
+class EpisodeCollector:
+    """The env's feedback hook and the iteration's bookkeeping.
+
+    On each completed episode: caption the frames, VLM feedback (J2), keep round(eta * T0) samples;
+    returns beta * J2 (the extrinsic reward). `on_step` counts every env step."""
+
+    def __init__(self, vlm: Any, rng: np.random.Generator, eta: float, beta: float, t0: int,
+                 feedback: bool = True) -> None:
+        self.vlm = vlm
+        self.rng = rng
+        self.eta = eta
+        self.beta = beta
+        self.t0 = t0
+        self.feedback_enabled = feedback
+        self.bar: tqdm | None = None
+        self.last_val: float | None = None  # shown in the progress bar
+        self.start()
+
+    def start(self) -> None:
+        self.batch: list[Sample] = []
+        self.generated: list[Sample] = []  # descriptions only matter here; images are dropped
+        self.j2: list[float] = []
+        self.steps = self.valid = self.episodes = self.truncated = 0
+        self.feedback_s = 0.0
+        self.scenes: dict[str, int] = {}
+
+    def __call__(self, frames: Sequence[Frame]) -> float:
+        samples = [make_sample(f.image, f.state, self.rng) for f in frames]
+        reward = 0.0
+        if self.feedback_enabled:
+            t = time.perf_counter()
+            fb = self.vlm.feedback(samples)
+            self.feedback_s += time.perf_counter() - t
+            self.j2.append(float(fb.j2))
+            reward = self.beta * float(fb.j2)
+        n_keep = max(1, round(self.eta * len(samples)))
+        keep = np.sort(self.rng.choice(len(samples), size=min(n_keep, len(samples)),
+                                       replace=False))
+        self.batch.extend(samples[int(i)] for i in keep)
+        self.generated.extend(Sample(np.zeros((1, 1, 3), np.uint8), s.state, s.description)
+                              for s in samples)
+        self.episodes += 1
+        if self.bar is not None:
+            self.bar.set_postfix(self.postfix(), refresh=False)
+        return reward
+
+    def on_step(self, info: dict[str, Any], reward: float, done: bool) -> None:
+        self.steps += 1
+        if info.get("valid"):
+            self.valid += 1
+            scene = str(info.get("scene", ""))
+            self.scenes[scene] = self.scenes.get(scene, 0) + 1
+            if self.bar is not None:
+                self.bar.set_postfix(self.postfix(), refresh=False)
+                self.bar.update(1)
+        if done and int(info.get("n_valid", 0)) < self.t0:
+            self.truncated += 1
+
+    def postfix(self) -> dict[str, str]:
+        d = {"ep": str(self.episodes), "yield": f"{self.valid / max(self.steps, 1):.2f}"}
+        if self.j2:
+            d["J2"] = f"{np.mean(self.j2):.3g}"
+        if self.last_val is not None:
+            d["val"] = f"{self.last_val:.3f}"
+        return d
+
+
+# ------------------------------------------------------------------------------------ the run
+@dataclass
+class RunState:
+    """Counters carried across iterations (saved in every checkpoint)."""
+
+    iteration: int = 0
+    cum_steps: int = 0
+    cum_valid: int = 0
+    cum_episodes: int = 0
+    cum_truncated: int = 0
+    finetune_steps: int = 0
+    val_scores: list[float] = field(default_factory=list)
+    cum_terms: dict[str, int] = field(default_factory=dict)
+    env_episode: int = -1
+    stop_reason: str | None = None
+    metrics_bytes: int = 0
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunState:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    iterations: int
+    stop_reason: str | None
+    records: list[dict[str, Any]]
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.records[-1] if self.records else {}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _iteration_seed(seed: int, iteration: int) -> int:
+    return int(np.random.SeedSequence([seed, iteration, 0x1715]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+class Loop:
+    """One run of Algorithm 1 in a run directory (fresh, or continuing its last checkpoint)."""
+
+    def __init__(self, run_dir: str | Path, on_phase: PhaseHook | None = None,
+                 progress: bool | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.cfg = load_run_config(self.run_dir)
+        if progress is not None:  # display only: does not change results
+            self.cfg = replace(self.cfg, progress=progress)
+        self.on_phase = on_phase
+        self.ckpt = latest_checkpoint(self.run_dir)  # verified before anything is written
+        self.state = RunState()
+        if self.ckpt is not None:
+            try:
+                self.state = RunState.from_dict(json.loads((self.ckpt / STATE_FILE).read_text()))
+            except (json.JSONDecodeError, TypeError) as e:
+                raise RunDirError(f"checkpoint {str(self.ckpt)!r} is corrupt: bad "
+                                  f"{STATE_FILE}") from e
+            mf = self.run_dir / METRICS_FILE
+            if not mf.is_file() or mf.stat().st_size < self.state.metrics_bytes:
+                raise RunDirError(f"{str(mf)!r} is shorter than checkpoint "
+                                  f"{self.ckpt.name} recorded; the run directory is damaged")
+
+    @property
+    def finished(self) -> bool:
+        return self.state.stop_reason is not None
+
+    # -- setup -------------------------------------------------------------------------------
+    def _phase(self, iteration: int, name: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(iteration, name)
+
+    def _datasets(self) -> tuple[list[Sample], list[Sample]]:
+        cfg = self.cfg
+        out = []
+        for split, backend_split, n in (("val", "train", cfg.data.val_size),
+                                        ("test", "test", cfg.data.test_size)):
+            backend = make_backend(cfg.backend, backend_split)
+            try:
+                folder = fixed_set_dir(cfg.data.dir, split, cfg.backend.name, backend.scene_names,
+                                       n, cfg.env.image_size, cfg.data.seed)
+                ensure_fixed_set(folder, backend, split, n, cfg.env.image_size, cfg.data.seed,
+                                 cfg.backend.name, progress=cfg.progress)
+            finally:
+                backend.close()
+            out.append(read_dataset(folder, progress=cfg.progress))
+            log.info("%s set: %s (%d samples)", split, folder, len(out[-1]))
+        return out[0], out[1]
+
+    def run(self) -> RunResult:
+        """Run (or continue) to the end; returns the run's metrics records."""
+        if self.finished:
+            log.info("run %s already finished (%s)", self.run_dir, self.state.stop_reason)
+            return RunResult(self.run_dir, self.state.iteration, self.state.stop_reason,
+                             read_metrics(self.run_dir))
+        handler = logging.FileHandler(self.run_dir / LOG_FILE)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger("rls3")
+        root.addHandler(handler)
+        level = root.level
+        if level == logging.NOTSET or level > logging.INFO:
+            root.setLevel(logging.INFO)  # run.log gets INFO whatever the console shows
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            log.warning("interrupted; continue with: rls3 run --resume %s", self.run_dir)
+            raise
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+            handler.close()
+
+    def _run(self) -> RunResult:
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        if not cfg.env.render:
+            log.warning("env.render is off: the VLM sees blank images (use it for timing only)")
+        _seed_everything(cfg.seed)
+        val, test = self._datasets()
+        vlm = build_vlm_from_config(cfg)
+        self.vlm = vlm
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xC0FFEE]))
+        use_feedback = cfg.agent.name == "sac" or cfg.loop.random_feedback
+        collector = EpisodeCollector(vlm, rng, cfg.loop.eta, cfg.loop.beta, cfg.env.t0,
+                                     feedback=use_feedback)
+        backend = make_backend(cfg.backend, "train")
+        writer = None
+        try:
+            env = Rls3Env(backend, cfg.env_config, feedback=collector)
+            agent: Agent
+            if self.ckpt is None:
+                agent = build_agent(cfg.agent.name, env, cfg.agent, cfg.seed, cfg.backend.name,
+                                    progress=cfg.progress)
+                # whatever setup consumed (pretraining or a cache hit, data generation), the
+                # first iteration starts from the same seeded RNG states
+                _seed_everything(cfg.seed)
+            else:
+                agent = self._restore(env, vlm, collector)
+            # metrics of a half-finished iteration are dropped (it is redone identically)
+            self._truncate_metrics()
+            if cfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(self.run_dir / "tb"),
+                                       purge_step=self.state.iteration + 1 if self.ckpt else 0)
+            if self.ckpt is None:
+                self._baseline(vlm, val, test, agent, env, collector, writer)
+            elapsed0 = self.state.elapsed_s - (time.perf_counter() - t_start)
+            while self.state.stop_reason is None:
+                i = self.state.iteration + 1
+                record = self._iteration(i, vlm, agent, env, collector, val, test, writer)
+                self.state.elapsed_s = elapsed0 + time.perf_counter() - t_start
+                self._stop_check(record)
+                self._tb(writer, record)
+                self._append_metrics(record)
+                self._checkpoint(vlm, agent, env, collector)
+                self._phase(i, "done")
+            log.info("run finished after %d iterations (%s): %s", self.state.iteration,
+                     self.state.stop_reason, self.run_dir)
+        finally:
+            if writer is not None:
+                writer.close()
+            backend.close()
+        return RunResult(self.run_dir, self.state.iteration, self.state.stop_reason,
+                         read_metrics(self.run_dir))
+
+    # -- pieces ------------------------------------------------------------------------------
+    def _restore(self, env: Rls3Env, vlm: Any, collector: EpisodeCollector) -> Agent:
+        assert self.ckpt is not None
+        cfg = self.cfg
+        log.info("resuming %s from %s (iteration %d)", self.run_dir, self.ckpt.name,
+                 self.state.iteration)
+        try:
+            vlm.load(self.ckpt / "vlm")
+            agent: Agent
+            if cfg.agent.name == "sac":
+                agent = SACAgent.from_folder(env, self.ckpt / "agent", cfg.agent)
+            else:
+                agent = RandomAgent(env, cfg.seed)
+                agent.load(self.ckpt / "agent")
+            with open(self.ckpt / RNG_FILE, "rb") as f:
+                rngs = pickle.load(f)
+        except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as e:
+            raise RunDirError(f"checkpoint {str(self.ckpt)!r} cannot be loaded: {e}") from e
+        random.setstate(rngs["python"])
+        np.random.set_state(rngs["numpy"])
+        torch.set_rng_state(rngs["torch"])
+        collector.rng.bit_generator.state = rngs["loop"]
+        _vlm_rng_set(vlm, rngs["vlm"])
+        env.episode = self.state.env_episode
+        return agent
+
+    def _truncate_metrics(self) -> None:
+        mf = self.run_dir / METRICS_FILE
+        if mf.is_file() and mf.stat().st_size > self.state.metrics_bytes:
+            log.info("dropping metrics of the unfinished iteration %d", self.state.iteration + 1)
+            with open(mf, "r+b") as f:
+                f.truncate(self.state.metrics_bytes)
+        elif not mf.exists():
+            mf.touch()
+
+    def _evaluate(self, vlm: Any, samples: list[Sample]) -> dict[str, Any]:
+        return vlm.evaluate(samples).to_dict()
+
+    def _baseline(self, vlm: Any, val: list[Sample], test: list[Sample], agent: Agent,
+                  env: Rls3Env, collector: EpisodeCollector, writer: Any) -> None:
+        self._phase(0, "validate")
+        t = time.perf_counter()
+        v = self._evaluate(vlm, val)
+        tv = time.perf_counter() - t
+        self._phase(0, "test")
+        t = time.perf_counter()
+        te = self._evaluate(vlm, test)
+        tt = time.perf_counter() - t
+        self.state.val_scores = [v["score"]]
+        record = self._record_base(0)
+        record.update(val=v, val_points=[{"k": 0, **v}], test=te,
+                      time_s={"validate": tv, "test": tt, "total": tv + tt},
+                      early_stopping={"best_iteration": 0, "best_score": v["score"],
+                                      "since_best": 0, "stop": False})
+        log.info("iteration 0 (before fine-tuning): val %.4f, test %.4f", v["score"], te["score"])
+        self._tb(writer, record)
+        self._append_metrics(record)
+        if self.cfg.loop.keep_best:
+            self._save_best(vlm)
+        self._checkpoint(vlm, agent, env, collector)
+
+    def _record_base(self, i: int) -> dict[str, Any]:
+        s, cfg = self.state, self.cfg
+        return {"iteration": i, "agent": cfg.agent.name, "vlm": cfg.vlm.name, "seed": cfg.seed,
+                "preset": cfg.preset, "time": datetime.now().isoformat(timespec="seconds"),
+                "cum_steps": s.cum_steps, "cum_valid": s.cum_valid,
+                "cum_yield": s.cum_valid / s.cum_steps if s.cum_steps else None,
+                "cum_episodes": s.cum_episodes, "finetune_steps_cum": s.finetune_steps,
+                "cum_terms_generated": dict(sorted(s.cum_terms.items()))}
+
+    def _iteration(self, i: int, vlm: Any, agent: Agent, env: Rls3Env,
+                   collector: EpisodeCollector, val: list[Sample], test: list[Sample],
+                   writer: Any) -> dict[str, Any]:
+        cfg, s = self.cfg, self.state
+        times: dict[str, float] = {}
+        t_iter = time.perf_counter()
+        collector.start()
+        collector.last_val = s.val_scores[-1] if s.val_scores else None
+        n_iter = "" if cfg.loop.budget else f"/{cfg.loop.iterations}"
+        self._phase(i, "collect")
+        t = time.perf_counter()
+        with tqdm(total=cfg.loop.episodes * cfg.env.t0, desc=f"iter {i}{n_iter} collect",
+                  unit="frame", leave=False, disable=not cfg.progress, dynamic_ncols=True) as bar:
+            collector.bar = bar
+            bar.set_postfix(collector.postfix(), refresh=False)
+            try:
+                agent.collect(cfg.loop.episodes, _iteration_seed(cfg.seed, i), collector.on_step)
+            finally:
+                collector.bar = None
+        collect_s = time.perf_counter() - t
+        times["feedback"] = collector.feedback_s
+        times["generate"] = collect_s - collector.feedback_s
+        batch = list(collector.batch)
+        s.cum_steps += collector.steps
+        s.cum_valid += collector.valid
+        s.cum_episodes += collector.episodes
+        s.cum_truncated += collector.truncated
+        generated_terms = term_counts(collector.generated)
+        for k, v in generated_terms.items():
+            s.cum_terms[k] = s.cum_terms.get(k, 0) + v
+        if cfg.loop.save_batches:
+            self._phase(i, "save_batch")
+            t = time.perf_counter()
+            write_dataset(self.run_dir / "data" / f"iter_{i:04d}", batch,
+                          info={"kind": "finetune-batch", "iteration": i, "agent": cfg.agent.name},
+                          overwrite=True)
+            times["save_batch"] = time.perf_counter() - t
+        # fine-tune K epochs/steps, validating after every F
+        losses: list[float] = []
+        val_points: list[dict[str, Any]] = []
+        times["finetune"] = times["validate"] = 0.0
+        done_k = 0
+        for point in cfg.loop.validation_points:
+            self._phase(i, "finetune")
+            t = time.perf_counter()
+            losses += [float(x) for x in vlm.finetune(batch, point - done_k)]
+            times["finetune"] += time.perf_counter() - t
+            done_k = point
+            self._phase(i, "validate")
+            t = time.perf_counter()
+            val_points.append({"k": point, **self._evaluate(vlm, val)})
+            times["validate"] += time.perf_counter() - t
+        s.finetune_steps += len(losses)
+        self._phase(i, "test")
+        t = time.perf_counter()
+        te = self._evaluate(vlm, test)
+        times["test"] = time.perf_counter() - t
+        v = val_points[-1]
+        s.val_scores.append(float(v["score"]))
+        s.iteration = i
+        s.env_episode = env.episode
+        times["total"] = time.perf_counter() - t_iter
+        rec = self._record_base(i)
+        j2 = collector.j2
+        rec.update({
+            "steps": collector.steps, "valid": collector.valid,
+            "yield": collector.valid / collector.steps if collector.steps else None,
+            "episodes": collector.episodes, "truncated_episodes": collector.truncated,
+            "feedback_j2": float(np.mean(j2)) if j2 else None, "feedback_j2_episodes": j2,
+            "feedback_reward": cfg.loop.beta * float(np.mean(j2)) if j2 else None,
+            "batch_size": len(batch),
+            "finetune_losses": losses,
+            "finetune_loss": float(np.mean(losses)) if losses else None,
+            "val": {k: v[k] for k in v if k != "k"}, "val_points": val_points, "test": te,
+            "terms_generated": generated_terms, "terms_batch": term_counts(batch),
+            "complexity_generated": complexity_counts(collector.generated),
+            "complexity_batch": complexity_counts(batch),
+            "scenes_valid": dict(sorted(collector.scenes.items())),
+            "samples_per_s": collector.steps / times["generate"] if times["generate"] > 0 else None,
+            "time_s": times, "elapsed_s": None,
+        })
+        log.info("iteration %d: %d steps, %d valid (yield %.2f), J2 %s, batch %d, loss %s, "
+                 "val %.4f, test %.4f; %.1fs (%.1f steps/s)", i, collector.steps, collector.valid,
+                 rec["yield"] or 0.0, f"{rec['feedback_j2']:.4g}" if j2 else "-", len(batch),
+                 f"{rec['finetune_loss']:.4f}" if losses else "-", v["score"], te["score"],
+                 times["total"], rec["samples_per_s"] or 0.0)
+        return rec
+
+    def _stop_check(self, rec: dict[str, Any]) -> None:
+        cfg, s = self.cfg, self.state
+        es = early_stopping(s.val_scores, cfg.early_stopping.patience,
+                            cfg.early_stopping.min_iterations, cfg.early_stopping.min_delta)
+        rec["early_stopping"] = {"best_iteration": es.best_iteration, "best_score": es.best_score,
+                                 "since_best": es.since_best, "stop": es.stop}
+        rec["elapsed_s"] = s.elapsed_s
+        if cfg.loop.keep_best and es.best_iteration == s.iteration:
+            self._save_best(self.vlm)
+        reason = None
+        if cfg.loop.budget > 0:
+            used = s.cum_steps if cfg.loop.budget_unit == "steps" else s.cum_valid
+            if used >= cfg.loop.budget:
+                reason = "budget"
+        elif cfg.early_stopping.enabled and es.stop:
+            reason = "early_stopping"
+            log.info("early stopping: no improvement over %.4f (iteration %d) for %d iterations",
+                     es.best_score, es.best_iteration, es.since_best)
+        if reason is None and cfg.loop.budget == 0 and s.iteration >= cfg.loop.iterations:
+            reason = "max_iterations"
+        s.stop_reason = reason
+        rec["stop_reason"] = reason
+
+    def _save_best(self, vlm: Any) -> None:
+        final = self.run_dir / BEST_VLM
+        tmp = self.run_dir / f".{BEST_VLM}.tmp-{uuid.uuid4().hex[:8]}"
+        vlm.save(tmp)
+        (tmp / "iteration.json").write_text(json.dumps({"iteration": self.state.iteration}))
+        if final.exists():
+            old = self.run_dir / f".{BEST_VLM}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+
+    def _append_metrics(self, rec: dict[str, Any]) -> None:
+        mf = self.run_dir / METRICS_FILE
+        with open(mf, "a") as f:
+            f.write(json.dumps(_jsonable(rec)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.state.metrics_bytes = mf.stat().st_size
+
+    def _checkpoint(self, vlm: Any, agent: Agent, env: Rls3Env,
+                    collector: EpisodeCollector) -> None:
+        i = self.state.iteration
+        self._phase(i, "checkpoint")
+        t = time.perf_counter()
+        ck = self.run_dir / CHECKPOINTS
+        ck.mkdir(exist_ok=True)
+        for stale in ck.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = ck / f".tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        vlm.save(tmp / "vlm")
+        agent.save(tmp / "agent")
+        self.state.env_episode = env.episode
+        rngs = {"python": random.getstate(), "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(), "loop": collector.rng.bit_generator.state,
+                "vlm": _vlm_rng_get(vlm)}
+        with open(tmp / RNG_FILE, "wb") as f:
+            pickle.dump(rngs, f)
+        (tmp / STATE_FILE).write_text(json.dumps(self.state.to_dict(), indent=1))
+        _write_manifest(tmp)
+        name = f"iter_{i:04d}"
+        final = ck / name
+        if final.exists():  # left by a crash between rename and commit; LATEST is older
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _atomic_write(ck / LATEST_FILE, json.dumps({"dir": name, "iteration": i}))
+        for old in ck.glob("iter_*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        self.ckpt = final
+        log.debug("checkpoint %s written in %.1fs", final, time.perf_counter() - t)
+
+    def _tb(self, writer: Any, rec: dict[str, Any]) -> None:
+        if writer is None:
+            return
+        i = rec["iteration"]
+        for split in ("val", "test"):
+            m = rec.get(split) or {}
+            if m.get("score") is not None:
+                writer.add_scalar(f"{split}/score", m["score"], i)
+            if m.get("loss") is not None:
+                writer.add_scalar(f"{split}/loss", m["loss"], i)
+            for t, v in (m.get("per_term") or {}).items():
+                writer.add_scalar(f"{split}/term/{t}", v, i)
+            for c, v in (m.get("per_complexity") or {}).items():
+                writer.add_scalar(f"{split}/complexity/{c}", v, i)
+        for key in ("cum_steps", "cum_valid", "yield", "cum_yield", "feedback_j2",
+                    "finetune_loss", "samples_per_s", "truncated_episodes"):
+            if rec.get(key) is not None:
+                writer.add_scalar(f"data/{key}", rec[key], i)
+        for phase, v in (rec.get("time_s") or {}).items():
+            writer.add_scalar(f"time/{phase}", v, i)
+        n0 = rec.get("finetune_steps_cum", 0) - len(rec.get("finetune_losses") or [])
+        for j, loss in enumerate(rec.get("finetune_losses") or []):
+            writer.add_scalar("finetune/step_loss", loss, n0 + j + 1)
+        writer.flush()
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        f = float(x)
+        return f if math.isfinite(f) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+# ------------------------------------------------------------------------------------ entry points
+def run(cfg: Config, run_dir: str | Path | None = None,
+        on_phase: PhaseHook | None = None) -> RunResult:
+    """Start a new run of `cfg` (resolving `loop.budget_from`) and run it to the end."""
+    if cfg.loop.budget_from and cfg.loop.budget == 0:
+        cfg = cfg.override({"loop.budget": budget_from_run(cfg.loop.budget_from,
+                                                            cfg.loop.budget_unit)})
+    d = create_run(cfg, run_dir)
+    log.info("run directory %s", d)
+    return Loop(d, on_phase=on_phase).run()
+
+
+def resume(run_dir: str | Path, on_phase: PhaseHook | None = None,
+           progress: bool | None = None) -> RunResult:
+    """Continue a run from its last committed checkpoint (or start it, if it has none)."""
+    return Loop(run_dir, on_phase=on_phase, progress=progress).run()
+

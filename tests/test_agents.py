@@ -1,0 +1,124 @@
+"""Agents: episodic collection, the VLM reward reaching SAC's replay buffer, pretraining cache,
+save/load continuity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rls3.agents import (BUFFER_FILE, MODEL_FILE, RandomAgent, SACAgent, build_agent,
+                         pretrained_folder, pretrain_key)
+from rls3.config import AgentConfig
+from rls3.env import EnvConfig, Rls3Env
+
+EXTRINSIC = 50.0
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from rls3.sim import SimBackend
+
+    b = SimBackend(["kitchen"])
+    yield b
+    b.close()
+
+
+def make_env(backend, feedback=None):
+    return Rls3Env(backend, EnvConfig(t0=3, image_size=16, render=False, max_steps=200),
+                   feedback=feedback)
+
+
+def agent_cfg(tmp_path, **kw):
+    base = dict(pretrain_steps=120, learning_starts=40, batch_size=16, buffer_size=4000,
+                net_arch=(32, 32), pretrained_dir=str(tmp_path / "pre"))
+    base.update(kw)
+    return AgentConfig(**base)
+
+
+class Recorder:
+    def __init__(self):
+        self.steps, self.done, self.completed = 0, 0, 0
+
+    def __call__(self, info, reward, done):
+        self.steps += 1
+        self.done += done
+        self.completed += done and info["n_valid"] >= 3
+
+
+def test_random_agent_collects_whole_episodes_and_resumes(backend, tmp_path):
+    calls = []
+    env = make_env(backend, feedback=lambda frames: calls.append(len(frames)) or 0.0)
+    agent = RandomAgent(env, seed=3)
+    rec = Recorder()
+    steps = agent.collect(2, seed=11, on_step=rec)
+    assert rec.completed == 2 and calls == [3, 3] and steps == rec.steps
+    assert agent.num_timesteps == steps
+    agent.save(tmp_path / "a")
+    more = agent.rng.uniform(size=4)
+    other = RandomAgent(make_env(backend), seed=99)
+    other.load(tmp_path / "a")
+    assert np.array_equal(other.rng.uniform(size=4), more) and other.num_timesteps == steps
+    with pytest.raises(FileNotFoundError):
+        other.load(tmp_path / "nothing")
+
+
+def test_sac_pretrains_once_and_caches(backend, tmp_path):
+    cfg = agent_cfg(tmp_path)
+    env = make_env(backend)
+    key = pretrain_key(cfg, env, 0, "sim")
+    folder = pretrained_folder(cfg, key)
+    agent = build_agent("sac", env, cfg, 0, "sim")
+    assert isinstance(agent, SACAgent) and agent.num_timesteps == cfg.pretrain_steps
+    assert (folder / MODEL_FILE).is_file() and (folder / BUFFER_FILE).is_file()
+    stamp = (folder / MODEL_FILE).stat().st_mtime_ns
+    again = build_agent("sac", make_env(backend), cfg, 0, "sim")
+    assert (folder / MODEL_FILE).stat().st_mtime_ns == stamp  # reused, not retrained
+    assert again.model.replay_buffer.size() == cfg.pretrain_steps
+    # rendering and image size do not change the key; the seed and the dynamics do
+    env2 = Rls3Env(backend, EnvConfig(t0=3, image_size=64, render=True, max_steps=200))
+    assert pretrain_key(cfg, env2, 0, "sim") == key
+    assert pretrain_key(cfg, env, 1, "sim") != key
+    assert pretrain_key(agent_cfg(tmp_path, gamma=0.9), env, 0, "sim") != key
+
+
+def test_sac_learns_from_the_episode_completing_reward(backend, tmp_path):
+    cfg = agent_cfg(tmp_path)
+    env = make_env(backend, feedback=lambda frames: EXTRINSIC)
+    agent = build_agent("sac", env, cfg, 0, "sim")
+    rb = agent.model.replay_buffer
+    before, updates = rb.size(), agent.model._n_updates
+    rec = Recorder()
+    steps = agent.collect(2, seed=5, on_step=rec)
+    assert rec.completed == 2 and steps == rec.steps
+    assert agent.num_timesteps == cfg.pretrain_steps + steps
+    assert rb.size() == before + steps  # every step stored, including the last one
+    new = rb.rewards[before:before + steps, 0]
+    assert np.sum(new > EXTRINSIC - 1.5) == 2 and new[-1] > EXTRINSIC - 1.5
+    assert agent.model._n_updates == updates + steps  # one gradient step per env step
+
+
+def test_sac_save_load_continues_identically(backend, tmp_path):
+    cfg = agent_cfg(tmp_path)
+    env = make_env(backend, feedback=lambda frames: 1.0)
+    agent = build_agent("sac", env, cfg, 0, "sim")
+    agent.collect(1, seed=1)
+    agent.save(tmp_path / "ck")
+    import torch
+
+    state = torch.get_rng_state(), np.random.get_state()
+    agent.collect(1, seed=2)
+    obs = np.zeros((1, 32), np.float32)
+    a1 = agent.model.predict(obs, deterministic=True)[0]
+    loaded = SACAgent.from_folder(make_env(backend, feedback=lambda frames: 1.0), tmp_path / "ck",
+                                  cfg)
+    torch.set_rng_state(state[0])
+    np.random.set_state(state[1])
+    loaded.collect(1, seed=2)
+    a2 = loaded.model.predict(obs, deterministic=True)[0]
+    assert loaded.num_timesteps == agent.num_timesteps
+    assert np.array_equal(a1, a2)
+
+
+def test_bad_agent_name(backend):
+    with pytest.raises(ValueError, match="unknown agent"):
+        build_agent("ppo", make_env(backend), AgentConfig(), 0, "sim")

@@ -1,0 +1,154 @@
+"""The `rls3` command: bad input gives exit code 2 and one line; each subcommand works."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rls3.cli import main
+from rls3.config import preset
+from rls3.data import write_dataset
+from rls3.loop import METRICS_FILE, create_run
+from rls3.vlm.synthetic import make_samples
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """`main` configures the "rls3" logger for a terminal; give other tests theirs back."""
+    import logging
+
+    lg = logging.getLogger("rls3")
+    saved = lg.handlers[:], lg.level, lg.propagate
+    yield
+    lg.handlers[:], lg.level, lg.propagate = saved
+
+
+def call(argv, capsys):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["run", "--preset", "nope"], ["--preset", "nope"]),
+    (["run", "--set", "loop.eta=1.5"], ["loop.eta=1.5", "(0, 1]"]),
+    (["run", "--set", "env.t0=-3"], ["env.t0=-3"]),
+    (["run", "--agent", "ppo"], ["agent.name='ppo'", "sac"]),
+    (["run", "--vlm", "gpt-9"], ["vlm.name='gpt-9'", "lite"]),
+    (["run", "--backend", "unreal"], ["backend.name='unreal'", "sim"]),
+    (["run", "--set", "loop"], ["section.key=value"]),
+    (["run", "--seed", "x"], ["--seed", "invalid int"]),
+    (["run", "--config", "/no/such.yaml"], ["/no/such.yaml", "does not exist"]),
+    (["run", "--resume", "/no/such/run"], ["does not exist"]),
+    (["run", "--resume", ".", "--seed", "2"], ["--resume", "drop --seed"]),
+    (["run", "--budget-from", "/no/such/run"], ["--budget-from", "does not exist"]),
+    (["eval", "/no/ckpt", "/no/ds"], ["checkpoint", "does not exist"]),
+    (["report", "."], ["not an rls3 run directory"]),
+    (["scenes", "--layouts", "0"], ["--layouts"]),
+    (["frobnicate"], ["invalid choice"]),
+    ([], ["required"]),
+])
+def test_bad_input_exits_2_with_one_line(argv, words, capsys):
+    code, out, err = call(argv, capsys)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip() and "pybullet build time" not in ln]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def test_console_entry_point_reports_errors_without_traceback():
+    exe = Path(sys.executable).with_name("rls3")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "rls3.cli"]
+    p = subprocess.run(cmd + ["run", "--set", "loop.eta=7"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2
+    assert "loop.eta=7" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.fixture()
+def tiny_yaml(tmp_path):
+    cfg = preset("quick").override({
+        "env.t0": 4, "env.image_size": 32, "loop.episodes": 1, "loop.iterations": 1,
+        "loop.k": 1, "vlm.name": "clip-tiny", "agent.pretrain_steps": 100,
+        "agent.learning_starts": 50, "agent.batch_size": 16, "agent.buffer_size": 2000,
+        "agent.net_arch": [16, 16], "agent.pretrained_dir": str(tmp_path / "pre"),
+        "data.dir": str(tmp_path / "data"), "data.val_size": 3, "data.test_size": 3,
+        "runs_dir": str(tmp_path / "runs"), "backend.train_scenes": ["kitchen"],
+        "backend.test_scenes": ["test_study"]})
+    f = tmp_path / "tiny.yaml"
+    cfg.to_yaml(f)
+    return f
+
+
+def test_generate(tiny_yaml, tmp_path, capsys):
+    code, out, _ = call(["generate", "--config", tiny_yaml, "-q"], capsys)
+    assert code == 0 and out.count("samples") == 2
+    assert len(list((tmp_path / "data").iterdir())) == 2
+    code, out, _ = call(["generate", "--config", tiny_yaml, "--split", "val"], capsys)
+    assert code == 0 and "already there" in out and "test" not in out.split(":")[0]
+
+
+def test_run_writes_a_report_and_eval_reads_the_run(tiny_yaml, tmp_path, capsys):
+    d = tmp_path / "runs" / "r"
+    code, out, err = call(["run", "--config", tiny_yaml, "--run-dir", d, "-q"], capsys)
+    assert code == 0, err
+    assert "1 iterations" in out and (d / "report" / "report.md").is_file()
+    ds = next(p for p in (tmp_path / "data").iterdir() if "-test-" in p.name)
+    code, out, _ = call(["eval", d, ds, "-q", "--json", tmp_path / "m.json"], capsys)
+    assert code == 0 and "score" in out and "complexity" in out
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["n"] == 3 and 0.0 <= m["score"] <= 1.0
+    code, out, _ = call(["report", d, "--out", tmp_path / "rep"], capsys)
+    assert code == 0 and (tmp_path / "rep" / "report.md").is_file()
+
+
+def test_eval_of_a_vlm_folder_on_a_dataset(tmp_path, capsys):
+    from rls3.vlm import build_vlm
+
+    vlm = build_vlm("clip-tiny", progress=False)
+    vlm.save(tmp_path / "vlm")
+    ds = write_dataset(tmp_path / "ds", make_samples(4, seed=0, size=32))
+    code, out, _ = call(["eval", tmp_path / "vlm", ds, "-q"], capsys)
+    assert code == 0 and "(4 samples)" in out and "term" in out
+    (ds / "00002.png").write_bytes(b"not a png")
+    code, _, err = call(["eval", tmp_path / "vlm", ds], capsys)
+    assert code == 2 and "00002.png" in err
+    code, _, err = call(["eval", tmp_path, ds], capsys)
+    assert code == 2 and "not an rls3 VLM checkpoint" in err
+
+
+def test_report_of_several_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dirs = []
+    for agent, seed, score in (("sac", 0, 0.6), ("sac", 1, 0.7), ("random", 0, 0.5)):
+        cfg = preset("quick").override({"agent.name": agent, "seed": seed})
+        d = create_run(cfg, run_dir=tmp_path / f"{agent}{seed}")
+        recs = [{"iteration": 0, "cum_steps": 0, "cum_valid": 0, "test": {"score": 0.4}},
+                {"iteration": 1, "cum_steps": 100, "cum_valid": 40, "cum_yield": 0.4,
+                 "feedback_j2": 2.0, "test": {"score": score, "per_term": {"left": score}},
+                 "early_stopping": {"best_iteration": 1, "best_score": score},
+                 "stop_reason": "max_iterations"}]
+        (d / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in recs))
+        dirs.append(d)
+    code, out, _ = call(["report", *dirs], capsys)
+    assert code == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| sac | 2 |" in text and "| random | 1 |" in text and "0.650 ± 0.050" in text
+
+
+def test_scenes_contact_sheet(tmp_path, capsys):
+    out_png = tmp_path / "sheet.png"
+    code, out, _ = call(["scenes", "--out", out_png, "--size", "32", "--split", "test"], capsys)
+    assert code == 0 and out_png.is_file()
+    from PIL import Image
+
+    assert Image.open(out_png).width == 32

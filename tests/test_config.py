@@ -1,0 +1,132 @@
+"""Config: paper defaults, presets, YAML round trip, overrides, validation messages, registries."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from rls3.config import (BACKENDS, PRESETS, STEP_CAP_T0, Config, ConfigError, EarlyStoppingConfig,
+                         LoopConfig, make_backend, parse_assignment, preset, register_backend)
+
+
+def test_defaults_are_the_papers_numbers():
+    c = Config()
+    assert c.env.t0 == 200
+    assert (c.loop.eta, c.loop.episodes, c.loop.beta, c.loop.k) == (0.5, 20, 10.0, 10)
+    assert (c.early_stopping.patience, c.early_stopping.min_iterations) == (5, 10)
+    assert (c.data.val_size, c.data.test_size) == (500, 1000)
+    assert c.agent.pretrain_steps == 100_000 and c.agent.name == "sac" and c.vlm.name == "lite"
+    pg = preset("paper-paligemma")
+    assert pg.loop.k == 256 and pg.vlm.name == "paligemma"
+    assert (pg.early_stopping.patience, pg.early_stopping.min_iterations) == (10, 15)
+    clip = preset("paper-clip")
+    assert clip.loop.k == 10 and clip.vlm.name == "clip" and clip.env.t0 == 200
+
+
+def test_quick_preset_is_small():
+    q = preset("quick")
+    assert q.env.t0 <= 32 and q.env.image_size <= 128 and q.loop.episodes <= 4
+    assert q.loop.k <= 2 and q.agent.pretrain_steps <= 5000
+    assert q.data.val_size <= 100 and q.data.test_size <= 100 and q.vlm.name == "lite"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_yaml_round_trip(name, tmp_path):
+    c = preset(name)
+    f = tmp_path / "c.yaml"
+    c.to_yaml(f)
+    assert Config.from_yaml(f) == c
+    assert Config.from_dict(yaml.safe_load(c.to_yaml())) == c
+
+
+def test_partial_yaml_applies_on_its_preset(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: quick\nseed: 3\nloop:\n  eta: 0.25\n"
+                 "backend:\n  train_scenes: [kitchen]\n")
+    c = Config.from_yaml(f)
+    assert c.preset == "quick" and c.seed == 3 and c.loop.eta == 0.25
+    assert c.loop.k == preset("quick").loop.k
+    assert c.backend.train_scenes == ("kitchen",)
+
+
+def test_overrides():
+    c = preset("quick").override(["loop.eta=0.3", "env.t0=8", "vlm.device=null",
+                                  "agent.net_arch=[64, 64]", "loop.budget_from=runs/x"])
+    assert c.loop.eta == 0.3 and c.env.t0 == 8 and c.vlm.device is None
+    assert c.agent.net_arch == (64, 64) and c.loop.budget_from == "runs/x"
+    assert c.override({"seed": 5}).seed == 5
+    assert parse_assignment("a.b=null") == ("a.b", None)
+    assert preset("quick").override(["vlm.lr=1e-5"]).vlm.lr == 1e-5
+
+
+@pytest.mark.parametrize("override, words", [
+    ("env.t0=-5", ["env.t0=-5", ">= 1"]),
+    ("loop.eta=0", ["loop.eta=0.0", "(0, 1]"]),
+    ("loop.eta=1.5", ["loop.eta=1.5", "(0, 1]"]),
+    ("loop.k=0", ["loop.k=0", ">= 1"]),
+    ("loop.k=2.5", ["loop.k=2.5", "integer"]),
+    ("preset=fancy", ["preset='fancy'", "quick"]),
+    ("backend.name=unity", ["backend.name='unity'", "sim"]),
+    ("vlm.name=gpt", ["vlm.name='gpt'", "lite"]),
+    ("agent.name=ppo", ["agent.name='ppo'", "random"]),
+    ("loop.budget_unit=hours", ["loop.budget_unit='hours'", "steps"]),
+    ("loop.etaa=0.3", ["loop.etaa", "allowed", "eta"]),
+    ("envv.t0=3", ["envv", "allowed"]),
+    ("early_stopping.patience=0", ["early_stopping.patience=0"]),
+    ("agent.ent_coef=-1", ["agent.ent_coef", "auto"]),
+    ("env.t0=abc", ["env.t0='abc'", "integer"]),
+    ("progress=maybe", ["progress='maybe'", "true or false"]),
+])
+def test_bad_values_name_the_key_and_what_is_allowed(override, words):
+    with pytest.raises(ConfigError) as e:
+        preset("quick").override([override])
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_bad_assignment_and_file(tmp_path):
+    with pytest.raises(ConfigError, match="section.key=value"):
+        preset("quick").override(["loop"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        Config.from_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loop: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        Config.from_yaml(bad)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("nope")
+    with pytest.raises(ConfigError, match="eta \\* t0"):
+        preset("quick").override(["env.t0=1", "loop.eta=0.4"])
+
+
+def test_sections_validate_directly():
+    with pytest.raises(ConfigError):
+        LoopConfig(eta=-0.1)
+    with pytest.raises(ConfigError):
+        EarlyStoppingConfig(min_delta=-1)
+    assert LoopConfig(k=10).validation_points == (10,)
+    assert LoopConfig(k=10, val_every=4).validation_points == (4, 8, 10)
+    assert LoopConfig(k=256, val_every=64).validation_points == (64, 128, 192, 256)
+
+
+def test_env_step_cap_resolves():
+    c = preset("quick")
+    assert c.env.max_steps == 0 and c.env_config.max_steps == STEP_CAP_T0 * c.env.t0
+    assert c.override(["env.max_steps=500"]).env_config.max_steps == 500
+
+
+def test_backend_registry_is_extensible():
+    made = []
+
+    def factory(cfg, split):
+        made.append((cfg.options["port"], split))
+        return "a backend"
+
+    register_backend("fake", factory)
+    try:
+        c = preset("quick").override(["backend.name=fake", "backend.options={port: 5004}"])
+        assert make_backend(c.backend, "test") == "a backend" and made == [(5004, "test")]
+        with pytest.raises(ValueError, match="split"):
+            make_backend(c.backend, "val")
+    finally:
+        BACKENDS.pop("fake")

@@ -1,0 +1,262 @@
+"""Algorithm 1 end to end on a tiny configuration: SAC and random (equal budget), the run
+directory, early stopping, resume after a crash / Ctrl-C, and bad run directories."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rls3.config import Config, ConfigError, preset
+from rls3.data import read_dataset
+from rls3.loop import (CHECKPOINTS, CONFIG_FILE, LATEST_FILE, RUN_FILE, Loop,
+                       RunDirError, budget_from_run, create_run, early_stopping, latest_checkpoint,
+                       load_run_config, read_metrics, resume, run, should_stop)
+
+VOLATILE = {"time", "time_s", "elapsed_s", "samples_per_s"}
+
+
+def tiny_config(root: Path, **over) -> Config:
+    values = {
+        "env.t0": 4, "env.image_size": 32, "loop.episodes": 2, "loop.iterations": 2,
+        "loop.k": 1, "vlm.name": "clip-tiny", "agent.pretrain_steps": 150,
+        "agent.learning_starts": 50, "agent.batch_size": 32, "agent.buffer_size": 4000,
+        "agent.net_arch": [32, 32], "agent.pretrained_dir": str(root / "pre"),
+        "data.dir": str(root / "data"), "data.val_size": 6, "data.test_size": 6,
+        "runs_dir": str(root / "runs"), "progress": False,
+        "backend.train_scenes": ["kitchen", "bedroom"], "backend.test_scenes": ["test_kitchen"],
+    }
+    values.update(over)
+    return preset("quick").override(values)
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+
+
+# ------------------------------------------------------------------------------------ pure logic
+def test_early_stopping_on_a_synthetic_sequence():
+    # baseline 0.3, improves until iteration 4 (0.6), then flat
+    scores = [0.3, 0.4, 0.5, 0.55, 0.6, 0.6, 0.59, 0.58, 0.6, 0.57, 0.6]
+    stops = [should_stop(scores[:n + 1], patience=5, min_iterations=6) for n in range(11)]
+    assert stops == [False] * 9 + [True] * 2
+    s = early_stopping(scores, 5, 6)
+    assert (s.best_iteration, s.best_score, s.since_best, s.stop) == (4, 0.6, 6, True)
+    # not before min_iterations even when nothing improves
+    flat = [0.5] * 8
+    assert not should_stop(flat[:5], patience=2, min_iterations=5)
+    assert should_stop(flat[:6], patience=2, min_iterations=5)
+    # min_delta: tiny gains are not significant
+    creep = [0.5, 0.501, 0.502, 0.503, 0.504]
+    assert should_stop(creep, patience=3, min_iterations=1, min_delta=0.01)
+    assert not should_stop(creep, patience=3, min_iterations=1, min_delta=0.0)
+    # NaN never improves; an improvement resets patience
+    assert early_stopping([math.nan, 0.2, math.nan], 1, 1).best_iteration == 1
+    assert not should_stop([0.1, 0.1, 0.1, 0.9], patience=2, min_iterations=1)
+    with pytest.raises(ValueError):
+        early_stopping([], 1, 1)
+
+
+# ------------------------------------------------------------------------------------ full loops
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("loop")
+
+
+@pytest.fixture(scope="module")
+def sac_run(root):
+    return run(tiny_config(root), run_dir=root / "runs" / "sac")
+
+
+def test_tiny_sac_run(sac_run, root):
+    d = sac_run.run_dir
+    assert sac_run.iterations == 2 and sac_run.stop_reason == "max_iterations"
+    marker = json.loads((d / RUN_FILE).read_text())
+    assert marker["format"] == "rls3-run" and marker["format_version"] == 1
+    cfg = Config.from_yaml(d / CONFIG_FILE)
+    assert cfg == tiny_config(root)
+    recs = read_metrics(d)
+    assert [r["iteration"] for r in recs] == [0, 1, 2]
+    assert recs[0]["cum_steps"] == 0 and recs[0]["test"]["n"] == 6
+    last = recs[-1]
+    for key in ("cum_steps", "cum_valid", "yield", "feedback_j2", "finetune_losses", "val", "test",
+                "terms_generated", "complexity_generated", "time_s", "early_stopping",
+                "cum_terms_generated", "batch_size", "truncated_episodes"):
+        assert key in last, key
+    assert last["episodes"] == 2 and last["batch_size"] == 2 * 2  # E * eta * T0
+    assert last["cum_steps"] == recs[1]["steps"] + last["steps"] >= last["cum_valid"] >= 8
+    assert last["feedback_j2"] > 0 and len(last["feedback_j2_episodes"]) == 2
+    assert set(last["test"]) >= {"score", "per_term", "per_complexity", "loss", "n"}
+    assert set(last["time_s"]) >= {"generate", "feedback", "finetune", "validate", "test", "total"}
+    assert sum(last["terms_generated"].values()) >= 8
+    # data, checkpoints, TensorBoard, best VLM
+    batch = read_dataset(d / "data" / "iter_0002")
+    assert len(batch) == 4
+    ck = latest_checkpoint(d)
+    assert ck is not None and ck.name == "iter_0002"
+    assert {p.name for p in ck.iterdir()} >= {"vlm", "agent", "rng.pkl", "state.json",
+                                              "manifest.json"}
+    assert [p.name for p in (d / CHECKPOINTS).iterdir() if p.name.startswith("iter_")] == [
+        "iter_0002"]
+    assert any((d / "tb").iterdir()) and (d / "best_vlm").is_dir()
+    # the fixed sets were generated once and are shared
+    assert len(list((root / "data").iterdir())) == 2
+    # a finished run resumes to a no-op
+    again = resume(d)
+    assert again.iterations == 2 and len(read_metrics(d)) == 3
+
+
+def test_random_agent_with_the_sac_budget(sac_run, root):
+    budget = budget_from_run(sac_run.run_dir)
+    assert budget == sac_run.final["cum_steps"]
+    cfg = tiny_config(root, **{"agent.name": "random", "loop.budget_from": str(sac_run.run_dir),
+                               "loop.iterations": 1})
+    res = run(cfg, run_dir=root / "runs" / "random")
+    assert res.stop_reason == "budget"
+    recs = read_metrics(res.run_dir)
+    assert recs[-1]["cum_steps"] >= budget > recs[-2]["cum_steps"]
+    assert Config.from_yaml(res.run_dir / CONFIG_FILE).loop.budget == budget
+    assert all(r["agent"] == "random" for r in recs)
+    assert recs[-1]["feedback_j2"] is not None  # logged for comparison, ignored by the agent
+
+
+def test_resume_after_an_interrupt_matches_the_uninterrupted_run(sac_run, root):
+    """Ctrl-C in iteration 2 (during fine-tuning) leaves a resumable run; resuming it ends in the
+    same metrics and weights as the run that was never interrupted."""
+
+    def interrupt(iteration, phase):
+        if (iteration, phase) == (2, "finetune"):
+            raise KeyboardInterrupt
+
+    d = root / "runs" / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(root), run_dir=d, on_phase=interrupt)
+    assert [r["iteration"] for r in read_metrics(d)] == [0, 1]
+    assert latest_checkpoint(d).name == "iter_0001"
+    res = resume(d)
+    assert res.iterations == 2
+    assert comparable(read_metrics(d)) == comparable(read_metrics(sac_run.run_dir))
+    _same_weights(d, sac_run.run_dir)
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    ca, cb = latest_checkpoint(a), latest_checkpoint(b)
+    wa, wb = load_file(str(ca / "vlm" / "model.safetensors")), load_file(
+        str(cb / "vlm" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    from stable_baselines3 import SAC
+
+    pa = SAC.load(ca / "agent" / "sac.zip", device="cpu").policy.state_dict()
+    pb = SAC.load(cb / "agent" / "sac.zip", device="cpu").policy.state_dict()
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_bad_run_directories_are_refused_untouched(sac_run, root, tmp_path):
+    import shutil
+
+    src = sac_run.run_dir
+    # another version
+    d = tmp_path / "old"
+    shutil.copytree(src, d)
+    marker = json.loads((d / RUN_FILE).read_text())
+    marker["format_version"] = 0
+    (d / RUN_FILE).write_text(json.dumps(marker))
+    with pytest.raises(RunDirError, match="format version"):
+        Loop(d)
+    # a corrupt checkpoint: nothing is written
+    d2 = tmp_path / "corrupt"
+    shutil.copytree(src, d2)
+    state = d2 / CHECKPOINTS / "iter_0002" / "state.json"
+    state.write_text(state.read_text().replace('"iteration": 2', '"iteration": 1'))
+    before = {p: p.stat().st_mtime_ns for p in d2.rglob("*")}
+    with pytest.raises(RunDirError, match="corrupt.*state.json altered"):
+        resume(d2)
+    assert {p: p.stat().st_mtime_ns for p in d2.rglob("*")} == before
+    # not a run directory at all; a run directory that exists already
+    with pytest.raises(RunDirError, match="not an rls3 run"):
+        resume(tmp_path)
+    with pytest.raises(RunDirError, match="already exists"):
+        create_run(tiny_config(root), run_dir=src)
+    (d2 / CHECKPOINTS / LATEST_FILE).write_text("{")
+    with pytest.raises(RunDirError, match="corrupt"):
+        resume(d2)
+
+
+def test_bad_budget_source(tmp_path, root):
+    with pytest.raises(RunDirError):
+        budget_from_run(tmp_path)
+    cfg = tiny_config(root)
+    d = create_run(cfg, run_dir=tmp_path / "empty")
+    with pytest.raises(RunDirError, match="no finished iteration"):
+        budget_from_run(d)
+    with pytest.raises(ConfigError):
+        budget_from_run(d, unit="hours")
+
+
+def test_resume_after_the_process_is_killed(sac_run, root, tmp_path):
+    """`rls3 run` killed with SIGKILL after its first checkpoint resumes to the same result."""
+    cfg = tiny_config(root)
+    cfg_file = tmp_path / "c.yaml"
+    cfg.to_yaml(cfg_file)
+    d = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "rls3.cli", "run", "--config", str(cfg_file),
+                             "--run-dir", str(d), "--no-report", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        ck = d / CHECKPOINTS / LATEST_FILE
+        if ck.is_file() and json.loads(ck.read_text())["iteration"] >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(d).name == "iter_0001"
+    res = resume(d)
+    assert res.iterations == 2
+    assert comparable(read_metrics(d)) == comparable(read_metrics(sac_run.run_dir))
+    _same_weights(d, sac_run.run_dir)
+
+
+def test_config_yaml_of_a_run_is_complete(sac_run):
+    data = yaml.safe_load((sac_run.run_dir / CONFIG_FILE).read_text())
+    assert set(data) >= {"env", "loop", "early_stopping", "vlm", "agent", "data", "backend"}
+    assert data["loop"]["eta"] == 0.5 and data["env"]["t0"] == 4
+
+
+def test_tiny_loop_through_the_unity_bridge(sac_run, root, tmp_path):
+    """The CLI's `--backend unity --unity-build testpeer`: the whole loop over the real ML-Agents
+    protocol (the test peer plays Unity with the embedded simulator) gives the same metrics as the
+    embedded backend for the same seed."""
+    import rls3.cli
+
+    cfg = tiny_config(root, **{"data.dir": str(tmp_path / "data")})
+    cfg_file = tmp_path / "c.yaml"
+    cfg.to_yaml(cfg_file)
+    d = tmp_path / "unity_run"
+    assert rls3.cli.main(["run", "--config", str(cfg_file), "--run-dir", str(d), "--no-report",
+                          "-q", "--backend", "unity", "--unity-build", "testpeer"]) == 0
+    recs = read_metrics(d)
+    assert [r["iteration"] for r in recs] == [0, 1, 2]
+    assert load_run_config(d).backend.name == "unity"
+    ref = read_metrics(sac_run.run_dir)
+    assert [r["cum_steps"] for r in recs] == [r["cum_steps"] for r in ref]
+    assert [r["cum_valid"] for r in recs] == [r["cum_valid"] for r in ref]
+
+
+def test_unity_flags_need_the_unity_backend(tmp_path, capsys):
+    import rls3.cli
+
+    assert rls3.cli.main(["run", "--unity-build", "testpeer", "--set", f"runs_dir={tmp_path}"]) == 2
+    assert "--backend unity" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
