@@ -66,7 +66,7 @@ def test_overrides():
     ("loop.k=0", ["loop.k=0", ">= 1"]),
     ("loop.k=2.5", ["loop.k=2.5", "integer"]),
     ("preset=fancy", ["preset='fancy'", "quick"]),
-    ("backend.name=unity", ["backend.name='unity'", "sim"]),
+    ("backend.name=blender", ["backend.name='blender'", "sim", "unity"]),
     ("vlm.name=gpt", ["vlm.name='gpt'", "lite"]),
     ("agent.name=ppo", ["agent.name='ppo'", "random"]),
     ("loop.budget_unit=hours", ["loop.budget_unit='hours'", "steps"]),
