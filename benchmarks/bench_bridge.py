@@ -60,37 +60,49 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bridge.json"))
     args = ap.parse_args()
-    scenes = [s for s in args.scenes.split(",") if s]
-    scales = [float(x) for x in args.action_scales.split(",") if x]
-    shadows = not args.no_shadows
-    config = EnvConfig(t0=args.t0, image_size=args.size)
+    result = run(size=args.size, steps=args.steps, blocks=args.blocks,
+                 scenes=[s for s in args.scenes.split(",") if s], t0=args.t0,
+                 scales=[float(x) for x in args.action_scales.split(",") if x],
+                 shadows=not args.no_shadows, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def run(size: int = 224, steps: int = 120, blocks: int = 3,
+        scenes: list[str] | None = None, t0: int = 40, scales: list[float] | None = None,
+        shadows: bool = True, seed: int = 0) -> dict:
+    """Embedded vs bridge env steps/s, alternating blocks; returns the result dict."""
+    scenes = scenes or ["kitchen", "bedroom"]
+    scales = scales or [0.5, 0.25, 1.0]
+    config = EnvConfig(t0=t0, image_size=size)
 
     embedded = SimBackend(scenes, shadows=shadows)
     t = time.perf_counter()
-    bridge = connect_test_peer(scenes, image_size=args.size, shadows=shadows, timeout_s=120)
+    bridge = connect_test_peer(scenes, image_size=size, shadows=shadows, timeout_s=120)
     connect_s = time.perf_counter() - t
     envs = {"embedded": Rls3Env(embedded, config), "bridge": Rls3Env(bridge, config)}
     for backend in (embedded, bridge):  # warm-up: build every scene, bind meshes, first frames
         for i in range(len(scenes)):
-            backend.load_scene(i, seed=args.seed)
-            backend.render(args.size, args.size)
+            backend.load_scene(i, seed=seed)
+            backend.render(size, size)
 
     load0 = os.getloadavg()
     rows = []
     for scale in scales:
         times: dict[str, list[float]] = {"embedded": [], "bridge": []}
         valid: dict[str, list[int]] = {"embedded": [], "bridge": []}
-        for block in range(args.blocks):
+        for block in range(blocks):
             for side in ("embedded", "bridge") if block % 2 == 0 else ("bridge", "embedded"):
-                dt, v = run_block(envs[side], args.seed + block, args.steps, scale)
+                dt, v = run_block(envs[side], seed + block, steps, scale)
                 times[side].append(dt)
                 valid[side].append(v)
-                print(f"scale {scale:4.2f} block {block} {side:8s} {args.steps / dt:7.2f} steps/s "
+                print(f"scale {scale:4.2f} block {block} {side:8s} {steps / dt:7.2f} steps/s "
                       f"({v} valid)", flush=True)
         if valid["embedded"] != valid["bridge"]:
             raise RuntimeError(f"the two sides diverged: valid steps {valid}")
         total = {k: sum(v) for k, v in times.items()}
-        n = args.steps * args.blocks
+        n = steps * blocks
         per_block = [b / e - 1.0 for b, e in zip(times["bridge"], times["embedded"])]
         rows.append({"action_scale": scale, "valid_share": sum(valid["bridge"]) / n,
                      "embedded_steps_per_s": n / total["embedded"],
@@ -111,8 +123,8 @@ def main() -> None:
 
     head = rows[0]
     result = {
-        "benchmark": "bridge", "image_size": args.size, "scenes": scenes, "shadows": shadows,
-        "steps_per_block": args.steps, "blocks": args.blocks, "t0": args.t0,
+        "benchmark": "bridge", "image_size": size, "scenes": scenes, "shadows": shadows,
+        "steps_per_block": steps, "blocks": blocks, "t0": t0,
         "headline": {"action_scale": head["action_scale"], "overhead": head["overhead"],
                      "embedded_steps_per_s": head["embedded_steps_per_s"],
                      "bridge_steps_per_s": head["bridge_steps_per_s"]},
@@ -131,9 +143,7 @@ def main() -> None:
     print(f"target <= {100 * TARGET:.0f}% | headline (scale {head['action_scale']}) "
           f"{100 * head['overhead']:+.1f}% | no-op round trip {noop_ms:.2f} ms | "
           f"load average {load0[0]:.1f} -> {load1[0]:.1f} on {os.cpu_count()} CPUs")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    return result
 
 
 if __name__ == "__main__":

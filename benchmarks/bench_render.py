@@ -20,24 +20,19 @@ from rls3.env import EnvConfig, Rls3Env
 from rls3.sim import SimBackend, list_scenes
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--steps", type=int, default=300, help="random steps per scene")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/render.json"))
-    args = ap.parse_args()
-
+def run(size: int = 224, steps: int = 300, seed: int = 0,
+        scenes: list[str] | None = None) -> dict:
+    """Time env steps against raw renders on each scene; returns the result dict."""
     rows = []
-    for scene in list_scenes():
+    for scene in scenes or list_scenes():
         backend = SimBackend([scene])
-        env = Rls3Env(backend, EnvConfig(t0=10**6, image_size=args.size, swap_prob=0.0))
-        env.reset(seed=args.seed)
-        rng = np.random.default_rng(args.seed)
+        env = Rls3Env(backend, EnvConfig(t0=10**6, image_size=size, swap_prob=0.0))
+        env.reset(seed=seed)
+        rng = np.random.default_rng(seed)
         env.step(np.zeros(3, np.float32))  # warm-up: builds the scene and binds the meshes
-        backend.render(args.size, args.size)
+        backend.render(size, size)
         t_env, t_raw, valid = 0.0, 0.0, 0
-        for _ in range(args.steps):
+        for _ in range(steps):
             a = rng.uniform(-1, 1, 3).astype(np.float32)
             t0 = time.perf_counter()
             _, _, _, _, info = env.step(a)
@@ -45,11 +40,11 @@ def main() -> None:
             if info["valid"]:
                 valid += 1
                 t0 = time.perf_counter()
-                backend.render(args.size, args.size)
+                backend.render(size, size)
                 t_raw += time.perf_counter() - t0
         env.close()
-        rows.append({"scene": scene, "steps": args.steps, "valid": valid,
-                     "yield": valid / args.steps,
+        rows.append({"scene": scene, "steps": steps, "valid": valid,
+                     "yield": valid / steps,
                      "env_valid_fps": valid / t_env if t_env else 0.0,
                      "raw_render_fps": valid / t_raw if t_raw else 0.0,
                      "env_overhead": t_env / t_raw - 1.0 if t_raw else float("nan")})
@@ -61,10 +56,21 @@ def main() -> None:
     total = {"env_overhead": te / tr - 1.0, "mean_yield": float(np.mean([r["yield"] for r in rows]))}
     print(f"overall env overhead over raw rendering: {100 * total['env_overhead']:+.1f}% "
           f"(target <= +20%), mean random yield {total['mean_yield']:.3f}")
+    return {"command": " ".join(sys.argv), "machine": platform.platform(),
+            "python": platform.python_version(), "size": size, "rows": rows, "total": total}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=300, help="random steps per scene")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenes", default="", help="comma-separated scenes (default: all)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/render.json"))
+    args = ap.parse_args()
+    result = run(args.size, args.steps, args.seed, [s for s in args.scenes.split(",") if s] or None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(sys.argv), "machine": platform.platform(),
-                                    "python": platform.python_version(), "size": args.size,
-                                    "rows": rows, "total": total}, indent=2))
+    args.out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

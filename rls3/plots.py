@@ -1,0 +1,454 @@
+"""The paper's figures from run directories (matplotlib, Agg backend; PNG files).
+
+Every function takes run directories (their `metrics.jsonl`, see `rls3.loop` for the fields; the
+agent comes from the records or `config.yaml`), writes one PNG into `out_dir` and returns its path.
+Runs are grouped by agent (SAC against random) and, where several seeds exist, drawn as mean ± std
+over seeds. Missing fields, runs with only the iteration-0 record, or no runs with data at all give
+a figure that says so instead of an error.
+
+  plot_score_vs_data     Fig. 5: test score vs cumulative generated samples (env steps)
+  plot_per_term          Fig. 6: per-term test score before/after + cumulative count generated
+  plot_by_complexity     Fig. 7: test score by complexity (1/2/3 terms) per iteration
+  plot_finetune_loss     Fig. 8: fine-tuning loss concatenated over iterations, with boundaries
+  plot_validation        Fig. 9: validation score per iteration, early-stopping point marked
+  plot_yield             valid-sample yield per iteration for each agent
+  plot_all               all of the above; returns {name: path}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+RunDirs = Sequence[str | Path]
+#: agent name -> colour (others cycle through the default palette)
+AGENT_COLORS = {"sac": "tab:blue", "random": "tab:orange"}
+DPI = 110
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run's records and the labels the figures need."""
+
+    path: Path
+    agent: str
+    seed: int | None
+    records: list[dict[str, Any]]
+
+
+def load_runs(run_dirs: RunDirs) -> list[Run]:
+    """Read every run's metrics; unreadable runs are skipped with a warning."""
+    from rls3.loop import RunDirError, load_run_config, read_metrics
+
+    runs = []
+    for d in run_dirs:
+        d = Path(d)
+        try:
+            recs = read_metrics(d)
+        except (OSError, RunDirError) as e:
+            log.warning("skipping run %s: %s", d, e)
+            continue
+        agent = next((r["agent"] for r in recs if r.get("agent")), None)
+        seed = next((r["seed"] for r in recs if r.get("seed") is not None), None)
+        if agent is None:
+            try:
+                cfg = load_run_config(d)
+                agent, seed = cfg.agent.name, cfg.seed
+            except (OSError, ValueError) as e:
+                log.warning("run %s: no agent in its records or config (%s)", d, e)
+                agent = "?"
+        recs = sorted((r for r in recs if isinstance(r.get("iteration"), int)),
+                      key=lambda r: r["iteration"])
+        runs.append(Run(d, str(agent), seed, recs))
+    return runs
+
+
+def _by_agent(runs: list[Run]) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = {}
+    for r in runs:
+        out.setdefault(r.agent, []).append(r)
+    # SAC first, random second, others alphabetically
+    order = {"sac": 0, "random": 1}
+    return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], 2), kv[0])))
+
+
+def _color(agent: str, i: int = 0) -> str:
+    return AGENT_COLORS.get(agent, f"C{(i + 2) % 10}")
+
+
+def _num(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+def _get(rec: dict[str, Any], *keys: str) -> Any:
+    cur: Any = rec
+    for k in keys:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(k)
+    return cur
+
+
+def _score_label(runs: list[Run]) -> str:
+    vlms = {r.records[0].get("vlm") for r in runs if r.records}
+    return "mean S_PG (1-5)" if vlms and all(v and "paligemma" in str(v) for v in vlms) \
+        else "accuracy"
+
+
+def _finish(fig: Any, out_dir: str | Path, name: str) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _empty(ax: Any, what: str) -> None:
+    ax.text(0.5, 0.5, f"no data: {what}", ha="center", va="center", transform=ax.transAxes,
+            color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def mean_std_on_grid(curves: list[tuple[np.ndarray, np.ndarray]], n: int = 60
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Interpolate (x, y) curves onto a common grid from 0 to the longest x.
+
+    Each curve counts only inside its own x range (a shorter run does not pretend to go on).
+    Returns grid, mean, std and the number of curves at each grid point."""
+    curves = [(np.asarray(x, float), np.asarray(y, float)) for x, y in curves]
+    curves = [(x[np.isfinite(y)], y[np.isfinite(y)]) for x, y in curves]
+    curves = [(x, y) for x, y in curves if len(x)]
+    if not curves:
+        e = np.array([])
+        return e, e, e, e
+    hi = max(float(x.max()) for x, _ in curves)
+    lo = min(float(x.min()) for x, _ in curves)
+    grid = np.linspace(lo, hi, n) if hi > lo else np.array([lo])
+    ys = np.full((len(curves), len(grid)), np.nan)
+    for i, (x, y) in enumerate(curves):
+        inside = (grid >= x.min() - 1e-9) & (grid <= x.max() + 1e-9)
+        ys[i, inside] = np.interp(grid[inside], x, y)
+    count = np.sum(np.isfinite(ys), axis=0)
+    with np.errstate(all="ignore"), _quiet_nan():
+        mean = np.nanmean(ys, axis=0)
+        std = np.nanstd(ys, axis=0)
+    return grid, mean, std, count
+
+
+class _quiet_nan:
+    def __enter__(self) -> None:
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._w.__exit__(*exc)
+
+
+def _per_iteration(runs: list[Run], value: Callable[[dict[str, Any]], Any],
+                   start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean/std over runs of `value(record)` at each iteration number (NaN where missing)."""
+    its = sorted({r["iteration"] for run in runs for r in run.records if r["iteration"] >= start})
+    if not its:
+        e = np.array([])
+        return e, e, e
+    ys = np.full((len(runs), len(its)), np.nan)
+    for i, run in enumerate(runs):
+        for r in run.records:
+            if r["iteration"] in its:
+                ys[i, its.index(r["iteration"])] = _num(value(r))
+    with _quiet_nan():
+        return np.array(its), np.nanmean(ys, axis=0), np.nanstd(ys, axis=0)
+
+
+def _band(ax: Any, x: np.ndarray, m: np.ndarray, s: np.ndarray, color: str, label: str,
+          marker: str | None = "o") -> None:
+    ok = np.isfinite(m)
+    if not ok.any():
+        return
+    ax.plot(x[ok], m[ok], color=color, label=label, marker=marker if ok.sum() < 25 else None,
+            ms=4)
+    ax.fill_between(x[ok], (m - s)[ok], (m + s)[ok], color=color, alpha=0.2, lw=0)
+
+
+# ------------------------------------------------------------------------------------ figures
+def plot_score_vs_data(run_dirs: RunDirs, out_dir: str | Path, split: str = "test",
+                       x_key: str = "cum_steps", name: str = "fig5_score_vs_data.png") -> Path:
+    """Fig. 5: `split` score against cumulative generated samples, mean ± std over seeds per agent
+    (runs interpolated onto a common grid; the band covers the range every run of the agent
+    reached; thin lines: the runs themselves)."""
+    runs = load_runs(run_dirs)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    drawn = False
+    for i, (agent, rs) in enumerate(_by_agent(runs).items()):
+        curves = []
+        for run in rs:
+            pts = [(_num(r.get(x_key, 0)), _num(_get(r, split, "score"))) for r in run.records]
+            pts = [(a, b) for a, b in pts if math.isfinite(a) and math.isfinite(b)]
+            if pts:
+                xs, ys = map(np.array, zip(*pts))
+                curves.append((xs, ys))
+                ax.plot(xs, ys, color=_color(agent, i), alpha=0.3, lw=0.8, marker=".", ms=3)
+        if not curves:
+            continue
+        drawn = True
+        grid, m, s, n = mean_std_on_grid(curves)
+        common = n == len(curves)    # mean ± std only where every run of the agent has data
+        _band(ax, grid[common], m[common], s[common], _color(agent, i),
+              f"{agent} (n={len(curves)})", marker=None)
+    if drawn:
+        ax.set_xlabel("cumulative generated samples (env steps)" if x_key == "cum_steps"
+                      else f"cumulative {x_key}")
+        ax.set_ylabel(f"{split} {_score_label(runs)}")
+        ax.set_title(f"{split.capitalize()} score vs generated data (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    else:
+        _empty(ax, f"{split} scores")
+    return _finish(fig, out_dir, name)
+
+
+def plot_per_term(run_dirs: RunDirs, out_dir: str | Path, split: str = "test",
+                  name: str = "fig6_per_term.png") -> Path:
+    """Fig. 6: per-term score before (iteration 0) and after (last iteration), mean over seeds per
+    agent, and the cumulative number of samples generated with each term."""
+    runs = load_runs(run_dirs)
+    groups = _by_agent(runs)
+    terms = sorted({t for run in runs for r in run.records
+                    for t in (_get(r, split, "per_term") or {})})
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2),
+                                  gridspec_kw={"width_ratios": [3, 2]})
+    if not terms:
+        _empty(ax, f"{split} per-term scores")
+    else:
+        bars = []  # (label, values, color, hatch)
+        before = [_num(_get(run.records[0], split, "per_term", t)) if run.records else math.nan
+                  for run in runs for t in terms]
+        # "before" is the untouched VLM, shared by all agents of the same seeds: mean over runs
+        b = np.array(before, float).reshape(len(runs), len(terms)) if runs else np.zeros((0, 0))
+        with _quiet_nan():
+            bars.append(("before (iteration 0)", np.nanmean(b, axis=0), "0.6", None))
+        for i, (agent, rs) in enumerate(groups.items()):
+            a = np.array([[_num(_get(run.records[-1], split, "per_term", t)) for t in terms]
+                          for run in rs if run.records and run.records[-1]["iteration"] > 0])
+            if a.size:
+                with _quiet_nan():
+                    bars.append((f"{agent} after", np.nanmean(a, axis=0), _color(agent, i), None))
+        width = 0.8 / len(bars)
+        xs = np.arange(len(terms))
+        for k, (label, vals, color, hatch) in enumerate(bars):
+            ax.bar(xs + (k - (len(bars) - 1) / 2) * width, np.nan_to_num(vals), width,
+                   label=label, color=color, hatch=hatch)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(terms, rotation=20)
+        ax.set_ylabel(f"{split} {_score_label(runs)}")
+        ax.set_title(f"Per-term {split} score before / after (mean over seeds)")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    gen_terms = sorted({t for run in runs for r in run.records
+                        for t in (r.get("cum_terms_generated") or {})})
+    if not gen_terms:
+        _empty(ax2, "terms generated")
+    else:
+        xs = np.arange(len(gen_terms))
+        width = 0.8 / max(len(groups), 1)
+        for i, (agent, rs) in enumerate(groups.items()):
+            c = np.array([[_num((run.records[-1].get("cum_terms_generated") or {}).get(t, 0))
+                           for t in gen_terms] for run in rs if run.records])
+            if c.size:
+                ax2.bar(xs + (i - (len(groups) - 1) / 2) * width, np.nanmean(c, axis=0), width,
+                        yerr=np.nanstd(c, axis=0) if len(c) > 1 else None,
+                        color=_color(agent, i), label=agent, capsize=2)
+        ax2.set_xticks(xs)
+        ax2.set_xticklabels(gen_terms, rotation=20)
+        ax2.set_ylabel("valid samples generated (cumulative)")
+        ax2.set_title("Terms generated")
+        if ax2.get_legend_handles_labels()[0]:
+            ax2.legend(fontsize=8)
+        ax2.grid(axis="y", alpha=0.3)
+    return _finish(fig, out_dir, name)
+
+
+def plot_by_complexity(run_dirs: RunDirs, out_dir: str | Path, split: str = "test",
+                       name: str = "fig7_by_complexity.png") -> Path:
+    """Fig. 7: score per complexity (1/2/3 spatial terms) per iteration; one panel per agent,
+    mean ± std over seeds."""
+    runs = load_runs(run_dirs)
+    groups = _by_agent(runs)
+    levels = sorted({c for run in runs for r in run.records
+                     for c in (_get(r, split, "per_complexity") or {})}, key=str)
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(5.2 * max(len(groups), 1), 4),
+                             squeeze=False, sharey=True)
+    if not levels:
+        _empty(axes[0][0], f"{split} scores by complexity")
+        return _finish(fig, out_dir, name)
+    for ax, (agent, rs) in zip(axes[0], groups.items()):
+        for j, c in enumerate(levels):
+            its, m, s = _per_iteration(rs, lambda r, c=c: _get(r, split, "per_complexity", c))
+            _band(ax, its, m, s, f"C{j}", f"{c} term{'s' if str(c) != '1' else ''}")
+        ax.set_title(f"{agent}: {split} score by complexity (n={len(rs)})")
+        ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(f"{split} {_score_label(runs)}")
+    return _finish(fig, out_dir, name)
+
+
+def plot_finetune_loss(run_dirs: RunDirs, out_dir: str | Path,
+                       name: str = "fig8_finetune_loss.png") -> Path:
+    """Fig. 8: every optimizer step's fine-tuning loss, concatenated over iterations (one line per
+    run), iteration boundaries as dotted lines (those of the first run of each agent)."""
+    runs = load_runs(run_dirs)
+    groups = _by_agent(runs)
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(5.6 * max(len(groups), 1), 3.8),
+                             squeeze=False, sharey=True)
+    drawn = False
+    for ax, (i, (agent, rs)) in zip(axes[0], enumerate(groups.items())):
+        bounds_drawn = False
+        any_here = False
+        for run in rs:
+            losses: list[float] = []
+            bounds = []
+            for r in run.records:
+                ls = r.get("finetune_losses") or []
+                if r["iteration"] > 0:
+                    losses += [_num(v) for v in ls]
+                    bounds.append((len(losses), r["iteration"]))
+            if not losses:
+                continue
+            drawn = any_here = True
+            ax.plot(np.arange(1, len(losses) + 1), losses, lw=1, alpha=0.85,
+                    label=f"seed {run.seed}")
+            if not bounds_drawn:
+                for pos, it in bounds[:-1]:
+                    ax.axvline(pos + 0.5, color="0.5", ls=":", lw=0.8)
+                bounds_drawn = True
+        ax.set_title(f"{agent}: fine-tuning loss (dotted: iteration ends)")
+        ax.set_xlabel("optimizer step (concatenated over iterations)")
+        ax.grid(alpha=0.3)
+        if any_here:
+            ax.legend(fontsize=8)
+        else:
+            _empty(ax, "fine-tuning losses")
+    if not groups:
+        _empty(axes[0][0], "fine-tuning losses")
+    elif drawn:
+        axes[0][0].set_ylabel("training loss")
+    return _finish(fig, out_dir, name)
+
+
+def plot_validation(run_dirs: RunDirs, out_dir: str | Path,
+                    name: str = "fig9_validation.png") -> Path:
+    """Fig. 9: validation score per iteration for every run; a star at the best (early-stopping)
+    iteration and a cross where a run stopped early."""
+    runs = load_runs(run_dirs)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    drawn = False
+    for i, (agent, rs) in enumerate(_by_agent(runs).items()):
+        for k, run in enumerate(rs):
+            pts = [(r["iteration"], _num(_get(r, "val", "score"))) for r in run.records]
+            pts = [(a, b) for a, b in pts if math.isfinite(b)]
+            if not pts:
+                continue
+            drawn = True
+            xs, ys = map(np.array, zip(*pts))
+            col = _color(agent, i)
+            ax.plot(xs, ys, color=col, alpha=0.75, marker=".", lw=1,
+                    label=agent if k == 0 else None)
+            es = run.records[-1].get("early_stopping") or {}
+            best = es.get("best_iteration")
+            if best is not None and best in xs:
+                ax.plot([best], [ys[list(xs).index(best)]], marker="*", ms=12, color=col,
+                        mec="k", mew=0.5, label="best (early-stopping point)"
+                        if i == 0 and k == 0 else None)
+            if run.records[-1].get("stop_reason") == "early_stopping":
+                ax.plot([xs[-1]], [ys[-1]], marker="X", ms=8, color=col, mec="k", mew=0.5,
+                        label="stopped early" if not any(
+                            t.get_label() == "stopped early" for t in ax.lines) else None)
+    if drawn:
+        ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"validation {_score_label(runs)}")
+        ax.set_title("Validation score per iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    else:
+        _empty(ax, "validation scores")
+    return _finish(fig, out_dir, name)
+
+
+def plot_yield(run_dirs: RunDirs, out_dir: str | Path, name: str = "yield.png") -> Path:
+    """Valid-sample yield (valid frames / env steps) per iteration, mean ± std over seeds per
+    agent, with each agent's cumulative yield in the legend."""
+    runs = load_runs(run_dirs)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    drawn = False
+    for i, (agent, rs) in enumerate(_by_agent(runs).items()):
+        its, m, s = _per_iteration(rs, lambda r: r.get("yield"), start=1)
+        if not np.isfinite(m).any():
+            continue
+        drawn = True
+        cum = [_num(run.records[-1].get("cum_yield")) for run in rs if run.records]
+        cum = [c for c in cum if math.isfinite(c)]
+        label = f"{agent} (n={len(rs)}, overall {np.mean(cum):.2f})" if cum else agent
+        _band(ax, its, m, s, _color(agent, i), label)
+    if drawn:
+        ax.set_ylim(0, 1.02)
+        ax.axhline(0.95, color="0.5", ls="--", lw=0.8, label="target 0.95")
+        ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("valid samples / env steps")
+        ax.set_title("Valid-sample yield per iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    else:
+        _empty(ax, "yield")
+    return _finish(fig, out_dir, name)
+
+
+FIGURES: dict[str, tuple[str, Callable[..., Path]]] = {
+    "score_vs_data": ("Test score vs generated data (Fig. 5)", plot_score_vs_data),
+    "per_term": ("Per-term test score before/after and terms generated (Fig. 6)", plot_per_term),
+    "by_complexity": ("Test score by complexity per iteration (Fig. 7)", plot_by_complexity),
+    "finetune_loss": ("Fine-tuning loss across iterations (Fig. 8)", plot_finetune_loss),
+    "validation": ("Validation score per iteration, early-stopping point (Fig. 9)",
+                   plot_validation),
+    "yield": ("Valid-sample yield per iteration", plot_yield),
+}
+
+
+def plot_all(run_dirs: RunDirs, out_dir: str | Path) -> dict[str, Path]:
+    """Every figure of `FIGURES` into `out_dir`; returns {name: png path}. A figure that fails is
+    logged and left out rather than losing the others."""
+    out: dict[str, Path] = {}
+    for key, (_, fn) in FIGURES.items():
+        try:
+            out[key] = fn(run_dirs, out_dir)
+        except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+            log.warning("figure %s failed: %s", key, e)
+            plt.close("all")
+    return out

@@ -1,0 +1,108 @@
+"""rls3.plots: every figure is written from small synthetic run directories, also with missing
+fields and single-iteration runs, and write_report embeds them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rls3
+from rls3 import plots
+from rls3.loop import RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION
+from rls3.config import preset
+
+TERMS = ["above", "behind", "below", "in front", "left", "right"]
+
+
+def _metrics(i: int, rng: np.random.Generator) -> dict:
+    score = 0.2 + 0.03 * i + 0.02 * rng.random()
+    return {"score": score, "per_term": {t: score + 0.05 * rng.standard_normal() for t in TERMS},
+            "per_complexity": {"1": score + 0.1, "2": score, "3": score - 0.1},
+            "loss": 4.0 - 0.1 * i, "n": 90}
+
+
+def make_run(root: Path, agent: str, seed: int, iterations: int, steps_per_it: int = 500,
+             full: bool = True) -> Path:
+    d = root / f"quick__{agent}__{seed}__20260101-000000"
+    d.mkdir(parents=True)
+    cfg = preset("quick").override({"agent.name": agent, "seed": seed})
+    (d / "config.yaml").write_text(cfg.to_yaml())
+    (d / RUN_FILE).write_text(json.dumps({"format": RUN_FORMAT, "format_version":
+                                          RUN_FORMAT_VERSION, "rls3_version": rls3.__version__}))
+    rng = np.random.default_rng(seed)
+    recs, cum_steps, cum_valid, cum_terms = [], 0, 0, {t: 0 for t in TERMS}
+    for i in range(iterations + 1):
+        rec = {"iteration": i, "agent": agent, "vlm": "lite", "seed": seed, "preset": "quick",
+               "cum_steps": cum_steps, "cum_valid": cum_valid,
+               "cum_terms_generated": dict(cum_terms), "val": _metrics(i, rng),
+               "test": _metrics(i, rng)}
+        if i > 0:
+            steps = steps_per_it + int(rng.integers(0, 50))
+            valid = 128
+            cum_steps += steps
+            cum_valid += valid
+            for t in TERMS:
+                cum_terms[t] += int(rng.integers(10, 40))
+            rec.update(cum_steps=cum_steps, cum_valid=cum_valid, cum_yield=cum_valid / cum_steps,
+                       cum_terms_generated=dict(cum_terms), steps=steps, valid=valid,
+                       yield_=None, finetune_losses=list(4.0 - 0.05 * i - 0.1 * rng.random(4)))
+            rec["yield"] = valid / steps
+            del rec["yield_"]
+            rec["early_stopping"] = {"best_iteration": max(1, i - 1), "best_score": 0.3,
+                                     "since_best": 1, "stop": i == iterations}
+            rec["stop_reason"] = "early_stopping" if i == iterations else None
+        if not full:  # an older/partial record: only the essentials
+            rec = {k: rec[k] for k in ("iteration", "agent", "cum_steps") if k in rec}
+        recs.append(rec)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return d
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> list[Path]:
+    return ([make_run(tmp_path / "runs", "sac", s, 4, 300) for s in range(3)]
+            + [make_run(tmp_path / "runs", "random", s, 3, 900) for s in range(3)])
+
+
+def _is_png(p: Path, min_bytes: int = 8000) -> bool:
+    data = p.read_bytes()
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > min_bytes
+
+
+def test_every_figure_is_written(runs: list[Path], tmp_path: Path) -> None:
+    out = plots.plot_all(runs, tmp_path / "fig")
+    assert set(out) == set(plots.FIGURES)
+    for name, p in out.items():
+        assert p.parent == tmp_path / "fig" and _is_png(p), name
+
+
+def test_mean_std_on_grid_respects_each_range() -> None:
+    grid, m, s, n = plots.mean_std_on_grid([(np.array([0, 10]), np.array([0.0, 1.0])),
+                                            (np.array([0, 5]), np.array([0.0, 1.0]))], n=11)
+    assert grid[0] == 0 and grid[-1] == 10
+    assert n[0] == 2 and n[-1] == 1          # the short run stops at x=5
+    assert m[5] == pytest.approx((0.5 + 1.0) / 2) and m[-1] == pytest.approx(1.0)
+    assert s[0] == 0.0
+
+
+def test_single_iteration_and_missing_fields(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path / "r", "sac", 0, 0),               # only the iteration-0 record
+            make_run(tmp_path / "r", "random", 1, 2, full=False)]  # no scores at all
+    for name, (_, fn) in plots.FIGURES.items():
+        p = fn(runs, tmp_path / "fig")
+        assert _is_png(p, 3000), name
+    # no runs / unreadable runs: still a figure saying so
+    assert _is_png(plots.plot_score_vs_data([tmp_path / "nope"], tmp_path / "fig2"), 3000)
+
+
+def test_report_embeds_the_figures(runs: list[Path], tmp_path: Path) -> None:
+    from rls3.report import write_report
+
+    md = write_report(runs, tmp_path / "report")
+    text = md.read_text()
+    for p in (tmp_path / "report").glob("*.png"):
+        assert f"]({p.name})" in text
+    assert len(list((tmp_path / "report").glob("*.png"))) == len(plots.FIGURES)
