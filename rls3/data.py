@@ -59,6 +59,18 @@ def make_sample(image: np.ndarray, state: SceneState, rng: np.random.Generator) 
 
 
 # ------------------------------------------------------------------------------------ writing
+def replace_folder(tmp: Path, folder: Path) -> None:
+    """Put the finished folder `tmp` in place of `folder` with renames only, so a crash leaves
+    either the old or the new folder, never a half-written one."""
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+
+
 def write_dataset(folder: str | Path, samples: Sequence[Sample], info: dict[str, Any] | None = None,
                   overwrite: bool = False) -> Path:
     """Write `samples` as PNGs + `metadata.jsonl` (+ `dataset.json` with `info`) into `folder`.
@@ -85,13 +97,7 @@ def write_dataset(folder: str | Path, samples: Sequence[Sample], info: dict[str,
         meta = {"format": DATASET_FORMAT, "version": DATASET_VERSION,
                 "rls3_version": rls3.__version__, "n": len(samples), **(info or {})}
         (tmp / INFO_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -56,7 +56,7 @@ import rls3
 from rls3.agents import Agent, RandomAgent, SACAgent, build_agent
 from rls3.config import Config, ConfigError, make_backend
 from rls3.data import (complexity_counts, ensure_fixed_set, fixed_set_dir, make_sample,
-                       read_dataset, term_counts, write_dataset)
+                       read_dataset, replace_folder, term_counts, write_dataset)
 from rls3.env import Frame, Rls3Env
 from rls3.sample import Sample
 
@@ -756,13 +756,7 @@ class Loop:
         tmp = self.run_dir / f".{BEST_VLM}.tmp-{uuid.uuid4().hex[:8]}"
         vlm.save(tmp)
         (tmp / "iteration.json").write_text(json.dumps({"iteration": self.state.iteration}))
-        if final.exists():
-            old = self.run_dir / f".{BEST_VLM}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_folder(tmp, final)
 
     def _append_metrics(self, rec: dict[str, Any]) -> None:
         mf = self.run_dir / METRICS_FILE
