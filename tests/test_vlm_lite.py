@@ -189,10 +189,17 @@ def test_lite_trains_only_the_chosen_parameters(lite):
     assert "logit_scale" in names
     assert any(n.startswith("image_pool.") for n in names)
     assert any(n.startswith("text_head.") for n in names)
-    assert any(n.startswith("image._blocks.15.") for n in names)
-    assert not any(n.startswith("image._blocks.12.") for n in names)
+    assert "image._conv_head.weight" in names and "image._bn1.weight" in names
+    assert not any(n.startswith(("image._blocks.", "image._conv_stem")) for n in names)
     assert any(n.startswith("text.encoder.layer.5.") for n in names)
-    assert not any(n.startswith(("text.embeddings.", "text.encoder.layer.3.")) for n in names)
+    assert not any(n.startswith(("text.embeddings.", "text.encoder.layer.4.")) for n in names)
+    deeper = make_lite(train_image_blocks=2, train_text_layers=2)
+    names = [n for n, _ in deeper.trainable_parameters()]
+    assert any(n.startswith("image._blocks.14.") for n in names)
+    assert not any(n.startswith("image._blocks.13.") for n in names)
+    assert any(n.startswith("text.encoder.layer.4.") for n in names)
+    with pytest.raises(ValueError, match="train_image_blocks must be in 0..5"):
+        make_lite(train_image_blocks=6)
 
 
 def test_lite_finetune_lowers_loss_and_changes_only_trainable(lite, samples):

@@ -12,8 +12,9 @@ ship on PyPI (so it works offline and on a CPU), joined in a "what-where" space.
   scores how far the A's x moment exceeds the B's, wherever they stand — with a learned
   temperature (CLIP initialisation 1/0.07, capped at 100).
 
-Fine-tuned by default (`ARCH_DEFAULTS`): the pooling and the text head (fresh), the last MBConv
-block + head convolution of the image tower, the last of the 6 MiniLM layers and the temperature.
+Fine-tuned by default (`ARCH_DEFAULTS`): the pooling and the text head (fresh), the head
+convolution of the image tower (320 -> 1280 channels at stride 32), the last of the 6 MiniLM layers
+and the temperature; `train_image_blocks` (up to 5) / `train_text_layers` open more of the towers.
 Everything below is frozen; its outputs are computed once per `finetune` call and reused across
 the K epochs (and across consecutive calls on the same samples), so an epoch costs only the
 trainable tops. BatchNorm runs on its ImageNet statistics (folded into the frozen convolutions;
@@ -52,7 +53,7 @@ N_TEXT_LAYERS = 6     # transformer layers of all-MiniLM-L6-v2
 
 #: Architecture options (stored in checkpoints; a checkpoint fixes them) and their defaults.
 ARCH_DEFAULTS: dict[str, Any] = {"image_size": 192, "channels": 64, "text_slots": 4,
-                                 "train_image_blocks": 1, "train_image_head": True,
+                                 "train_image_blocks": 0, "train_image_head": True,
                                  "train_text_layers": 1, "max_text_length": 48}
 #: Index of the last stride-16 block (end of the 112-channel stage): the fine map for pooling.
 FINE_BLOCK = 10
@@ -111,11 +112,10 @@ class SlotTextHead(nn.Module):
     """Token states (B, L, H) -> a K x 6 "what-where" matrix matching `WhatWherePool`.
 
     `slots` learned pairs of attention poolings over the tokens (keys see each token's state and
-    its relative place in the text, so a slot can follow "the first noun phrase"): slot j reads an
-    identity
-    u_j in R^K (which "what" maps: e.g. the subject's name) and a placement v_j in R^6 (weights of
-    the moments 1, x, y, x^2, y^2, xy: e.g. "to the left of" -> -x for the subject, +x for the
-    object), and the text embedding is sum_j u_j v_j^T. Its dot product with the image's moment
+    its relative place in the text, so a slot can follow "the first noun phrase"): slot j reads
+    an identity u_j in R^K (which "what" maps: e.g. the subject's name) and a placement v_j in
+    R^6 (weights of the moments 1, x, y, x^2, y^2, xy: e.g. "to the left of" -> -x for the
+    subject, +x for the object), and the text embedding is sum_j u_j v_j^T. Its dot product with the image's moment
     matrix is then sum_j u_j^T M v_j: "the B is left of the A" scores x_A - x_B, wherever the two
     objects stand, which is what lets a few hundred samples teach the relation."""
 
@@ -147,7 +147,7 @@ class LiteDualEncoder(nn.Module):
     """EfficientNet-Lite0 + MiniLM towers joined in a what-where space (see the module doc)."""
 
     def __init__(self, image_size: int = 192, channels: int = 64, text_slots: int = 4,
-                 train_image_blocks: int = 1, train_image_head: bool = True,
+                 train_image_blocks: int = 0, train_image_head: bool = True,
                  train_text_layers: int = 1, seed: int = 0) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
@@ -179,7 +179,8 @@ class LiteDualEncoder(nn.Module):
         image.load_state_dict(state, strict=True)
         image.eval()
         self.image = image
-        self.text = AutoModel.from_pretrained(minilm_folder(), add_pooling_layer=False)
+        self.text = AutoModel.from_pretrained(minilm_folder())
+        self.text.pooler = None     # unused (dropped after loading, so no "unexpected keys" report)
         if len(self.text.encoder.layer) != N_TEXT_LAYERS:
             raise RuntimeError("unexpected MiniLM layout: "
                                f"{len(self.text.encoder.layer)} layers, expected {N_TEXT_LAYERS}")
