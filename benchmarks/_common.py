@@ -68,3 +68,11 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 def command_line() -> str:
     return "python " + " ".join(sys.argv)
+
+
+def finish(res: dict[str, Any], out: str | Path, markdown: Any) -> None:
+    """Stamp a script's result with its command line, write its JSON and print its table."""
+    res["command"] = command_line()
+    write_json(out, res)
+    print("\n".join(markdown(res)))
+    print(f"wrote {out}")

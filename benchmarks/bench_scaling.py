@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from _common import command_line, machine_info, write_json  # noqa: E402
+from _common import finish, machine_info  # noqa: E402
 
 BASE = {"env.t0": 8, "loop.episodes": 2, "env.image_size": 64, "loop.k": 1,
         "data.val_size": 20, "data.test_size": 20, "agent.pretrain_steps": 300,
@@ -161,10 +161,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scaling.json")
     a = ap.parse_args()
     res = run(a.fast, a.agent)
-    res["command"] = command_line()
-    write_json(a.out, res)
-    print("\n".join(markdown(res)))
-    print(f"wrote {a.out}")
+    finish(res, a.out, markdown)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from _common import command_line, machine_info, write_json  # noqa: E402
+from _common import finish, machine_info  # noqa: E402
 
 
 def vlm(fast: bool, name: str = "lite", size: int = 224) -> dict:
@@ -111,10 +111,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
     a = ap.parse_args()
     res = run(a.fast, a.size)
-    res["command"] = command_line()
-    write_json(a.out, res)
-    print("\n".join(markdown(res)))
-    print(f"wrote {a.out}")
+    finish(res, a.out, markdown)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, machine_info, write_json  # noqa: E402
+from _common import finish, machine_info  # noqa: E402
 
 TARGET = 0.95
 
@@ -139,10 +139,7 @@ def main() -> None:
     a = ap.parse_args()
     res = run(a.preset, tuple(int(s) for s in a.seeds.split(",") if s), a.steps,
               a.pretrain_steps, progress=True)
-    res["command"] = command_line()
-    write_json(a.out, res)
-    print("\n".join(markdown(res)))
-    print(f"wrote {a.out}")
+    finish(res, a.out, markdown)
 
 
 if __name__ == "__main__":
