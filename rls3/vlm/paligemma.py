@@ -104,7 +104,8 @@ class PaliGemmaVLM:
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if "{question}" not in prompt_template:
-            raise ValueError(f"prompt_template must contain '{{question}}', got {prompt_template!r}")
+            raise ValueError(f"prompt_template must contain '{{question}}', "
+                             f"got {prompt_template!r}")
         self.name = name
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
