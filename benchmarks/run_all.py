@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 from _common import machine_info, stamp_figure, stamp_markdown, write_json  # noqa: E402
 
 PY = sys.executable
-ORDER = ["yield", "throughput", "loop", "scaling", "data_efficiency"]
+ORDER = ["yield", "throughput", "learning", "loop", "scaling", "data_efficiency"]
 
 
 def commands(out: Path, fast: bool) -> dict[str, list[str]]:
@@ -44,6 +44,10 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
                                              str(out / "yield.json")],
             "throughput": b("bench_throughput.py") + ["--fast", "--size", "96", "--out",
                                                       str(out / "throughput.json")],
+            "learning": b("bench_learning.py") + [
+                "--train", "32", "--heldout", "16", "--test", "16", "--epochs", "2", "--every", "1",
+                "--data-dir", str(ROOT / "runs" / "bench-fast-learning-data"),
+                "--out", str(out / "learning.json")],
             "loop": b("bench_loop.py") + tiny + ["--out", str(out / "loop.json")],
             "scaling": b("bench_scaling.py") + ["--fast", "--out", str(out / "scaling.json")],
             "data_efficiency": b("bench_data_efficiency.py") + [
@@ -53,6 +57,9 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
     return {
         "yield": b("bench_yield.py") + ["--out", str(out / "yield.json")],
         "throughput": b("bench_throughput.py") + ["--out", str(out / "throughput.json")],
+        "learning": b("bench_learning.py") + [
+            "--variants", "default,no-mirror,192px", "--epochs", "25",
+            "--out", str(out / "learning.json")],
         "loop": b("bench_loop.py") + ["--out", str(out / "loop.json")],
         "scaling": b("bench_scaling.py") + ["--out", str(out / "scaling.json")],
         "data_efficiency": b("bench_data_efficiency.py") + ["--out", str(out / "comparison")],
@@ -160,6 +167,7 @@ def _plots(out: Path, res: dict[str, dict]) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------ README
 def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], command: str) -> Path:
     import bench_data_efficiency
+    import bench_learning
     import bench_loop
     import bench_scaling
     import bench_throughput
@@ -177,6 +185,8 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
                  "yield.json", ["yield.png"]),
                 ("throughput", "Throughput against raw counterparts", bench_throughput.markdown,
                  "throughput.json", ["throughput.png"]),
+                ("learning", "Does the VLM learn from renders? (`lite`, fixed rendered sets)",
+                 bench_learning.markdown, "learning.json", ["learning.png"]),
                 ("loop", "Loop breakdown (one iteration, cProfile)", bench_loop.markdown,
                  "loop.json", ["loop_breakdown.png"]),
                 ("scaling", "Scaling", bench_scaling.markdown, "scaling.json", ["scaling.png"]),
@@ -207,7 +217,7 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
                       f"(load average {before['machine']['loadavg'][0]:.1f} before, "
                       f"{r['machine']['loadavg'][0]:.1f} now).", ""]
         for p in pngs:
-            if p in plots:
+            if p in plots or (key == "learning" and (out / p).is_file()):
                 lines += [f"![{p}]({p})", ""]
     if status:
         lines += ["## This run", "", "| benchmark | status |", "|---|---|"]
@@ -218,7 +228,8 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
 
 
 def collect(out: Path) -> dict[str, dict]:
-    files = {"yield": "yield.json", "throughput": "throughput.json", "loop": "loop.json",
+    files = {"yield": "yield.json", "throughput": "throughput.json",
+             "learning": "learning.json", "loop": "loop.json",
              "scaling": "scaling.json", "data_efficiency": "comparison/comparison.json"}
     return {k: r for k, f in files.items() if (r := _load(out / f)) is not None}
 

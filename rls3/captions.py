@@ -213,6 +213,48 @@ def question(secondary_name: str, primary_name: str) -> str:
     return f"What is the position of the {secondary_name} relative to the {primary_name}?"
 
 
+def _names(text: str, terms: Sequence[str]) -> tuple[str, str]:
+    """(B name, A name) of a caption `caption(B, A, terms)`; ValueError if `text` is not one."""
+    mid = f" is {_join([PHRASES[t] for t in _check_terms(terms)])} the "
+    head, sep, tail = text.partition(mid)
+    if not (sep and head.startswith("The ") and tail.endswith(".") and len(head) > 4
+            and len(tail) > 1):
+        raise ValueError(f"{text!r} is not a caption with terms {tuple(terms)!r}")
+    return head[4:], tail[:-1]
+
+
+def mirror_terms(terms: Sequence[str]) -> tuple[str, ...]:
+    """The terms of the left-right mirrored scene (left <-> right, the rest unchanged)."""
+    return tuple(OPPOSITE[t] if AXIS[t] == 2 else t for t in _check_terms(terms))
+
+
+def mirror(d: Description) -> Description:
+    """The description of the horizontally flipped image: every caption of `d` (positive, both
+    hard negatives) with left and right exchanged, so a flipped image and its mirrored
+    description are a valid training pair (flip augmentation). ValueError if `d`'s texts were
+    not made by `caption`/`spatial_swap`/`order_swap` from its terms."""
+    b, a = _names(d.caption, d.terms)
+    terms = mirror_terms(d.terms)
+    spatial = d.spatial_negative
+    if spatial:
+        for i in range(len(d.terms)):   # which term the spatial swap flipped
+            swapped = list(d.terms)
+            swapped[i] = OPPOSITE[swapped[i]]
+            if caption(b, a, swapped) == spatial:
+                spatial = caption(b, a, mirror_terms(swapped))
+                break
+        else:
+            raise ValueError(f"{spatial!r} is not a spatial swap of {d.caption!r}")
+    order = d.order_negative
+    if order:
+        if order != order_swap(b, a, d.terms):
+            raise ValueError(f"{order!r} is not the order swap of {d.caption!r}")
+        order = order_swap(b, a, terms)
+    return Description(primary=d.primary, secondary=d.secondary, terms=terms,
+                       caption=caption(b, a, terms), spatial_negative=spatial,
+                       order_negative=order, question=d.question)
+
+
 def display_name(identifier: str, names: Mapping[str, str] | None = None) -> str:
     """How an object identifier reads in text: `names[identifier]` if given, else the identifier
     with underscores as spaces ('small_pot' -> 'small pot')."""

@@ -348,8 +348,8 @@ def _quick() -> Config:
     """A CPU demo that runs end to end (data sets, pretraining, iterations, report) in minutes."""
     return Config(
         preset="quick",
-        env=EnvConfig(t0=32, image_size=96),
-        loop=LoopConfig(iterations=8, episodes=4, eta=0.5, beta=10.0, k=2),
+        env=EnvConfig(t0=32),  # 224-px renders: at 96 px the objects are a few pixels
+        loop=LoopConfig(iterations=8, episodes=4, eta=0.5, beta=10.0, k=10),
         early_stopping=EarlyStoppingConfig(patience=3, min_iterations=5, min_delta=0.0),
         vlm=VLMConfig(name="lite"),
         agent=AgentConfig(pretrain_steps=3000, buffer_size=50_000, batch_size=128),

@@ -10,6 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from rls3.captions import (
+    AXIS,
     OPPOSITE,
     TERMS,
     Description,
@@ -17,6 +18,8 @@ from rls3.captions import (
     caption,
     describe,
     display_name,
+    mirror,
+    mirror_terms,
     order_swap,
     question,
     spatial_swap,
@@ -415,3 +418,56 @@ def test_describe_rejects_too_few_objects_and_a_vertical_camera():
     with pytest.raises(ValueError, match="vertical"):
         describe(make_state({"mug": (0.1, 0.1, 1.0), "cup": (0.3, 0.1, 1.0)}, down),
                  np.random.default_rng(0))
+
+
+def mirrored_state(state: SceneState) -> SceneState:
+    """`state` reflected through the camera's vertical plane y = 0 (the camera stays put)."""
+    objs = tuple(ObjectPose(o.name, (o.position[0], -o.position[1], o.position[2]), o.rotation,
+                            o.surface) for o in state.objects)
+    return SceneState(state.scene_index, state.scene_name, objs, state.surfaces, state.camera)
+
+
+def test_mirror_matches_describing_the_mirrored_scene():
+    """Flip augmentation is exact: mirroring a description equals describing the mirrored scene
+    (same rng, so the same pair and the same swapped term)."""
+    flipped = mirrored_state(STATE)
+    seen = set()
+    for seed in range(40):
+        d = describe(STATE, np.random.default_rng(seed))
+        assert mirror(d) == describe(flipped, np.random.default_rng(seed))
+        assert mirror(mirror(d)) == d
+        seen.add(d.terms)
+    assert any("left" in t or "right" in t for t in seen)
+
+
+@given(st.lists(st.sampled_from(range(3)), min_size=1, max_size=3, unique=True),
+       st.data())
+def test_mirror_swaps_only_left_and_right(axes, data):
+    terms = tuple(data.draw(st.sampled_from([t for t in TERMS if AXIS[t] == a])) for a in axes)
+    d = Description("cup", "mug", tuple(sorted(terms, key=AXIS.__getitem__)),
+                    caption("mug", "cup", terms),
+                    spatial_swap("mug", "cup", terms, np.random.default_rng(len(terms))),
+                    order_swap("mug", "cup", terms), question("mug", "cup"))
+    m = mirror(d)
+    swap = {"left": "right", "right": "left"}
+    assert m.terms == mirror_terms(d.terms) == tuple(swap.get(t, t) for t in d.terms)
+    assert m.caption == caption("mug", "cup", m.terms)
+    assert m.order_negative == order_swap("mug", "cup", m.terms)
+    assert m.question == d.question and m.spatial_negative != m.caption
+    # the spatial negative still differs from the caption in exactly one term
+    assert sum(a != b for a, b in zip(m.caption.split(), m.spatial_negative.split())) >= 1
+
+
+def test_mirror_rejects_texts_it_did_not_make():
+    d = describe(STATE, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="not a caption"):
+        mirror(Description(d.primary, d.secondary, d.terms, "A mug, somewhere.",
+                           d.spatial_negative, d.order_negative, d.question))
+    with pytest.raises(ValueError, match="not a spatial swap"):
+        mirror(Description(d.primary, d.secondary, d.terms, d.caption, d.order_negative,
+                           d.order_negative, d.question))
+    with pytest.raises(ValueError, match="not the order swap"):
+        mirror(Description(d.primary, d.secondary, d.terms, d.caption, d.spatial_negative,
+                           d.spatial_negative, d.question))
+    bare = Description(d.primary, d.secondary, d.terms, d.caption, "", "", d.question)
+    assert mirror(bare).spatial_negative == "" and mirror(bare).order_negative == ""

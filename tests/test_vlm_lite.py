@@ -184,6 +184,29 @@ def test_lite_split_towers_match_the_unsplit_models(lite):
         torch.testing.assert_close(h[real], full[real], atol=1e-5, rtol=1e-5)
 
 
+def test_what_where_pool_locates_a_peak_whatever_its_strength():
+    """Spatial softmax: a 'what' map with one strong cell reports that cell's coordinates
+    (left -1 .. right 1, top -1 .. bottom 1) whether the peak is strong or very strong."""
+    from rls3.vlm.lite import WhatWherePool
+    pool = WhatWherePool(fine_channels=2, coarse_channels=3, channels=2, grid=5)
+    with torch.no_grad():
+        pool.fine.weight.copy_(torch.eye(2)[:, :, None, None])
+        pool.fine.bias.zero_()
+        pool.coarse.weight.zero_()
+        pool.coarse.bias.zero_()
+    fine = torch.zeros(2, 2, 5, 5)
+    fine[0, 0, 1, 4] = 30.0           # map 0: top row 1, rightmost column
+    fine[1, 0, 1, 4] = 60.0           # the same place, twice as strong
+    fine[:, 1, 3, 0] = 30.0           # map 1: row 3, leftmost column
+    m = pool(fine, torch.zeros(2, 3, 3, 3)).view(2, 2, 6)   # [presence, x, y, x2, y2, xy]
+    torch.testing.assert_close(m[:, 0, 1:3], torch.tensor([[1.0, -0.5]] * 2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(m[:, 1, 1:3], torch.tensor([[-1.0, 0.5]] * 2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(m[:, 0, 5], torch.tensor([-0.5, -0.5]), atol=1e-6, rtol=0)
+    assert m[1, 0, 0] > m[0, 0, 0]                          # presence grows with the peak
+    with pytest.raises(ValueError, match="does not match the 5x5 grid"):
+        pool(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 2, 2))
+
+
 def test_lite_trains_only_the_chosen_parameters(lite):
     names = [n for n, _ in lite.trainable_parameters()]
     assert "logit_scale" in names
@@ -222,6 +245,29 @@ def test_lite_finetune_is_deterministic(lite, samples):
     # in two calls on the same samples (cached frozen features): the same steps again
     c = fresh(lite)
     assert c.finetune(samples, 1) + c.finetune(samples, 1) == a
+
+
+def test_mirror_augment_pairs_flipped_images_with_mirrored_captions(lite, samples):
+    from rls3.captions import mirror
+    vlm = fresh(lite)
+    assert vlm.mirror_augment                        # on by default for lite
+    vlm.finetune(samples, 1)
+    _, table, img_cache, _ = vlm._prefix_memo
+    n = len(samples)
+    assert table.index.shape[0] == 2 * n             # rows n..2n-1: the flipped copies
+    with torch.no_grad():
+        flipped = vlm.image_prefix(vlm.image_inputs([s.image[:, ::-1] for s in samples[:2]]))
+    torch.testing.assert_close(img_cache["fine"][n:n + 2], flipped["fine"])
+    for i, s in enumerate(samples):
+        m = mirror(s.description)
+        assert [table.texts[j] for j in table.index[n + i]] == [
+            m.caption, m.spatial_negative, m.order_negative]
+    off = fresh(lite, mirror_augment=False)
+    steps_off = off.finetune(samples, 1)
+    assert off._prefix_memo[1].index.shape[0] == n and len(steps_off) == n // 4
+    assert fresh(lite).finetune(samples, 1) != steps_off   # flips change what is trained on
+    with pytest.raises(ValueError, match="mirror_augment must be true or false"):
+        make_lite(mirror_augment="yes")
 
 
 def test_lite_save_load_round_trip(lite, tmp_path, samples):

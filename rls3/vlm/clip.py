@@ -77,10 +77,10 @@ class ClipVLM(ContrastiveVLM):
                  tiny: str | None = None, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, batch_size: int = 32, lr: float = 1e-5,
                  weight_decay: float = 0.1, grad_clip: float | None = 1.0, seed: int = 0,
-                 progress: bool = True) -> None:
+                 progress: bool = True, mirror_augment: bool = False) -> None:
         super().__init__(name, device=device, dtype=dtype, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
-                         progress=progress)
+                         progress=progress, mirror_augment=mirror_augment)
         if weights is not None:
             model, tokenizer, image_processor = load_dual_encoder(weights)
         elif tiny is not None:

@@ -1,0 +1,201 @@
+"""Does the VLM learn spatial relations from simulator renders? Accuracy before and after a short
+fine-tune on a fixed rendered set, with the CPU time it took (issue 4's "must show").
+
+    python benchmarks/bench_learning.py                       # lite, 640 train / 200 + 200 held out
+    python benchmarks/bench_learning.py --variants default,no-mirror,192px   # ablations, same data
+    python benchmarks/bench_learning.py --train 320 --epochs 10 --every 2
+
+Three fixed sets are rendered once by the embedded simulator at `--image-size` px (cached under
+`--data-dir`, reused when present): `train` (random valid layouts of the five training rooms),
+`heldout` (other layouts of the same rooms: held-out images) and `test` (layouts of the three
+unseen test rooms). Each variant starts from the pretrained adapter, is evaluated on all three, then
+fine-tuned `--epochs` epochs on `train` (`--every` at a time, evaluating in between). Accuracy is
+the hard-negative accuracy of `evaluate` (caption above both NegCLIP negatives; chance 1/3).
+Fine-tuning time is reported as wall time and as process CPU time (all threads), evaluation excluded.
+
+Writes benchmarks/results/learning.json (or --out), learning.png next to it, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import finish, machine_info, stamp_figure  # noqa: E402
+
+#: Named adapter settings compared side by side (keywords of `build_vlm`).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "no-mirror": {"mirror_augment": False},
+    "192px": {"image_size": 192},
+    "192px-no-mirror": {"image_size": 192, "mirror_augment": False},
+}
+SETS = {"train": ("train", 1), "heldout": ("train", 2), "test": ("test", 3)}
+
+
+def load_sets(args: argparse.Namespace) -> tuple[dict[str, list], dict[str, float | None]]:
+    """The three fixed sets (rendered, or read back from `--data-dir`) and render seconds (None
+    for a set read back)."""
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    from rls3.data import generate_samples, read_dataset, validate_dataset, write_dataset
+    from rls3.sim import SimBackend
+
+    sizes = {"train": args.train, "heldout": args.heldout, "test": args.test}
+    out: dict[str, list] = {}
+    seconds: dict[str, float | None] = {}
+    for name, (split, offset) in SETS.items():
+        folder = Path(args.data_dir) / f"{name}-n{sizes[name]}-{args.image_size}px-seed{args.seed}"
+        if folder.exists() and not validate_dataset(folder):
+            out[name] = read_dataset(folder)
+            seconds[name] = None      # read back, not rendered in this run
+            continue
+        t = time.perf_counter()
+        backend = SimBackend(scenes=split)
+        try:
+            samples = generate_samples(backend, sizes[name], args.image_size,
+                                       seed=args.seed * 100 + offset, progress=True, desc=name)
+        finally:
+            backend.close()
+        write_dataset(folder, samples, info={"kind": "bench_learning", "set": name},
+                      overwrite=True)
+        out[name], seconds[name] = samples, time.perf_counter() - t
+    return out, seconds
+
+
+def run_variant(name: str, sets: dict[str, list], args: argparse.Namespace) -> dict[str, Any]:
+    from rls3.vlm import build_vlm
+
+    kw = {**VARIANTS[name], "seed": args.seed, "progress": False}
+    vlm = build_vlm(args.vlm, **kw)
+
+    def evaluate() -> dict[str, Any]:
+        t = time.perf_counter()
+        row = {}
+        for s, samples in sets.items():
+            m = vlm.evaluate(samples)
+            row[s] = {"accuracy": m.score, "loss": m.loss, "per_term": m.per_term,
+                      "per_complexity": {str(k): v for k, v in m.per_complexity.items()}}
+        row["eval_s"] = time.perf_counter() - t
+        return row
+
+    curve = [{"epoch": 0, "wall_s": 0.0, "cpu_s": 0.0, **evaluate()}]
+    print(f"[{name}] before: " + ", ".join(f"{s} {curve[0][s]['accuracy']:.3f}" for s in sets),
+          flush=True)
+    wall = cpu = 0.0
+    for epoch in range(args.every, args.epochs + 1, args.every):
+        w0, c0 = time.perf_counter(), time.process_time()
+        vlm.finetune(sets["train"], args.every)
+        wall += time.perf_counter() - w0
+        cpu += time.process_time() - c0
+        curve.append({"epoch": epoch, "wall_s": wall, "cpu_s": cpu, **evaluate()})
+        print(f"[{name}] epoch {epoch}: " + ", ".join(
+            f"{s} {curve[-1][s]['accuracy']:.3f}" for s in sets)
+            + f" | fine-tune {wall:.0f}s wall, {cpu:.0f}s CPU", flush=True)
+    return {"options": VARIANTS[name], "curve": curve}
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion p measured on n samples."""
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return c - h, c + h
+
+
+def markdown(res: dict[str, Any]) -> list[str]:
+    n = res["sizes"]
+
+    def after(v: dict, s: str) -> str:
+        p = v["curve"][-1][s]["accuracy"]
+        lo, hi = wilson(p, n[s])
+        return f"{p:.3f} [{lo:.2f}, {hi:.2f}]"
+
+    lines = [f"Lite learning on rendered scenes: {n['train']} train, {n['heldout']} held-out "
+             f"(train rooms), {n['test']} test-room images at {res['image_size']} px; "
+             f"{res['epochs']} epochs; chance 0.333; [95% Wilson interval].", "",
+             "| variant | held-out before | held-out after | test rooms before | test rooms after "
+             "| train after | fine-tune wall s | fine-tune CPU s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, v in res["variants"].items():
+        a, b = v["curve"][0], v["curve"][-1]
+        lines.append(f"| {name} | {a['heldout']['accuracy']:.3f} | {after(v, 'heldout')} "
+                     f"| {a['test']['accuracy']:.3f} | {after(v, 'test')} "
+                     f"| {b['train']['accuracy']:.3f} | {b['wall_s']:.0f} | {b['cpu_s']:.0f} |")
+    return lines
+
+
+def plot(res: dict[str, Any], path: Path, info: dict[str, Any]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(res["variants"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, name in zip(axes[0], names):
+        curve = res["variants"][name]["curve"]
+        ep = [c["epoch"] for c in curve]
+        for s, style in (("train", ":"), ("heldout", "-"), ("test", "--")):
+            ax.plot(ep, [c[s]["accuracy"] for c in curve], style, marker="o", ms=3,
+                    label={"heldout": "held-out (train rooms)", "test": "unseen test rooms",
+                           "train": "train"}[s])
+        ax.axhline(1 / 3, color="0.5", lw=0.8, ls="-.", label="chance")
+        ax.set_title(f"{res['vlm']} — {name}")
+        ax.set_xlabel(f"epoch (fine-tune CPU {curve[-1]['cpu_s']:.0f} s)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("hard-negative accuracy")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    stamp_figure(fig, info, res["command"])
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--vlm", default="lite")
+    ap.add_argument("--variants", default="default",
+                    help=f"comma-separated, from {sorted(VARIANTS)}")
+    ap.add_argument("--train", type=int, default=640)
+    ap.add_argument("--heldout", type=int, default=200)
+    ap.add_argument("--test", type=int, default=200)
+    ap.add_argument("--image-size", type=int, default=224, help="render size (px)")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--every", type=int, default=5, help="evaluate every this many epochs")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-dir", default=str(ROOT / "runs" / "bench-learning-data"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning.json"))
+    args = ap.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; allowed: {sorted(VARIANTS)}")
+    if args.every < 1 or args.epochs < args.every:
+        ap.error("need 1 <= --every <= --epochs")
+
+    info = machine_info()
+    sets, render_s = load_sets(args)
+    res: dict[str, Any] = {"vlm": args.vlm, "image_size": args.image_size, "epochs": args.epochs,
+                           "seed": args.seed, "sizes": {k: len(v) for k, v in sets.items()},
+                           "render_s": render_s, "machine": info, "variants": {}}
+    for name in variants:
+        res["variants"][name] = run_variant(name, sets, args)
+    res["machine_after"] = machine_info()
+    out = Path(args.out)
+    finish(res, out, markdown)
+    plot(res, out.with_suffix(".png"), info)
+    print(f"wrote {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
