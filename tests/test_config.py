@@ -27,7 +27,7 @@ def test_quick_preset_is_small():
     q = preset("quick")
     assert q.env.t0 <= 32 and q.env.image_size <= 224 and q.loop.episodes <= 4
     assert q.loop.k <= 10 and q.agent.pretrain_steps <= 5000
-    assert q.data.val_size <= 100 and q.data.test_size <= 100 and q.vlm.name == "lite"
+    assert q.data.val_size <= 200 and q.data.test_size <= 200 and q.vlm.name == "lite"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

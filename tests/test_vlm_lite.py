@@ -4,6 +4,7 @@ pretrained towers (shipped in the venv) on tiny synthetic images."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import subprocess
 import sys
@@ -262,6 +263,13 @@ def test_mirror_augment_pairs_flipped_images_with_mirrored_captions(lite, sample
         m = mirror(s.description)
         assert [table.texts[j] for j in table.index[n + i]] == [
             m.caption, m.spatial_negative, m.order_negative]
+    odd = list(samples[:4])          # a hand-written caption cannot be mirrored: never flipped
+    odd[0] = dataclasses.replace(odd[0], description=desc("A square, somewhere."))
+    vlm = fresh(lite)
+    vlm.finetune(odd, 1)
+    _, table, img_cache, _ = vlm._prefix_memo
+    torch.testing.assert_close(img_cache["fine"][4], img_cache["fine"][0])
+    assert table.texts[table.index[4, 0]] == "A square, somewhere."
     off = fresh(lite, mirror_augment=False)
     steps_off = off.finetune(samples, 1)
     assert off._prefix_memo[1].index.shape[0] == n and len(steps_off) == n // 4

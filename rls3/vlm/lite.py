@@ -21,12 +21,11 @@ the K epochs (and across consecutive calls on the same samples), so an epoch cos
 trainable tops. BatchNorm runs on its ImageNet statistics (folded into the frozen convolutions;
 channels-last layout).
 
-Images are resized (no crop) to `image_size` squared — 384 by default, i.e. 224-px renders are
-*up*-sampled: the household objects are 10-20 px in a 224-px render, too small for ImageNet
-features at stride 16; at 384 held-out accuracy on rendered scenes rose from 0.76 (192) to 0.90
-(see benchmarks/results/NOTES.md) — and normalised as the TF-Lite EfficientNet models expect,
-(x - 127) / 128. Fine-tuning flips samples (`mirror_augment`, see `rls3.vlm.contrastive`).
-No torchvision, timm or open_clip.
+Images are resized (no crop) to `image_size` squared and normalised as the TF-Lite EfficientNet
+models expect, (x - 127) / 128. The default 384 *up*-samples 224-px renders: the household objects
+are 10-20 px there, too small for ImageNet features at stride 16 (benchmarks/bench_learning.py:
+0.580 held-out accuracy at 192, 0.690 at 384). Fine-tuning flips samples (`mirror_augment`, see
+`rls3.vlm.contrastive`). No torchvision, timm or open_clip.
 """
 
 from __future__ import annotations
@@ -89,8 +88,8 @@ class WhatWherePool(nn.Module):
     -1 .. right 1) and y (top -1 .. bottom 1), presence = mean_c softplus(a_k(c)). Where a thing
     is does not depend on how strongly or how large it shows (unlike mass-weighted moments), so
     "the mug is left of the bowl" is a linear comparison of two x coordinates wherever the
-    objects stand (see `SlotTextHead`). On rendered scenes this pooling beat mass-weighted
-    moments (held-out accuracy 0.53 -> 0.71 without, 0.88 -> 0.90 with flip augmentation)."""
+    objects stand (see `SlotTextHead`). In a head-only probe on rendered scenes it beat
+    mass-weighted moments (held-out accuracy 0.53 -> 0.71, 1920 training images, no flips)."""
 
     N_MOMENTS = 6
 
