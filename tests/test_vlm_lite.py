@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import subprocess
 import sys
@@ -316,6 +317,11 @@ def test_lite_checkpoint_fixes_architecture(lite, tmp_path):
     lite.save(tmp_path / "c")
     with pytest.raises(ValueError, match="image_size=96 conflicts"):
         make_lite(weights=tmp_path / "c", image_size=96)
+    # weights from the earlier (moment) pooling are refused
+    meta = json.loads((tmp_path / "c" / "rls3_vlm.json").read_text())
+    (tmp_path / "c" / "rls3_vlm.json").write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(ValueError, match="lite format 1; this rls3 reads format 2"):
+        lite.load(tmp_path / "c")
 
 
 def test_lite_rejects_bad_inputs(lite, samples):

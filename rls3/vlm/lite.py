@@ -50,6 +50,9 @@ from rls3.vlm.contrastive import MAX_LOGIT_SCALE, ContrastiveVLM
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "trainable.safetensors"
+#: Checkpoint format: 2 = spatial-softmax `WhatWherePool` (format-1 weights, from the earlier
+#: mass-weighted moments, have the same shapes but mean something else).
+LITE_FORMAT = 2
 #: TF-Lite EfficientNet input normalisation (MEAN_RGB = 127, STDDEV_RGB = 128).
 PIXEL_MEAN, PIXEL_STD = 127.0, 128.0
 N_IMAGE_BLOCKS = 16   # MBConv blocks of EfficientNet-Lite0
@@ -371,8 +374,9 @@ class LiteVLM(ContrastiveVLM):
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         state = {n: p.detach().cpu().contiguous() for n, p in self.trainable_parameters()}
-        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "rls3-lite-1"})
-        write_meta(folder, {"kind": self.kind, "name": self.name, "format": 1,
+        save_file(state, str(folder / WEIGHTS_FILE),
+                  metadata={"format": f"rls3-lite-{LITE_FORMAT}"})
+        write_meta(folder, {"kind": self.kind, "name": self.name, "format": LITE_FORMAT,
                             "options": dict(self.options)})
         save_optimizer(folder, self._optimizer)
 
@@ -380,6 +384,10 @@ class LiteVLM(ContrastiveVLM):
         """Restore weights (and optimizer state, if saved) written by `save`."""
         folder = Path(path)
         meta = read_meta(folder, self.kind)
+        if meta.get("format") != LITE_FORMAT:
+            raise ValueError(f"checkpoint {str(folder)!r} has lite format {meta.get('format')!r}; "
+                             f"this rls3 reads format {LITE_FORMAT} (the pooling changed), so "
+                             "fine-tune it again")
         if meta.get("options") != self.options:
             raise ValueError(f"checkpoint {str(folder)!r} was built with {meta.get('options')}, "
                              f"this adapter with {self.options}")
