@@ -13,6 +13,8 @@ contrastive loss and accuracy, device transfers, progress bookkeeping. Overhead 
 (target <= 15%). Runs are interleaved and the median of `--repeats` is reported, because a shared
 CPU drifts; the load average before and after is recorded with the numbers, and so is the process
 CPU time of each phase (less sensitive than wall time to other processes on the machine).
+Also timed side by side: feedback on the n samples followed by fine-tuning on every second one
+(as the loop does with eta = 1/2), with and without reusing the feedback's frozen image prefixes.
 
 Writes benchmarks/results/vlm.json (or --out) and prints a table.
 """
@@ -127,6 +129,24 @@ def main() -> None:
         vlm.eval_cache_samples = 0
     t_ft = timed(lambda: vlm.finetune(samples, args.epochs))
     c_ft = CPU[-1]
+    # the loop fine-tunes a subset (eta = 1/2) of the samples it has just fed back: feedback +
+    # the first fine-tuning call (frozen features + 1 epoch), reusing the feedback's frozen image
+    # prefixes or not (feedback_cache_samples = 0), interleaved
+    kept = samples[::2]
+    keep_cap = vlm.feedback_cache_samples
+    t_reuse, t_noreuse = [], []
+    vlm.feedback(samples)                         # warm-up: kernels for the kept batch's shapes
+    vlm.finetune(kept, 1)
+    for _ in range(args.repeats):
+        for cap, acc in ((keep_cap, t_reuse), (0, t_noreuse)):
+            vlm.feedback_cache_samples = cap
+            vlm._prefix_memo = None
+
+            def feedback_then_finetune() -> None:
+                vlm.feedback(samples)
+                vlm.finetune(kept, 1)
+            acc.append(timed(feedback_then_finetune))
+    vlm.feedback_cache_samples = keep_cap
     load_after = os.getloadavg()
 
     n = len(samples)
@@ -146,6 +166,8 @@ def main() -> None:
         "eval_overhead": e / b - 1.0,
         "eval_cpu_s": c_eval, "bare_cpu_s": c_bare, "eval_overhead_cpu": ce / cb - 1.0,
         "eval_img_per_cpu_s": n / ce, "bare_img_per_cpu_s": n / cb,
+        "feedback_finetune_reuse_s": t_reuse, "feedback_finetune_noreuse_s": t_noreuse,
+        "feedback_finetune_speedup": statistics.median(t_noreuse) / statistics.median(t_reuse),
         "eval_cached_s": t_cached,
         "eval_cached_img_per_s": n / t_cached if t_cached else None,
         "trainable_params": sum(p.numel() for _, p in vlm.trainable_parameters()),
@@ -163,7 +185,10 @@ def main() -> None:
             ("evaluate, warm cache", f"{n / t_cached:8.1f} img/s" if t_cached else "-",
              "same set again: frozen prefix cached"),
             (f"finetune ({args.epochs} ep)", f"{n * args.epochs / t_ft:8.1f} img/s",
-             f"{t_ft:.2f}s incl. frozen-feature caching")]
+             f"{t_ft:.2f}s incl. frozen-feature caching"),
+            ("feedback + finetune",
+             f"x{statistics.median(t_noreuse) / statistics.median(t_reuse):7.2f}", f"reusing feedback prefixes: median {statistics.median(t_reuse):.2f}s vs "
+             f"{statistics.median(t_noreuse):.2f}s ({n} fed back, {len(kept)} kept, 1 epoch)")]
     print(f"{args.vlm} on {vlm.device} ({torch.get_num_threads()} threads), {n} samples, "
           f"batch {args.batch_size}, load avg {load_before[0]:.1f} -> {load_after[0]:.1f}")
     for name, rate, note in rows:

@@ -47,3 +47,27 @@ def test_cache_is_bounded() -> None:
     assert sum(len(v[0]) for v in vlm._eval_memo.values()) <= 5
     vlm.clear_eval_cache()
     assert not vlm._eval_memo
+
+
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_finetune_reuses_the_feedback_prefixes(name: str) -> None:
+    """The loop fine-tunes on a subset of the samples it just fed back: their frozen image
+    prefixes are reused (only flipped copies are computed), with the same losses."""
+    episode = make_samples(10, seed=8, size=64)
+    kept = episode[1::2]
+    vlm, ref = _vlm(name), _vlm(name)
+    rows: list[int] = []
+    prefix = vlm.image_prefix
+    vlm.image_prefix = lambda x: (rows.append(x.shape[0]), prefix(x))[1]
+    vlm.feedback(episode)
+    assert len(vlm._feedback_memo) == len(episode) and sum(rows) == len(episode)
+    rows.clear()
+    got, want = vlm.finetune(kept, 2), ref.finetune(kept, 2)
+    assert sum(rows) == (len(kept) if vlm.mirror_augment else 0)
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert not vlm._feedback_memo                    # cleared once the batch is formed
+    vlm.feedback_cache_samples = 3                   # bounded
+    vlm.feedback(episode)
+    assert len(vlm._feedback_memo) == 3
+    vlm.clear_eval_cache()
+    assert not vlm._feedback_memo

@@ -112,7 +112,7 @@ class ClipVLM(ContrastiveVLM):
         self.max_text_length = int(model.config.text_config.max_position_embeddings)
         self._optimizer = None
         self._prefix_memo = None
-        self._eval_memo.clear()
+        self.clear_eval_cache()
 
     # hooks -----------------------------------------------------------------------------------
     def image_inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:

@@ -161,6 +161,9 @@ class ContrastiveVLM:
     module: nn.Module
     #: at most this many evaluated samples keep their frozen-prefix outputs (0 disables the cache)
     eval_cache_samples: int = 4096
+    #: at most this many fed-back samples keep their frozen image-prefix outputs until the next
+    #: `finetune`, which reuses them for the kept batch (0 disables)
+    feedback_cache_samples: int = 1024
 
     def __init__(self, name: str, *, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, batch_size: int = 32, lr: float = 1e-4,
@@ -193,6 +196,10 @@ class ContrastiveVLM:
         # frozen, so only the suffix must run again (about 10x faster evaluation with `lite`).
         # Holds the samples so their ids stay unique; cleared by `load`.
         self._eval_memo: dict[tuple[int, ...], tuple[list[Sample], TextTable, Any, Any]] = {}
+        # frozen image-prefix output (one row) of each sample scored by `feedback` since the last
+        # `finetune`: the loop fine-tunes on a subset of exactly those samples. Keyed by id,
+        # holding the sample so the id stays unique; cleared by `finetune` and `load`.
+        self._feedback_memo: dict[int, tuple[Sample, Any]] = {}
 
     # ----------------------------------------------------------------- hooks (subclasses)
     def image_inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -255,8 +262,9 @@ class ContrastiveVLM:
         return F.normalize(torch.cat(out), dim=-1).cpu()
 
     def clear_eval_cache(self) -> None:
-        """Forget the cached frozen-prefix outputs of evaluated samples."""
+        """Forget the cached frozen-prefix outputs of evaluated and fed-back samples."""
         self._eval_memo.clear()
+        self._feedback_memo.clear()
 
     def _chunk_prefix(self, chunk: list[Sample], memo: bool) -> tuple[TextTable, Any, Any]:
         """Text table and frozen-prefix outputs of one evaluation chunk (cached when `memo`)."""
@@ -275,10 +283,11 @@ class ContrastiveVLM:
         return table, img_h, txt_h
 
     @torch.no_grad()
-    def _score(self, samples: Sequence[Sample], desc: str, memo: bool = False
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def _score(self, samples: Sequence[Sample], desc: str, memo: bool = False,
+               keep: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Per-sample loss and hard-negative correctness, group by group of `batch_size`;
-        `memo` caches the frozen-prefix outputs of the groups (for sets evaluated repeatedly)."""
+        `memo` caches the frozen-prefix outputs of the groups (for sets evaluated repeatedly),
+        `keep` each sample's image-prefix row for the next `finetune`."""
         self.module.eval()
         losses, correct = [], []
         t0 = time.perf_counter()
@@ -286,6 +295,8 @@ class ContrastiveVLM:
             for sl in batches(len(samples), self.batch_size):
                 chunk = samples[sl]
                 table, img_h, txt_h = self._chunk_prefix(chunk, memo)
+                if keep:
+                    self._keep_prefix(chunk, img_h)
                 with autocast(self.device, self.dtype):
                     img = self.image_suffix(img_h).float()
                     txt = self.text_suffix(txt_h).float()
@@ -297,12 +308,23 @@ class ContrastiveVLM:
                   len(samples) / max(dt, 1e-9))
         return torch.cat(losses).cpu().numpy(), torch.cat(correct).cpu().numpy()
 
+    def _keep_prefix(self, chunk: Sequence[Sample], img_h: Any) -> None:
+        """Remember each sample's image-prefix row (up to `feedback_cache_samples`)."""
+        room = self.feedback_cache_samples - len(self._feedback_memo)
+        for j, s in enumerate(chunk[:max(room, 0)]):
+            row = torch.tensor([j], device=self.device)
+            self._feedback_memo[id(s)] = (s, _select_rows(img_h, row))
+
+    def _kept_prefix(self, s: Sample) -> Any | None:
+        hit = self._feedback_memo.get(id(s))
+        return hit[1] if hit is not None and hit[0] is s else None
+
     # ----------------------------------------------------------------- VLM Protocol
     def feedback(self, samples: Sequence[Sample]) -> Feedback:
         """Per-sample contrastive loss of the episode's samples; J2 = (mean loss)**2."""
         if not samples:
             raise ValueError("feedback needs at least one sample")
-        losses, _ = self._score(list(samples), f"{self.name} feedback")
+        losses, _ = self._score(list(samples), f"{self.name} feedback", keep=True)
         mean = float(np.mean(losses, dtype=np.float64))
         return Feedback(per_sample=tuple(float(v) for v in losses), j2=mean * mean)
 
@@ -337,10 +359,14 @@ class ContrastiveVLM:
         return self._optimizer
 
     @torch.no_grad()
-    def _prefix_cache(self, images: Sequence[np.ndarray], table: TextTable) -> tuple[Any, Any]:
-        img_parts = []
-        for sl in batches(len(images), self.batch_size):
-            x = _to(self.image_inputs(images[sl]), self.device)
+    def _prefix_cache(self, images: Sequence[np.ndarray], table: TextTable,
+                      known: Sequence[Any | None] | None = None) -> tuple[Any, Any]:
+        """Frozen-prefix outputs of `images` (in order; rows given in `known` are reused, not
+        recomputed) and of the table's texts."""
+        todo = [i for i in range(len(images)) if known is None or known[i] is None]
+        img_parts = [] if known is None else [k for k in known if k is not None]
+        for sl in batches(len(todo), self.batch_size):
+            x = _to(self.image_inputs([images[i] for i in todo[sl]]), self.device)
             with autocast(self.device, self.dtype):
                 img_parts.append(self.image_prefix(x))
         tok = self.text_inputs(list(table.texts))        # one padding length for all texts
@@ -349,7 +375,14 @@ class ContrastiveVLM:
             with autocast(self.device, self.dtype):
                 txt_parts.append(self.text_prefix(_to(_select_rows(tok, torch.arange(
                     sl.start, sl.stop)), self.device)))
-        return _concat(img_parts), _concat(txt_parts)
+        img = _concat(img_parts)
+        if len(todo) < len(images):     # reused rows came first: put every row in its place
+            computed = set(todo)
+            done = [i for i in range(len(images)) if i not in computed]
+            where = torch.empty(len(images), dtype=torch.long)
+            where[torch.tensor(done + todo, dtype=torch.long)] = torch.arange(len(images))
+            img = _select_rows(img, where.to(self.device))
+        return img, _concat(txt_parts)
 
     def finetune(self, samples: Sequence[Sample], k: int) -> list[float]:
         """K epochs over `samples` in shuffled mini-batches of `batch_size` (seeded; with
@@ -380,8 +413,13 @@ class ContrastiveVLM:
                     log.warning("%s: %d of %d samples have captions rls3.captions.mirror cannot "
                                 "mirror; they are never flipped", self.name, kept, len(samples))
             table = text_table(descriptions)
-            img_cache, txt_cache = self._prefix_cache(images, table)
+            known = [self._kept_prefix(s) for s in samples]
+            known += [None] * (len(images) - len(known))
+            img_cache, txt_cache = self._prefix_cache(images, table, known)
             self._prefix_memo = (samples, table, img_cache, txt_cache)
+            log.debug("%s: %d of %d frozen image prefixes reused from feedback", self.name,
+                      sum(row is not None for row in known), len(images))
+        self._feedback_memo.clear()     # the batch is formed; the next feedback starts afresh
         opt = self.optimizer
         params = [p for _, p in self.trainable_parameters()]
         n, n_texts = len(samples), len(table.texts)

@@ -410,6 +410,6 @@ class LiteVLM(ContrastiveVLM):
         opt_state = load_optimizer_state(folder)
         self._optimizer = None
         self._prefix_memo = None
-        self._eval_memo.clear()
+        self.clear_eval_cache()
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
