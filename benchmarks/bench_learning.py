@@ -46,7 +46,7 @@ def load_sets(args: argparse.Namespace) -> tuple[dict[str, list], dict[str, floa
     """The three fixed sets (rendered, or read back from `--data-dir`) and render seconds (None
     for a set read back)."""
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-    from rls3.data import generate_samples, read_dataset, validate_dataset, write_dataset
+    from rls3.data import DatasetError, generate_samples, read_dataset, write_dataset
     from rls3.sim import SimBackend
 
     sizes = {"train": args.train, "heldout": args.heldout, "test": args.test}
@@ -54,10 +54,13 @@ def load_sets(args: argparse.Namespace) -> tuple[dict[str, list], dict[str, floa
     seconds: dict[str, float | None] = {}
     for name, (split, offset) in SETS.items():
         folder = Path(args.data_dir) / f"{name}-n{sizes[name]}-{args.image_size}px-seed{args.seed}"
-        if folder.exists() and not validate_dataset(folder):
-            out[name] = read_dataset(folder)
-            seconds[name] = None      # read back, not rendered in this run
-            continue
+        if folder.exists():
+            try:
+                out[name] = read_dataset(folder)
+                seconds[name] = None      # read back, not rendered in this run
+                continue
+            except DatasetError as e:
+                print(f"re-rendering {name}: {e}", flush=True)
         t = time.perf_counter()
         backend = SimBackend(scenes=split)
         try:
