@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rls3.vlm.common import (load_optimizer_state, read_meta, resize_batch, resolve_source,
+from rls3.vlm.common import (load_hf_config, load_optimizer_state, read_meta, resize_batch,
                              save_optimizer, write_meta)
 from rls3.vlm.contrastive import MAX_LOGIT_SCALE, ContrastiveVLM
 
@@ -34,20 +34,9 @@ def load_dual_encoder(source: str | Path) -> tuple[nn.Module, Any, Any]:
     local folder. Raises FileNotFoundError for a path that does not exist, ValueError for a
     checkpoint of another kind, OSError (with the name) when the hub cannot provide it."""
     import transformers
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+    from transformers import AutoImageProcessor, AutoTokenizer
 
-    src = resolve_source(source)
-    if Path(src).is_dir() and not (Path(src) / "config.json").is_file():
-        raise ValueError(f"folder {str(source)!r} is not a transformers checkpoint (no "
-                         "config.json); a CLIP/SigLIP checkpoint folder is needed")
-    try:
-        config = AutoConfig.from_pretrained(src)
-    except OSError as e:
-        raise OSError(f"cannot load a CLIP/SigLIP checkpoint from {str(source)!r}: it is not a "
-                      f"local folder and the hub could not provide it ({e})") from e
-    except ValueError as e:
-        raise ValueError(f"{str(source)!r} is not a transformers checkpoint the clip adapter "
-                         f"can use ({e})") from e
+    src, config = load_hf_config(source, "CLIP/SigLIP", "clip")
     kind = getattr(config, "model_type", None)
     if kind not in MODEL_CLASSES:
         raise ValueError(f"checkpoint {str(source)!r} is a {kind!r} model; the clip adapter "

@@ -183,6 +183,27 @@ def resolve_source(name: str | Path) -> str:
     return s
 
 
+def load_hf_config(source: str | Path, what: str, adapter: str) -> tuple[str, Any]:
+    """(resolved source, transformers config) of a checkpoint given as a hub name or a local
+    folder, with errors naming `what` checkpoint the `adapter` needs: FileNotFoundError for a
+    missing folder, ValueError for a folder without config.json or an unreadable config, OSError
+    when the hub cannot provide it."""
+    from transformers import AutoConfig
+
+    src = resolve_source(source)
+    if Path(src).is_dir() and not (Path(src) / "config.json").is_file():
+        raise ValueError(f"folder {str(source)!r} is not a transformers checkpoint (no "
+                         f"config.json); a {what} checkpoint folder is needed")
+    try:
+        return src, AutoConfig.from_pretrained(src)
+    except OSError as e:
+        raise OSError(f"cannot load a {what} checkpoint from {str(source)!r}: it is not a "
+                      f"local folder and the hub could not provide it ({e})") from e
+    except ValueError as e:
+        raise ValueError(f"{str(source)!r} is not a transformers checkpoint the {adapter} "
+                         f"adapter can use ({e})") from e
+
+
 def save_optimizer(folder: Path, optimizer: torch.optim.Optimizer | None) -> None:
     if optimizer is not None:
         torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)

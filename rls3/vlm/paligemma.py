@@ -26,9 +26,9 @@ from torch import nn
 
 from rls3.sample import Sample
 from rls3.vlm.base import Feedback, Metrics
-from rls3.vlm.common import (META_FILE, batches, breakdown, check_positive, load_optimizer_state,
-                             progress, read_meta, resolve_device, resolve_dtype, resolve_source,
-                             save_optimizer, seeded_generator, to_pil, write_meta)
+from rls3.vlm.common import (META_FILE, batches, breakdown, check_positive, load_hf_config,
+                             load_optimizer_state, progress, read_meta, resolve_device,
+                             resolve_dtype, save_optimizer, seeded_generator, to_pil, write_meta)
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +44,9 @@ def load_paligemma(source: str | Path, dtype: torch.dtype = torch.float32) -> tu
     """(model, processor) of a PaliGemma checkpoint given as a hub name or local folder (weights
     in `dtype`). FileNotFoundError for a missing folder, ValueError for another model type."""
     import transformers
-    from transformers import AutoConfig, AutoProcessor, PaliGemmaForConditionalGeneration
+    from transformers import AutoProcessor, PaliGemmaForConditionalGeneration
 
-    src = resolve_source(source)
-    if Path(src).is_dir() and not (Path(src) / "config.json").is_file():
-        raise ValueError(f"folder {str(source)!r} is not a transformers checkpoint (no "
-                         "config.json); a PaliGemma checkpoint folder is needed")
-    try:
-        config = AutoConfig.from_pretrained(src)
-    except OSError as e:
-        raise OSError(f"cannot load a PaliGemma checkpoint from {str(source)!r}: it is not a "
-                      f"local folder and the hub could not provide it ({e})") from e
-    except ValueError as e:
-        raise ValueError(f"{str(source)!r} is not a transformers checkpoint the paligemma "
-                         f"adapter can use ({e})") from e
+    src, config = load_hf_config(source, "PaliGemma", "paligemma")
     if getattr(config, "model_type", None) != "paligemma":
         raise ValueError(f"checkpoint {str(source)!r} is a {config.model_type!r} model; the "
                          "paligemma adapter needs a 'paligemma' checkpoint")
