@@ -28,6 +28,7 @@ from rls3.config import AGENTS, BACKENDS, PRESETS, Config, ConfigError, preset
 log = logging.getLogger("rls3.cli")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_UNITY = 3           # the Unity bridge failed (the run stays resumable)
 
 
 class UsageError(Exception):
@@ -213,11 +214,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.quiet:
             cfg = cfg.override({"progress": False})
         result = loop.run(cfg, run_dir=args.run_dir)
+    from rls3.report import run_answer, summary_line
+
     final = result.final
-    test = (final.get("test") or {}).get("score")
     print(f"run {result.run_dir}: {result.iterations} iterations ({result.stop_reason}), "
-          f"{final.get('cum_steps', 0)} generated samples, {final.get('cum_valid', 0)} valid"
-          + (f", test score {test:.4f}" if test is not None else ""))
+          f"{final.get('cum_steps', 0)} generated samples, {final.get('cum_valid', 0)} valid; "
+          + summary_line(run_answer(result.run_dir, result.records)))
     if not args.no_report:
         from rls3.report import write_report
 
@@ -292,6 +294,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     for d in args.runs:
         check_run_dir(d)
+        if not (Path(d) / "metrics.jsonl").is_file():
+            raise UsageError(f"run {str(d)!r} has no metrics.jsonl yet: nothing to report (it "
+                             f"has not finished its first evaluation)")
     out = args.out or (args.runs[0] / "report" if len(args.runs) == 1 else Path("report"))
     print(f"report: {write_report(args.runs, out)}")
     return 0
@@ -320,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    from rls3.bridges.errors import UnityBridgeError
     from rls3.data import DatasetError
     from rls3.loop import RunDirError
 
@@ -328,6 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, DatasetError, RunDirError) as e:
         print(f"rls3 {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except UnityBridgeError as e:   # one line, not two chained tracebacks
+        hint = (" (the run keeps its last finished iteration; continue it with rls3 run "
+                "--resume RUN_DIR once Unity works again)") if args.command == "run" else ""
+        print(f"rls3 {args.command}: Unity bridge error ({type(e).__name__}): {e}{hint}",
+              file=sys.stderr)
+        return EXIT_UNITY
     except KeyboardInterrupt:
         hint = ""
         if args.command == "run":

@@ -71,6 +71,32 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class ReplayConfig:
+    """Replay of earlier fine-tuning samples (a departure from the paper, which fine-tunes each
+    iteration on its new batch only and then clears it).
+
+    With `capacity` > 0 the loop keeps up to `capacity` of the samples kept in earlier iterations
+    (reservoir sampling: a uniform sample of everything kept so far, seeded) and fine-tunes each
+    iteration on its new batch plus round(`fraction` * stored) of them, drawn without
+    replacement. Fine-tuning 64 new samples alone memorised and forgot (`rls3 run`, quick: test
+    0.24 -> 0.25); with replay the quick preset rose 0.29 -> 0.62 (mean of 3 seeds, 7
+    iterations; benchmarks/results/quick_run)."""
+
+    capacity: int = 0
+    fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.capacity, int) and self.capacity >= 0, "loop.replay.capacity",
+                 self.capacity, "an integer >= 0 (0: no replay, the paper)")
+        _require(0.0 <= self.fraction <= 1.0, "loop.replay.fraction", self.fraction,
+                 "in [0, 1] (the share of stored samples replayed each iteration)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity > 0 and self.fraction > 0
+
+
+@dataclass(frozen=True)
 class LoopConfig:
     """Algorithm 1: iterations of E episodes (T0 valid samples each, kept at rate eta), VLM
     feedback beta * J2 at each episode's completing step, K fine-tuning epochs/steps, validation
@@ -82,7 +108,8 @@ class LoopConfig:
     `rls3 run --budget-from RUN_DIR` fills it from a finished run and records the source in
     `budget_from`. `save_batches` keeps each iteration's fine-tuning batch in the run directory,
     `keep_best` the VLM at its best validation score, `random_feedback` computes (and logs) J2 for
-    the random agent too, which ignores it.
+    the random agent too, which ignores it. `replay` (off in the paper presets) adds earlier kept
+    samples to each fine-tuning set (see `ReplayConfig`).
     """
 
     iterations: int = 50
@@ -97,6 +124,7 @@ class LoopConfig:
     save_batches: bool = True
     keep_best: bool = True
     random_feedback: bool = True
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
     def __post_init__(self) -> None:
         _require(self.iterations >= 1, "loop.iterations", self.iterations, "an integer >= 1")
@@ -109,6 +137,9 @@ class LoopConfig:
         _require(self.budget >= 0, "loop.budget", self.budget, ">= 0 (0: no budget)")
         _require(self.budget_unit in BUDGET_UNITS, "loop.budget_unit", self.budget_unit,
                  f"one of {list(BUDGET_UNITS)}")
+        _require(self.save_batches or not self.replay.enabled, "loop.save_batches",
+                 self.save_batches, "true while loop.replay is on (replayed samples are read "
+                 "back from the saved batches when a run resumes)")
 
     @property
     def validation_points(self) -> tuple[int, ...]:
@@ -289,10 +320,14 @@ class Config:
     @classmethod
     def from_yaml(cls, path: str | Path, base: Config | None = None) -> Config:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a directory, not a YAML file")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {str(p)!r} is not a UTF-8 text file ({e})") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
         return cls.from_dict(data, base)
@@ -314,6 +349,22 @@ class Config:
                     raise ConfigError(f"override {key!r} conflicts with another override")
             node[parts[-1]] = value
         return Config.from_dict(data, base=self)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that names a key twice (YAML says keys are
+    unique; PyYAML would silently keep the last value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -345,11 +396,17 @@ def _paper_paligemma() -> Config:
 
 
 def _quick() -> Config:
-    """A CPU demo that runs end to end (data sets, pretraining, iterations, report) in minutes."""
+    """A CPU demo that runs end to end (data sets, pretraining, iterations, report) in minutes
+    and shows the VLM learning (test 0.29 -> 0.62 over 3 seeds in about 12 minutes on 2 cores,
+    benchmarks/results/quick_run). Departures from the paper, measured there: every frame is
+    kept (eta = 1: 128 new samples per iteration), K = 6 epochs and earlier batches are replayed
+    (`loop.replay`), since fine-tuning 64 new samples alone memorised and forgot them (0.24 ->
+    0.25)."""
     return Config(
         preset="quick",
         env=EnvConfig(t0=32),  # 224-px renders: at 96 px the objects are a few pixels
-        loop=LoopConfig(iterations=8, episodes=4, eta=0.5, beta=10.0, k=10),
+        loop=LoopConfig(iterations=7, episodes=4, eta=1.0, beta=10.0, k=6,
+                        replay=ReplayConfig(capacity=1024, fraction=1.0)),
         early_stopping=EarlyStoppingConfig(patience=3, min_iterations=5, min_delta=0.0),
         vlm=VLMConfig(name="lite"),
         agent=AgentConfig(pretrain_steps=3000, buffer_size=50_000, batch_size=128),

@@ -122,8 +122,12 @@ class Rls3Env(gym.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._state is None:
             raise RuntimeError("call reset() before step()")
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
-        if a.shape != (3,) or not np.all(np.isfinite(a)):
+        raw = np.asarray(action)
+        if raw.shape != (3,) or raw.dtype.kind not in "iuf":
+            raise ValueError(f"action must be an array of shape (3,) of real numbers, got "
+                             f"{action!r} (shape {raw.shape}, dtype {raw.dtype})")
+        a = raw.astype(np.float64)
+        if not np.all(np.isfinite(a)):
             raise ValueError(f"action must be 3 finite numbers, got {action!r}")
         if np.any(np.abs(a) > 1.0 + 1e-6):
             raise ValueError(f"action {a.tolist()} outside the action space [-1, 1]^3")

@@ -8,8 +8,10 @@ One iteration:
      round(eta * T0) of the frames, drawn without replacement, for the fine-tuning batch.
      Episodes cut by the env's step cap produce no feedback and no batch samples, but their steps
      count as generated data.
-  2. The VLM is fine-tuned K epochs (CLIP-type) / K steps (PaliGemma) on the E * eta * T0 batch;
-     validation runs after every F = `loop.val_every` epochs/steps (0: once, after K).
+  2. The VLM is fine-tuned K epochs (CLIP-type) / K steps (PaliGemma) on the E * eta * T0 batch
+     (with `loop.replay`, a departure from the paper: plus a seeded share of earlier kept samples,
+     see `rls3.replay`); validation runs after every F = `loop.val_every` epochs/steps (0: once,
+     after K).
   3. The test set is evaluated, a metrics record is appended, and a checkpoint is committed.
   4. Stop on early stopping (validation, SAC runs), on the sample budget (random runs with
      `--budget-from`) or after `loop.iterations`.
@@ -25,7 +27,8 @@ A run directory `runs/{preset}__{agent}__{seed}__{time}/` holds:
   tb/               TensorBoard scalars
   data/iter_NNNN/   each iteration's fine-tuning batch (PNG + metadata.jsonl)
   checkpoints/      LATEST.json -> iter_NNNN/ (VLM, agent + replay buffer, RNG states, counters,
-                    manifest with sizes and SHA-256), committed atomically after each iteration
+                    the fine-tuning replay's references into data/, manifest with sizes and
+                    SHA-256), committed atomically after each iteration
   best_vlm/         the VLM at its best validation score
   run.log           the log
 """
@@ -42,7 +45,8 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -50,20 +54,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 import rls3
 from rls3.agents import Agent, RandomAgent, SACAgent, build_agent
 from rls3.config import Config, ConfigError, make_backend
-from rls3.data import (complexity_counts, ensure_fixed_set, fixed_set_dir, make_sample,
-                       read_dataset, replace_folder, term_counts, write_dataset)
+from rls3.data import (DatasetError, complexity_counts, ensure_fixed_set, fixed_set_dir,
+                       make_sample, read_dataset, replace_folder, term_counts, write_dataset)
 from rls3.env import Frame, Rls3Env
+from rls3.replay import ReplayError, SampleReplay
 from rls3.sample import Sample
 
 log = logging.getLogger(__name__)
 
 RUN_FORMAT = "rls3-run"
-RUN_FORMAT_VERSION = 1
+#: 2: checkpoints carry the fine-tuning replay state (`loop.replay`). Format-1 runs can still be
+#: read (reports, budgets) but not continued.
+RUN_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -149,8 +158,9 @@ def create_run(cfg: Config, run_dir: str | Path | None = None) -> Path:
     return run_dir
 
 
-def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
-    """Read and check a run directory's format marker; RunDirError if it is not a usable run."""
+def check_run_dir(run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Read and check a run directory's format marker; RunDirError if it is not a usable run
+    (for `resume`: one this version can continue)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {str(run_dir)!r} does not exist")
@@ -164,10 +174,16 @@ def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(marker, dict) or marker.get("format") != RUN_FORMAT:
         raise RunDirError(f"{str(run_dir)!r} is not an rls3 run directory ({RUN_FILE} has format "
                           f"{marker.get('format') if isinstance(marker, dict) else marker!r})")
-    if marker.get("format_version") != RUN_FORMAT_VERSION:
-        raise RunDirError(f"{str(run_dir)!r} has run format version "
-                          f"{marker.get('format_version')!r}; this rls3 reads version "
-                          f"{RUN_FORMAT_VERSION}")
+    version = marker.get("format_version")
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise RunDirError(f"{str(run_dir)!r} has run format version {version!r}; this rls3 "
+                          f"reads versions {list(READABLE_FORMAT_VERSIONS)}")
+    if resume and version != RUN_FORMAT_VERSION:
+        raise RunDirError(f"{str(run_dir)!r} was written in run format {version}, before "
+                          f"fine-tuning replay (loop.replay) existed, and cannot be continued "
+                          f"exactly by this rls3 (format {RUN_FORMAT_VERSION}); nothing was "
+                          f"changed. Its report and budget can still be read; start a new run "
+                          f"with `rls3 run`")
     if marker.get("rls3_version") != rls3.__version__:
         raise RunDirError(f"{str(run_dir)!r} was made by rls3 {marker.get('rls3_version')!r}; "
                           f"this is rls3 {rls3.__version__} and cannot continue it exactly "
@@ -175,8 +191,8 @@ def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
     return marker
 
 
-def load_run_config(run_dir: str | Path) -> Config:
-    check_run_dir(run_dir)
+def load_run_config(run_dir: str | Path, resume: bool = False) -> Config:
+    check_run_dir(run_dir, resume=resume)
     try:
         return Config.from_yaml(Path(run_dir) / CONFIG_FILE, base=Config())
     except ConfigError as e:
@@ -221,11 +237,29 @@ def budget_from_run(run_dir: str | Path, unit: str = "steps") -> int:
 # ------------------------------------------------------------------------------------ checkpoints
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _saving(tmp: Path, run_dir: Path) -> Iterator[None]:
+    """Turn an OS error while writing the temporary folder `tmp` (disk full, permissions) into
+    a one-line RunDirError naming it; the half-written folder is removed, so the run continues
+    from its last committed checkpoint."""
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunDirError(f"cannot write {str(tmp)!r}: {e}; nothing half-written was kept, and "
+                          f"the run continues from its last checkpoint once the cause is fixed: "
+                          f"rls3 run --resume {run_dir}") from e
 
 
 def _sha256(path: Path) -> str:
@@ -248,7 +282,7 @@ def _verify_manifest(folder: Path) -> None:
         raise RunDirError(f"checkpoint {str(folder)!r} is corrupt: no {MANIFEST_FILE}")
     try:
         files = json.loads(mf.read_text())["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise RunDirError(f"checkpoint {str(folder)!r} is corrupt: bad {MANIFEST_FILE}") from e
     bad = []
     for rel, meta in files.items():
@@ -270,7 +304,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     try:
         ptr = json.loads(latest.read_text())
         folder = ck / ptr["dir"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise RunDirError(f"{str(latest)!r} is corrupt: {e}") from e
     if not folder.is_dir():
         raise RunDirError(f"checkpoint {str(folder)!r} named by {LATEST_FILE} is missing")
@@ -412,6 +446,7 @@ class RunState:
     stop_reason: str | None = None
     metrics_bytes: int = 0
     elapsed_s: float = 0.0
+    replay: dict[str, Any] | None = None      # `SampleReplay.state()` when loop.replay is on
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -450,12 +485,22 @@ class Loop:
     def __init__(self, run_dir: str | Path, on_phase: PhaseHook | None = None,
                  progress: bool | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.cfg = load_run_config(self.run_dir)
+        self.cfg = load_run_config(self.run_dir, resume=True)
         if progress is not None:  # display only: does not change results
             self.cfg = replace(self.cfg, progress=progress)
         self.on_phase = on_phase
         self.ckpt = latest_checkpoint(self.run_dir)  # verified before anything is written
         self.state = RunState()
+        if self.ckpt is None:
+            done = [r.get("iteration") for r in read_metrics(self.run_dir)
+                    if isinstance(r.get("iteration"), int) and r["iteration"] > 0]
+            if done:
+                raise RunDirError(
+                    f"{str(self.run_dir)!r} has {len(done)} finished iteration(s) in "
+                    f"{METRICS_FILE} but no checkpoint ({CHECKPOINTS}/ deleted?); continuing "
+                    f"would start over and discard them, so nothing was changed. Its results "
+                    f"stay readable (`rls3 report {self.run_dir}`); to run it again, start a "
+                    f"new run: `rls3 run --config {self.run_dir / CONFIG_FILE}`")
         if self.ckpt is not None:
             try:
                 self.state = RunState.from_dict(json.loads((self.ckpt / STATE_FILE).read_text()))
@@ -466,6 +511,11 @@ class Loop:
             if not mf.is_file() or mf.stat().st_size < self.state.metrics_bytes:
                 raise RunDirError(f"{str(mf)!r} is shorter than checkpoint "
                                   f"{self.ckpt.name} recorded; the run directory is damaged")
+            if self.cfg.loop.replay.enabled and self.state.replay is None:
+                raise RunDirError(f"checkpoint {str(self.ckpt)!r} has no fine-tuning replay "
+                                  f"state but the run's config has loop.replay on (was "
+                                  f"{CONFIG_FILE} edited?); nothing was changed")
+        self.replay: SampleReplay | None = None
 
     @property
     def finished(self) -> bool:
@@ -511,6 +561,10 @@ class Loop:
         except KeyboardInterrupt:
             log.warning("interrupted; continue with: rls3 run --resume %s", self.run_dir)
             raise
+        except Exception as e:  # recorded in run.log, then re-raised unchanged
+            log.error("run stopped by %s: %s; the last finished iteration is kept; continue "
+                      "with: rls3 run --resume %s", type(e).__name__, e, self.run_dir)
+            raise
         finally:
             root.removeHandler(handler)
             root.setLevel(level)
@@ -529,6 +583,11 @@ class Loop:
         use_feedback = cfg.agent.name == "sac" or cfg.loop.random_feedback
         collector = EpisodeCollector(vlm, rng, cfg.loop.eta, cfg.loop.beta, cfg.env.t0,
                                      feedback=use_feedback)
+        if cfg.loop.replay.enabled:
+            self.replay = SampleReplay(cfg.loop.replay.capacity, cfg.loop.replay.fraction,
+                                       cfg.seed)
+            if self.ckpt is None:
+                self.state.replay = self.replay.state()
         backend = make_backend(cfg.backend, "train")
         writer = None
         try:
@@ -594,7 +653,24 @@ class Loop:
         collector.rng.bit_generator.state = rngs["loop"]
         _vlm_rng_set(vlm, rngs["vlm"])
         env.episode = self.state.env_episode
+        if self.replay is not None:
+            assert self.state.replay is not None  # checked in __init__
+            try:
+                self.replay.restore(self.state.replay, self._saved_batch)
+            except ReplayError as e:
+                raise RunDirError(f"{str(self.run_dir)!r}: cannot restore the fine-tuning "
+                                  f"replay: {e}") from e
         return agent
+
+    def _saved_batch(self, iteration: int) -> list[Sample]:
+        folder = self.run_dir / "data" / f"iter_{iteration:04d}"
+        if not folder.is_dir():
+            raise ReplayError(f"{str(folder)!r} is missing (replayed samples are read back from "
+                              f"the saved batches; do not delete data/ of a run to be resumed)")
+        try:
+            return read_dataset(folder)
+        except DatasetError as e:
+            raise ReplayError(str(e)) from e
 
     def _truncate_metrics(self) -> None:
         mf = self.run_dir / METRICS_FILE
@@ -677,15 +753,21 @@ class Loop:
                           info={"kind": "finetune-batch", "iteration": i, "agent": cfg.agent.name},
                           overwrite=True)
             times["save_batch"] = time.perf_counter() - t
-        # fine-tune K epochs/steps, validating after every F
+        # fine-tune K epochs/steps on the new batch (+ replayed samples), validating after every F
+        stored = len(self.replay) if self.replay is not None else 0
+        replayed = self.replay.draw() if self.replay is not None else []
+        ft_set = batch + replayed
+        groups = [NEW] * len(batch) + [REPLAYED] * len(replayed)
         losses: list[float] = []
+        group_losses: list[dict[int, float]] = []
         val_points: list[dict[str, Any]] = []
         times["finetune"] = times["validate"] = 0.0
         done_k = 0
         for point in cfg.loop.validation_points:
             self._phase(i, "finetune")
             t = time.perf_counter()
-            losses += [float(x) for x in vlm.finetune(batch, point - done_k)]
+            losses += [float(x) for x in vlm.finetune(ft_set, point - done_k, groups=groups)]
+            group_losses += list(vlm.last_group_losses)
             times["finetune"] += time.perf_counter() - t
             done_k = point
             self._phase(i, "validate")
@@ -693,6 +775,9 @@ class Loop:
             val_points.append({"k": point, **self._evaluate(vlm, val)})
             times["validate"] += time.perf_counter() - t
         s.finetune_steps += len(losses)
+        if self.replay is not None:
+            self.replay.add(i, batch)
+            s.replay = self.replay.state()
         self._phase(i, "test")
         t = time.perf_counter()
         te = self._evaluate(vlm, test)
@@ -711,8 +796,10 @@ class Loop:
             "feedback_j2": float(np.mean(j2)) if j2 else None, "feedback_j2_episodes": j2,
             "feedback_reward": cfg.loop.beta * float(np.mean(j2)) if j2 else None,
             "batch_size": len(batch),
+            "replay_stored": stored, "replayed": len(replayed), "finetune_set": len(ft_set),
             "finetune_losses": losses,
             "finetune_loss": float(np.mean(losses)) if losses else None,
+            **_group_loss_fields(group_losses, len(losses)),
             "val": {k: v[k] for k in v if k != "k"}, "val_points": val_points, "test": te,
             "terms_generated": generated_terms, "terms_batch": term_counts(batch),
             "complexity_generated": complexity_counts(collector.generated),
@@ -754,9 +841,10 @@ class Loop:
     def _save_best(self, vlm: Any) -> None:
         final = self.run_dir / BEST_VLM
         tmp = self.run_dir / f".{BEST_VLM}.tmp-{uuid.uuid4().hex[:8]}"
-        vlm.save(tmp)
-        (tmp / "iteration.json").write_text(json.dumps({"iteration": self.state.iteration}))
-        replace_folder(tmp, final)
+        with _saving(tmp, self.run_dir):
+            vlm.save(tmp)
+            (tmp / "iteration.json").write_text(json.dumps({"iteration": self.state.iteration}))
+            replace_folder(tmp, final)
 
     def _append_metrics(self, rec: dict[str, Any]) -> None:
         mf = self.run_dir / METRICS_FILE
@@ -776,23 +864,24 @@ class Loop:
         for stale in ck.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = ck / f".tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        vlm.save(tmp / "vlm")
-        agent.save(tmp / "agent")
-        self.state.env_episode = env.episode
-        rngs = {"python": random.getstate(), "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(), "loop": collector.rng.bit_generator.state,
-                "vlm": _vlm_rng_get(vlm)}
-        with open(tmp / RNG_FILE, "wb") as f:
-            pickle.dump(rngs, f)
-        (tmp / STATE_FILE).write_text(json.dumps(self.state.to_dict(), indent=1))
-        _write_manifest(tmp)
         name = f"iter_{i:04d}"
         final = ck / name
-        if final.exists():  # left by a crash between rename and commit; LATEST is older
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _atomic_write(ck / LATEST_FILE, json.dumps({"dir": name, "iteration": i}))
+        with _saving(tmp, self.run_dir):
+            tmp.mkdir()
+            vlm.save(tmp / "vlm")
+            agent.save(tmp / "agent")
+            self.state.env_episode = env.episode
+            rngs = {"python": random.getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state(), "loop": collector.rng.bit_generator.state,
+                    "vlm": _vlm_rng_get(vlm)}
+            with open(tmp / RNG_FILE, "wb") as f:
+                pickle.dump(rngs, f)
+            (tmp / STATE_FILE).write_text(json.dumps(self.state.to_dict(), indent=1))
+            _write_manifest(tmp)
+            if final.exists():  # left by a crash between rename and commit; LATEST is older
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _atomic_write(ck / LATEST_FILE, json.dumps({"dir": name, "iteration": i}))
         for old in ck.glob("iter_*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -823,6 +912,25 @@ class Loop:
         for j, loss in enumerate(rec.get("finetune_losses") or []):
             writer.add_scalar("finetune/step_loss", loss, n0 + j + 1)
         writer.flush()
+
+
+#: `finetune` group labels of the new batch and of replayed samples
+NEW, REPLAYED = 0, 1
+
+
+def _group_loss_fields(group_losses: list[dict[int, float]], n_steps: int) -> dict[str, Any]:
+    """Per-step losses of the new batch and of the replayed samples (None where a step's
+    mini-batch had none of them, or where the adapter does not report them), and their
+    means."""
+    if len(group_losses) != n_steps:
+        group_losses = [{} for _ in range(n_steps)]
+    out: dict[str, Any] = {}
+    for key, g in (("new", NEW), ("replay", REPLAYED)):
+        per_step = [gl.get(g) for gl in group_losses]
+        vals = [v for v in per_step if v is not None]
+        out[f"finetune_losses_{key}"] = per_step
+        out[f"finetune_loss_{key}"] = float(np.mean(vals)) if vals else None
+    return out
 
 
 def _jsonable(x: Any) -> Any:

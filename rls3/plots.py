@@ -9,7 +9,7 @@ a figure that says so instead of an error.
   plot_score_vs_data     Fig. 5: test score vs cumulative generated samples (env steps)
   plot_per_term          Fig. 6: per-term test score before/after + cumulative count generated
   plot_by_complexity     Fig. 7: test score by complexity (1/2/3 terms) per iteration
-  plot_finetune_loss     Fig. 8: fine-tuning loss concatenated over iterations, with boundaries
+  plot_finetune_loss     Fig. 8: fine-tuning loss per step and per iteration, new batch vs replayed
   plot_validation        Fig. 9: validation score per iteration, early-stopping point marked
   plot_yield             valid-sample yield per iteration for each agent
   plot_all               all of the above; returns {name: path}
@@ -318,46 +318,93 @@ def plot_by_complexity(run_dirs: RunDirs, out_dir: str | Path, split: str = "tes
     return _finish(fig, out_dir, name)
 
 
+def _iteration_losses(run: Run) -> list[tuple[int, list[float], list[float], list[float]]]:
+    """Per fine-tuning iteration: (iteration, all-step losses, new-batch losses per step,
+    replayed-sample losses per step), NaN where a step had none of that group."""
+    out = []
+    for r in run.records:
+        if r["iteration"] <= 0:
+            continue
+        allv = [_num(v) for v in r.get("finetune_losses") or []]
+        new = [_num(v) for v in r.get("finetune_losses_new") or []] or [math.nan] * len(allv)
+        rep = [_num(v) for v in r.get("finetune_losses_replay") or []] or [math.nan] * len(allv)
+        out.append((r["iteration"], allv, new, rep))
+    return out
+
+
+def _ends(values: list[float]) -> tuple[float, float]:
+    """Mean of the first and of the last tenth (at least one step) of an iteration's losses."""
+    v = np.asarray(values, dtype=float)
+    m = max(1, len(v) // 10)
+    with _quiet_nan():
+        return float(np.nanmean(v[:m])), float(np.nanmean(v[-m:]))
+
+
 def plot_finetune_loss(run_dirs: RunDirs, out_dir: str | Path,
                        name: str = "fig8_finetune_loss.png") -> Path:
-    """Fig. 8: every optimizer step's fine-tuning loss, concatenated over iterations (one line per
-    run), iteration boundaries as dotted lines (those of the first run of each agent)."""
+    """Fig. 8: fine-tuning loss. Top: every optimizer step, concatenated over iterations, split
+    into the new batch (solid) and the replayed earlier samples (dashed) where the run recorded
+    them (iteration ends dotted). Bottom: per iteration, each part's loss at the start and the
+    end of its fine-tuning (first / last tenth of the steps): a replayed part that starts far
+    above where it ended the iteration before shows forgetting."""
     runs = load_runs(run_dirs)
     groups = _by_agent(runs)
-    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(5.6 * max(len(groups), 1), 3.8),
-                             squeeze=False, sharey=True)
-    drawn = False
-    for ax, (i, (agent, rs)) in zip(axes[0], enumerate(groups.items())):
-        bounds_drawn = False
-        any_here = False
-        for run in rs:
-            losses: list[float] = []
-            bounds = []
-            for r in run.records:
-                ls = r.get("finetune_losses") or []
-                if r["iteration"] > 0:
-                    losses += [_num(v) for v in ls]
-                    bounds.append((len(losses), r["iteration"]))
-            if not losses:
+    ncol = max(len(groups), 1)
+    fig, axes = plt.subplots(2, ncol, figsize=(5.8 * ncol, 7.2), squeeze=False)
+    for col, (agent, rs) in enumerate(groups.items()):
+        ax, bx = axes[0][col], axes[1][col]
+        bounds_drawn = any_here = False
+        for j, run in enumerate(rs):
+            its = _iteration_losses(run)
+            allv = [v for _, a, _, _ in its for v in a]
+            if not allv:
                 continue
-            drawn = any_here = True
-            ax.plot(np.arange(1, len(losses) + 1), losses, lw=1, alpha=0.85,
-                    label=f"seed {run.seed}")
+            any_here = True
+            x = np.arange(1, len(allv) + 1)
+            new = np.array([v for _, _, n, _ in its for v in n], dtype=float)
+            rep = np.array([v for _, _, _, r in its for v in r], dtype=float)
+            color = f"C{j % 10}"
+            if np.isfinite(new).any():
+                ax.plot(x, new, lw=1, color=color, label=f"seed {run.seed}: new batch")
+                if np.isfinite(rep).any():
+                    ax.plot(x, rep, lw=1, ls="--", color=color,
+                            label=f"seed {run.seed}: replayed")
+            else:
+                ax.plot(x, allv, lw=1, color=color, label=f"seed {run.seed}")
             if not bounds_drawn:
-                for pos, it in bounds[:-1]:
-                    ax.axvline(pos + 0.5, color="0.5", ls=":", lw=0.8)
+                pos = np.cumsum([len(a) for _, a, _, _ in its])
+                for p in pos[:-1]:
+                    ax.axvline(p + 0.5, color="0.5", ls=":", lw=0.8)
                 bounds_drawn = True
-        ax.set_title(f"{agent}: fine-tuning loss (dotted: iteration ends)")
+            it = [i for i, *_ in its]
+            parts = ((2, "-", "new"), (3, "--", "replayed")) if np.isfinite(new).any() else \
+                ((1, "-", "all samples"),)         # runs recorded before the split existed
+            for vals, style, what in parts:
+                ends = np.array([_ends(t[vals]) for t in its], dtype=float)
+                if not np.isfinite(ends).any():
+                    continue
+                bx.plot(it, ends[:, 0], style, marker="o", ms=4, color=color,
+                        label=f"seed {run.seed}: {what}, start")
+                bx.plot(it, ends[:, 1], style, marker="x", ms=4, color=color, alpha=0.6,
+                        label=f"seed {run.seed}: {what}, end")
+        ax.set_title(f"{agent}: fine-tuning loss per step (dotted: iteration ends)")
         ax.set_xlabel("optimizer step (concatenated over iterations)")
-        ax.grid(alpha=0.3)
+        bx.set_title(f"{agent}: loss at the start (o) and end (x) of each iteration")
+        bx.set_xlabel("iteration")
+        bx.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for a in (ax, bx):
+            a.grid(alpha=0.3)
+            a.set_ylabel("training loss")
         if any_here:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
+            if bx.get_legend_handles_labels()[0]:
+                bx.legend(fontsize=6, ncol=2)
         else:
             _empty(ax, "fine-tuning losses")
+            _empty(bx, "fine-tuning losses")
     if not groups:
         _empty(axes[0][0], "fine-tuning losses")
-    elif drawn:
-        axes[0][0].set_ylabel("training loss")
+        _empty(axes[1][0], "fine-tuning losses")
     return _finish(fig, out_dir, name)
 
 

@@ -3,13 +3,16 @@
 Everything here reads only a run's `config.yaml` and `metrics.jsonl` (see `rls3.loop` for the record
 fields: `iteration`, `cum_steps`, `cum_valid`, `yield`, `feedback_j2`, `finetune_losses`, `val` /
 `test` with `score`, `per_term`, `per_complexity`, `terms_generated`, `early_stopping`, ...).
-(Plots of the paper's figures are to be added here.)
+The report leads with the answer to "did the VLM get better on the unseen test rooms?" (test score
+before -> at the best validation iteration -> final, 95% intervals, per term), then the run
+tables and the paper's figures (`rls3.plots`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,167 @@ import numpy as np
 from rls3.loop import load_run_config, read_metrics
 
 REPORT_FILE = "report.md"
+#: confidence level of every interval in the report
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class RunAnswer:
+    """One run's test score before fine-tuning, at the best validation iteration and at the end.
+
+    Intervals (`*_ci`) are 95% Wilson intervals over the test samples for accuracies (None for
+    mean S_PG scores, which carry no per-sample spread in the metrics); `significant` says
+    whether the iteration-0 score lies outside the final score's interval."""
+
+    run: str
+    agent: str
+    seed: int | None
+    n: int | None
+    before: float | None
+    best: float | None
+    best_iteration: int | None
+    final: float | None
+    final_iteration: int | None
+    before_ci: tuple[float, float] | None
+    final_ci: tuple[float, float] | None
+    per_term_before: dict[str, float]
+    per_term_best: dict[str, float]
+    per_term_final: dict[str, float]
+
+    @property
+    def gain(self) -> float | None:
+        return None if self.before is None or self.final is None else self.final - self.before
+
+    @property
+    def best_gain(self) -> float | None:
+        return None if self.before is None or self.best is None else self.best - self.before
+
+    @property
+    def significant(self) -> bool | None:
+        if self.final_ci is None or self.before is None:
+            return None
+        lo, hi = self.final_ci
+        return not lo <= self.before <= hi
+
+
+def wilson_interval(score: float, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval of an accuracy `score` measured on `n` samples."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(round(score * n)), n).proportion_ci(level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def mean_interval(values: Sequence[float], level: float = LEVEL
+                  ) -> tuple[float, float | None, float | None]:
+    """Mean and Student-t interval of the mean over runs (no interval for a single run)."""
+    v = np.asarray([float(x) for x in values], dtype=float)
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, None, None
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+def run_answer(run_dir: str | Path, records: Sequence[dict[str, Any]] | None = None,
+                accuracy: bool | None = None) -> RunAnswer:
+    """The test-score answer of one run (from its metrics records)."""
+    run_dir = Path(run_dir)
+    recs = list(records) if records is not None else read_metrics(run_dir)
+    first = next((r for r in recs if r.get("iteration") == 0), {})
+    done = [r for r in recs if isinstance(r.get("iteration"), int) and r["iteration"] > 0]
+    last = done[-1] if done else {}
+    es = last.get("early_stopping") or {}
+    best_it = es.get("best_iteration")
+    best = next((r for r in recs if r.get("iteration") == best_it), {})
+    agent = first.get("agent") or last.get("agent") or "?"
+    vlm = first.get("vlm") or last.get("vlm") or ""
+    if accuracy is None:
+        accuracy = "paligemma" not in str(vlm)
+
+    def score(r: dict[str, Any]) -> float | None:
+        v = (r.get("test") or {}).get("score")
+        return None if v is None else float(v)
+
+    def ci(r: dict[str, Any]) -> tuple[float, float] | None:
+        t = r.get("test") or {}
+        if not accuracy or t.get("score") is None or not t.get("n"):
+            return None
+        return wilson_interval(float(t["score"]), int(t["n"]))
+
+    def terms(r: dict[str, Any]) -> dict[str, float]:
+        return dict((r.get("test") or {}).get("per_term") or {})
+
+    return RunAnswer(
+        run=run_dir.name, agent=str(agent), seed=first.get("seed", last.get("seed")),
+        n=(first.get("test") or {}).get("n"), before=score(first),
+        best=score(best) if best else None, best_iteration=best_it if best else None,
+        final=score(last) if last else None, final_iteration=last.get("iteration"),
+        before_ci=ci(first) if first else None, final_ci=ci(last) if last else None,
+        per_term_before=terms(first), per_term_best=terms(best), per_term_final=terms(last))
+
+
+def _ci(c: tuple[float, float] | None) -> str:
+    return "" if c is None else f" [{c[0]:.3f}, {c[1]:.3f}]"
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.3f}"
+
+
+def summary_line(a: RunAnswer) -> str:
+    """One line: test before -> best (iteration) -> final with intervals and the verdict."""
+    if a.before is None:
+        return "test score: not measured yet"
+    text = f"test {a.before:.3f}{_ci(a.before_ci)}"
+    if a.final is None:
+        return text + " (no fine-tuning iteration finished)"
+    if a.best is not None:
+        text += f" -> best-val {a.best:.3f} (iteration {a.best_iteration})"
+    text += f" -> final {a.final:.3f}{_ci(a.final_ci)} (iteration {a.final_iteration}); "
+    text += f"change {_signed(a.gain)}"
+    if a.significant is not None:
+        text += (" (significant: the iteration-0 score lies outside the final's 95% interval)"
+                 if a.significant else
+                 " (not significant: the iteration-0 score lies inside the final's 95% interval)")
+    return text
+
+
+def answer_lines(answers: Sequence[RunAnswer]) -> list[str]:
+    """Markdown lines answering "did the VLM get better on the unseen test rooms?"."""
+    lines = ["## Did the VLM get better on the unseen test rooms?", ""]
+    for a in answers:
+        lines.append(f"- **{a.run}** ({a.agent}, seed {a.seed}): {summary_line(a)}")
+    groups: dict[str, list[RunAnswer]] = {}
+    for a in answers:
+        if a.gain is not None:
+            groups.setdefault(a.agent, []).append(a)
+    if groups:
+        lines += ["", "Over runs (mean, 95% t-interval over seeds; the change is 'outside' when "
+                  "its interval excludes 0):", "",
+                  "| agent | runs | before | best-val | final | change at best-val | "
+                  "final change | outside? |", "|---|---|---|---|---|---|---|---|"]
+        for agent, rs in sorted(groups.items()):
+            cells = []
+            for vals in ([a.before for a in rs], [a.best for a in rs], [a.final for a in rs],
+                         [a.best_gain for a in rs], [a.gain for a in rs]):
+                v = [x for x in vals if x is not None]
+                m, lo, hi = mean_interval(v) if v else (math.nan, None, None)
+                cells.append(f"{m:.3f}" + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]"))
+            _, lo, hi = mean_interval([a.gain for a in rs])
+            verdict = "-" if lo is None else ("yes" if lo > 0 or hi < 0 else "no")
+            lines.append(f"| {agent} | {len(rs)} | " + " | ".join(cells) + f" | {verdict} |")
+    terms = sorted({t for a in answers for t in a.per_term_before})
+    if terms:
+        lines += ["", "Per term, test score before → best-val → final:", "",
+                  "| run | " + " | ".join(terms) + " |", "|---|" + "---|" * len(terms)]
+        for a in answers:
+            cells = [f"{_fmt(a.per_term_before.get(t), 2)} → {_fmt(a.per_term_best.get(t), 2)} "
+                     f"→ {_fmt(a.per_term_final.get(t), 2)}" for t in terms]
+            lines.append(f"| {a.run} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -61,6 +225,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# RLS3 report", ""]
+    lines += answer_lines([run_answer(Path(d)) for d in run_dirs])
     lines += ["## Runs", "",
               "| run | agent | VLM | seed | iterations | stop | generated (steps) | valid | "
               "yield | mean J2 | test before | test after | best val (iter) | test at best val |",

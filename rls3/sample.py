@@ -37,6 +37,6 @@ class Sample:
                                caption=str(meta["caption"]), spatial_negative=str(neg[0]),
                                order_negative=str(neg[1]), question=str(meta["question"]))
             state = SceneState.from_dict(meta["state"])
-        except (KeyError, IndexError, TypeError) as e:
+        except (KeyError, IndexError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed sample metadata: missing or bad field {e!r}") from e
         return cls(np.asarray(image, dtype=np.uint8), state, desc)

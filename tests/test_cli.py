@@ -126,6 +126,15 @@ def test_eval_of_a_vlm_folder_on_a_dataset(tmp_path, capsys):
     assert code == 2 and "not an rls3 VLM checkpoint" in err
 
 
+def test_report_refuses_a_run_without_metrics(tmp_path, capsys):
+    """`rls3 report` on a run that has not finished its first evaluation says so and leaves no
+    report behind (issue 13, item 9)."""
+    d = create_run(preset("quick"), run_dir=tmp_path / "fresh")
+    code, _, err = call(["report", d], capsys)
+    assert code == 2 and "no metrics.jsonl" in err
+    assert not (d / "report").exists()
+
+
 def test_report_of_several_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     dirs = []
@@ -152,3 +161,22 @@ def test_scenes_contact_sheet(tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(out_png).width == 32
+
+
+def test_unity_bridge_errors_are_one_line_and_logged(tmp_path, capsys, monkeypatch):
+    """A Unity failure mid-run: one line with the error and the resume hint (exit 3), and run.log
+    records why the run stopped (issue 13, item 5)."""
+    from rls3.bridges.errors import UnityDisconnectedError
+    from rls3.loop import LOG_FILE, Loop
+
+    def dropped(self):
+        raise UnityDisconnectedError("the Unity player exited (code -9) during STEP on port 5005")
+
+    monkeypatch.setattr(Loop, "_run", dropped)
+    d = tmp_path / "r"
+    code, _, err = call(["run", "--run-dir", d, "--set", f"runs_dir={tmp_path}", "-q",
+                         "--no-report"], capsys)
+    assert code == 3
+    assert err.count("\n") <= 2 and "UnityDisconnectedError" in err and "--resume" in err
+    assert "Traceback" not in err
+    assert "run stopped by UnityDisconnectedError" in (d / LOG_FILE).read_text()

@@ -49,6 +49,25 @@ def test_partial_yaml_applies_on_its_preset(tmp_path):
     assert c.backend.train_scenes == ("kitchen",)
 
 
+def test_bad_config_files_are_named(tmp_path):
+    """Duplicate keys, a directory and a binary file give a ConfigError naming the file
+    (issue 13, items 5 and 9)."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("loop:\n  eta: 0.5\n  k: 3\n  eta: 0.25\n")
+    with pytest.raises(ConfigError, match="duplicate key 'eta'"):
+        Config.from_yaml(dup)
+    top = tmp_path / "top.yaml"
+    top.write_text("seed: 1\nseed: 2\n")
+    with pytest.raises(ConfigError, match="duplicate key 'seed'"):
+        Config.from_yaml(top)
+    with pytest.raises(ConfigError, match="is a directory"):
+        Config.from_yaml(tmp_path)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        Config.from_yaml(binary)
+
+
 def test_overrides():
     c = preset("quick").override(["loop.eta=0.3", "env.t0=8", "vlm.device=null",
                                   "agent.net_arch=[64, 64]", "loop.budget_from=runs/x"])

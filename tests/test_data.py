@@ -70,6 +70,18 @@ def test_corrupt_and_missing_files_are_named(tmp_path, samples):
     assert validate_dataset(folder) == e.value.problems
 
 
+def test_malformed_state_is_named(tmp_path, samples):
+    """A record whose `state` is not a mapping is reported by name, not as a traceback."""
+    folder = write_dataset(tmp_path / "ds", samples)
+    lines = (folder / METADATA_FILE).read_text().splitlines()
+    rec = json.loads(lines[2])
+    rec["state"] = "kitchen"
+    lines[2] = json.dumps(rec)
+    (folder / METADATA_FILE).write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match="00002.png: bad metadata"):
+        read_dataset(folder)
+
+
 def test_not_a_dataset(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         read_dataset(tmp_path / "nope")

@@ -104,6 +104,12 @@ def test_bad_actions_and_config(backend):
         env.step(np.array([np.nan, 0, 0], dtype=np.float32))
     with pytest.raises(ValueError, match="outside the action space"):
         env.step(np.array([3.0, 0, 0], dtype=np.float32))
+    # only shape (3,) real numbers: no silent reshape, no bool or complex (issue 13, item 9)
+    for bad in (np.zeros((3, 1)), np.zeros((1, 3)), np.array([True, False, True]),
+                np.array([0.1 + 0.2j, 0, 0]), np.zeros(4)):
+        with pytest.raises(ValueError, match=r"shape \(3,\) of real numbers"):
+            env.step(bad)
+    env.step(np.array([0, 0, 0]))                    # integers are real numbers
     with pytest.raises(ValueError, match="t0"):
         EnvConfig(t0=-1)
     with pytest.raises(ValueError, match="image_size"):

@@ -79,7 +79,7 @@ def test_tiny_sac_run(sac_run, root):
     d = sac_run.run_dir
     assert sac_run.iterations == 2 and sac_run.stop_reason == "max_iterations"
     marker = json.loads((d / RUN_FILE).read_text())
-    assert marker["format"] == "rls3-run" and marker["format_version"] == 1
+    assert marker["format"] == "rls3-run" and marker["format_version"] == 2
     cfg = Config.from_yaml(d / CONFIG_FILE)
     assert cfg == tiny_config(root)
     recs = read_metrics(d)
@@ -90,7 +90,14 @@ def test_tiny_sac_run(sac_run, root):
                 "terms_generated", "complexity_generated", "time_s", "early_stopping",
                 "cum_terms_generated", "batch_size", "truncated_episodes"):
         assert key in last, key
-    assert last["episodes"] == 2 and last["batch_size"] == 2 * 2  # E * eta * T0
+    assert last["episodes"] == 2 and last["batch_size"] == 2 * 4  # E * eta * T0 (quick: eta 1)
+    # replay (on in quick): iteration 2 fine-tunes its 8 new samples and iteration 1's 8
+    assert [r.get("replayed") for r in recs[1:]] == [0, 8]
+    assert last["replay_stored"] == 8 and last["finetune_set"] == 16
+    assert all(v is not None for v in last["finetune_losses_new"])
+    assert last["finetune_loss_replay"] is not None
+    assert len(last["finetune_losses_replay"]) == len(last["finetune_losses"])
+    assert recs[1]["finetune_loss_replay"] is None
     assert last["cum_steps"] == recs[1]["steps"] + last["steps"] >= last["cum_valid"] >= 8
     assert last["feedback_j2"] > 0 and len(last["feedback_j2_episodes"]) == 2
     assert set(last["test"]) >= {"score", "per_term", "per_complexity", "loss", "n"}
@@ -98,7 +105,7 @@ def test_tiny_sac_run(sac_run, root):
     assert sum(last["terms_generated"].values()) >= 8
     # data, checkpoints, TensorBoard, best VLM
     batch = read_dataset(d / "data" / "iter_0002")
-    assert len(batch) == 4
+    assert len(batch) == 8
     ck = latest_checkpoint(d)
     assert ck is not None and ck.name == "iter_0002"
     assert {p.name for p in ck.iterdir()} >= {"vlm", "agent", "rng.pkl", "state.json",
@@ -192,6 +199,37 @@ def test_bad_run_directories_are_refused_untouched(sac_run, root, tmp_path):
         resume(d2)
 
 
+def test_resume_never_drops_finished_iterations(sac_run, tmp_path):
+    """A finished run whose checkpoints were deleted (to free space) is refused, not restarted
+    from scratch over its results (issue 13, item 1)."""
+    import shutil
+
+    d = tmp_path / "no_checkpoints"
+    shutil.copytree(sac_run.run_dir, d)
+    shutil.rmtree(d / CHECKPOINTS)
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob("*")}
+    with pytest.raises(RunDirError, match="2 finished iteration.*no checkpoint.*nothing was "
+                                          "changed"):
+        resume(d)
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob("*")} == before
+
+
+def test_garbled_checkpoint_json_is_a_named_error(sac_run, tmp_path):
+    """Bytes flipped in a checkpoint's manifest.json or in LATEST.json: RunDirError, not a
+    UnicodeDecodeError traceback (issue 13, item 5)."""
+    import shutil
+
+    from rls3.loop import MANIFEST_FILE
+
+    for name in (MANIFEST_FILE, LATEST_FILE):
+        d = tmp_path / name
+        shutil.copytree(sac_run.run_dir, d)
+        f = d / CHECKPOINTS / (name if name == LATEST_FILE else f"iter_0002/{name}")
+        f.write_bytes(b"\xff\xfe" + f.read_bytes()[2:])
+        with pytest.raises(RunDirError, match="corrupt"):
+            resume(d)
+
+
 def test_bad_budget_source(tmp_path, root):
     with pytest.raises(RunDirError):
         budget_from_run(tmp_path)
@@ -204,7 +242,8 @@ def test_bad_budget_source(tmp_path, root):
 
 
 def test_resume_after_the_process_is_killed(sac_run, root, tmp_path):
-    """`rls3 run` killed with SIGKILL after its first checkpoint resumes to the same result."""
+    """`rls3 run` killed with SIGKILL after its first checkpoint resumes to the same result,
+    with fine-tuning replay on: iteration 2 replays iteration 1's batch read back from disk."""
     cfg = tiny_config(root)
     cfg_file = tmp_path / "c.yaml"
     cfg.to_yaml(cfg_file)
@@ -224,14 +263,17 @@ def test_resume_after_the_process_is_killed(sac_run, root, tmp_path):
     assert latest_checkpoint(d).name == "iter_0001"
     res = resume(d)
     assert res.iterations == 2
-    assert comparable(read_metrics(d)) == comparable(read_metrics(sac_run.run_dir))
+    recs = read_metrics(d)
+    assert load_run_config(d).loop.replay.enabled and recs[-1]["replayed"] == 8
+    assert comparable(recs) == comparable(read_metrics(sac_run.run_dir))
     _same_weights(d, sac_run.run_dir)
 
 
 def test_config_yaml_of_a_run_is_complete(sac_run):
     data = yaml.safe_load((sac_run.run_dir / CONFIG_FILE).read_text())
     assert set(data) >= {"env", "loop", "early_stopping", "vlm", "agent", "data", "backend"}
-    assert data["loop"]["eta"] == 0.5 and data["env"]["t0"] == 4
+    assert data["loop"]["eta"] == 1.0 and data["env"]["t0"] == 4
+    assert data["loop"]["replay"] == {"capacity": 1024, "fraction": 1.0}
 
 
 def test_tiny_loop_through_the_unity_bridge(sac_run, root, tmp_path):
@@ -260,3 +302,98 @@ def test_unity_flags_need_the_unity_backend(tmp_path, capsys):
     assert rls3.cli.main(["run", "--unity-build", "testpeer", "--set", f"runs_dir={tmp_path}"]) == 2
     assert "--backend unity" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_resume_refuses_what_replay_cannot_restore(sac_run, root, tmp_path):
+    """Replay state lives in the checkpoint and the saved batches: a run directory from before
+    replay existed, a checkpoint without replay state, or a deleted batch give a named error
+    and change nothing."""
+    import shutil
+
+    from rls3.loop import MANIFEST_FILE, STATE_FILE, _write_manifest
+    from rls3.report import write_report
+
+    # a finished run written in run format 1 (no replay): readable, not continuable
+    old = tmp_path / "v1"
+    shutil.copytree(sac_run.run_dir, old)
+    marker = json.loads((old / RUN_FILE).read_text())
+    marker["format_version"] = 1
+    (old / RUN_FILE).write_text(json.dumps(marker))
+    before = {p: p.stat().st_mtime_ns for p in old.rglob("*")}
+    with pytest.raises(RunDirError, match="before fine-tuning replay.*nothing was changed"):
+        resume(old)
+    assert {p: p.stat().st_mtime_ns for p in old.rglob("*")} == before
+    assert budget_from_run(old) == sac_run.final["cum_steps"]
+    assert write_report([old], tmp_path / "rep").is_file()
+
+    # an unfinished run (stopped in iteration 2) whose replay holds iteration 1's batch
+    def stop(iteration, phase):
+        if (iteration, phase) == (2, "collect"):
+            raise KeyboardInterrupt
+
+    d = root / "runs" / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(root), run_dir=d, on_phase=stop)
+    ck = latest_checkpoint(d)
+    assert ck.name == "iter_0001"
+    state = json.loads((ck / STATE_FILE).read_text())
+    assert state["replay"]["refs"] == [[1, i] for i in range(8)]
+
+    gone = tmp_path / "gone"
+    shutil.copytree(d, gone)
+    shutil.rmtree(gone / "data" / "iter_0001")
+    with pytest.raises(RunDirError, match="iter_0001.*missing"):
+        resume(gone)
+    assert [r["iteration"] for r in read_metrics(gone)] == [0, 1]
+
+    edited = tmp_path / "edited"
+    shutil.copytree(d, edited)
+    ck2 = latest_checkpoint(edited)
+    del state["replay"]
+    (ck2 / STATE_FILE).write_text(json.dumps(state))
+    (ck2 / MANIFEST_FILE).unlink()
+    _write_manifest(ck2)
+    with pytest.raises(RunDirError, match="no fine-tuning replay state"):
+        resume(edited)
+
+
+def test_disk_full_while_saving_is_named_cleaned_up_and_resumable(sac_run, root, monkeypatch):
+    """ENOSPC while writing the best VLM, then while writing a checkpoint: each time one
+    RunDirError naming the folder, no temporary folder left behind, and the run resumes to the
+    uninterrupted result (issue 13, item 4)."""
+    import errno
+
+    import rls3.loop as loop_mod
+
+    full = {"on": False}
+
+    def out_of_space(real):
+        def wrapped(*a, **k):
+            if full["on"]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(*a, **k)
+        return wrapped
+
+    def fill_at(iteration_phase):
+        def hook(iteration, name):
+            full["on"] = (iteration, name) == iteration_phase or full["on"] and \
+                name == iteration_phase[1]
+        return hook
+
+    monkeypatch.setattr(loop_mod, "replace_folder", out_of_space(loop_mod.replace_folder))
+    monkeypatch.setattr(loop_mod, "_write_manifest", out_of_space(loop_mod._write_manifest))
+    d = root / "runs" / "disk_full"
+    # iteration 0 always saves the best VLM (after its test phase), before its first checkpoint
+    with pytest.raises(RunDirError, match=r"cannot write .*\.best_vlm\.tmp-.*No space left"):
+        run(tiny_config(root), run_dir=d, on_phase=fill_at((0, "test")))
+    assert not list(d.glob(".best_vlm.tmp-*")) and latest_checkpoint(d) is None
+    full["on"] = False
+    with pytest.raises(RunDirError, match=r"cannot write .*checkpoints.*\.tmp-.*No space left"):
+        Loop(d, on_phase=fill_at((2, "checkpoint"))).run()
+    assert not list((d / CHECKPOINTS).glob(".tmp-*"))
+    assert latest_checkpoint(d).name == "iter_0001"
+    full["on"] = False
+    res = resume(d)
+    assert res.iterations == 2
+    assert comparable(read_metrics(d)) == comparable(read_metrics(sac_run.run_dir))
+    _same_weights(d, sac_run.run_dir)

@@ -106,3 +106,60 @@ def test_report_embeds_the_figures(runs: list[Path], tmp_path: Path) -> None:
     for p in (tmp_path / "report").glob("*.png"):
         assert f"]({p.name})" in text
     assert len(list((tmp_path / "report").glob("*.png"))) == len(plots.FIGURES)
+
+
+def _with_replay_losses(run: Path) -> Path:
+    """Give a synthetic run per-step new/replayed fine-tuning losses (as the loop records)."""
+    mf = run / "metrics.jsonl"
+    recs = [json.loads(line) for line in mf.read_text().splitlines()]
+    for r in recs:
+        if r["iteration"] > 0:
+            n = len(r["finetune_losses"])
+            r["finetune_losses_new"] = [3.0 + 0.1 * r["iteration"]] * n
+            r["finetune_losses_replay"] = ([None] * n if r["iteration"] == 1 else
+                                           [1.0 + 0.1 * r["iteration"]] * n)
+    mf.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return run
+
+
+def test_fig8_draws_new_and_replayed_losses(tmp_path: Path, monkeypatch) -> None:
+    run = _with_replay_losses(make_run(tmp_path / "r", "sac", 0, 3))
+    figs = []
+    monkeypatch.setattr(plots, "_finish", lambda fig, out, name: figs.append(fig) or Path(name))
+    plots.plot_finetune_loss([run], tmp_path / "fig")
+    top, bottom = figs[0].axes[:2]
+    lines = {ln.get_label(): ln for ln in top.get_lines() if not ln.get_label().startswith("_")}
+    new, rep = lines["seed 0: new batch"], lines["seed 0: replayed"]
+    assert list(new.get_ydata()) == pytest.approx([3.1] * 4 + [3.2] * 4 + [3.3] * 4)
+    y = np.asarray(rep.get_ydata(), dtype=float)
+    assert np.isnan(y[:4]).all() and y[4:] == pytest.approx([1.2] * 4 + [1.3] * 4)
+    per_it = {ln.get_label(): ln for ln in bottom.get_lines()}
+    start = per_it["seed 0: replayed, start"]
+    assert list(start.get_xdata()) == [1, 2, 3]
+    assert np.isnan(start.get_ydata()[0]) and list(start.get_ydata()[1:]) == pytest.approx(
+        [1.2, 1.3])
+
+
+def test_report_leads_with_the_test_answer(runs: list[Path], tmp_path: Path) -> None:
+    from rls3.report import mean_interval, run_answer, summary_line, wilson_interval, \
+        write_report
+
+    text = write_report(runs, tmp_path / "report").read_text()
+    first = text.splitlines()[2]
+    assert first.startswith("## Did the VLM get better on the unseen test rooms?")
+    recs = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+    a = run_answer(runs[0])
+    assert a.before == recs[0]["test"]["score"] and a.final == recs[-1]["test"]["score"]
+    assert a.best_iteration == recs[-1]["early_stopping"]["best_iteration"] == 3
+    assert a.best == recs[3]["test"]["score"]
+    lo, hi = a.final_ci
+    assert lo < a.final < hi and a.significant == (not lo <= a.before <= hi)
+    line = summary_line(a)
+    assert f"{a.before:.3f}" in line and "(iteration 3)" in line and f"{a.gain:+.3f}" in line
+    assert runs[0].name in text and "| sac | 3 |" in text
+    # intervals: Wilson contains the estimate and narrows with n; t-interval over seeds
+    assert wilson_interval(0.5, 100)[1] - wilson_interval(0.5, 100)[0] > \
+        wilson_interval(0.5, 1000)[1] - wilson_interval(0.5, 1000)[0]
+    m, lo, hi = mean_interval([0.1, 0.2, 0.3])
+    assert m == pytest.approx(0.2) and lo < 0.1 and hi > 0.3      # t(2) = 4.30 is wide
+    assert mean_interval([0.2]) == (0.2, None, None)

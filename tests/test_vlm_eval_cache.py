@@ -71,3 +71,34 @@ def test_finetune_reuses_the_feedback_prefixes(name: str) -> None:
     assert len(vlm._feedback_memo) == 3
     vlm.clear_eval_cache()
     assert not vlm._feedback_memo
+
+
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_replayed_samples_reuse_their_fine_tuning_prefixes(name: str) -> None:
+    """A sample fine-tuned before and replayed later costs only the trainable part: its frozen
+    image prefix (and its flipped copy's) is cached by sample, bounded, and the losses equal an
+    adapter that recomputes everything."""
+    first, new = make_samples(6, seed=9, size=64), make_samples(4, seed=10, size=64)
+    vlm, ref = _vlm(name), _vlm(name)
+    ref.train_cache_samples = 0
+    rows: list[int] = []
+    prefix = vlm.image_prefix
+    vlm.image_prefix = lambda x: (rows.append(x.shape[0]), prefix(x))[1]
+    copies = 2 if vlm.mirror_augment else 1
+    assert vlm.finetune(first, 1) == ref.finetune(first, 1)
+    assert sum(rows) == copies * len(first) and len(vlm._train_memo) == len(first)
+    rows.clear()
+    groups = [0] * len(new) + [1] * len(first)
+    got, want = vlm.finetune(new + first, 2, groups=groups), ref.finetune(new + first, 2)
+    assert sum(rows) == copies * len(new)            # only the new samples' prefixes computed
+    assert got == want
+    # per-step group losses: one entry per optimizer step, for the groups in its mini-batch
+    assert len(vlm.last_group_losses) == len(got)
+    assert all(set(g) <= {0, 1} and g for g in vlm.last_group_losses)
+    with pytest.raises(ValueError, match="labels"):
+        vlm.finetune(new, 1, groups=[0])
+    vlm.train_cache_samples = 5                      # bounded, least recently used dropped
+    vlm.finetune(make_samples(4, seed=11, size=64), 1)
+    assert len(vlm._train_memo) == 5
+    vlm.clear_eval_cache()
+    assert not vlm._train_memo

@@ -75,6 +75,24 @@ def test_finetune_lowers_the_loss_on_a_fixed_batch(samples):
     assert vlm.evaluate(batch).loss < loss0
 
 
+def test_finetune_reports_group_losses(samples):
+    """Per step, each group's token-mean loss; a step of one group reports the step's loss, and
+    grouping changes nothing else (same losses and weights as without groups)."""
+    a, b = tiny(), tiny()
+    groups = [0, 0, 0, 1, 1, 1]
+    got = a.finetune(samples, 4, groups=groups)
+    assert got == b.finetune(samples, 4) and b.last_group_losses == []
+    assert len(a.last_group_losses) == 4
+    for loss, per in zip(got, a.last_group_losses):
+        assert per and set(per) <= {0, 1}
+        if len(per) == 1:
+            assert next(iter(per.values())) == pytest.approx(loss, rel=1e-5)
+        else:
+            assert min(per.values()) <= loss + 1e-6 and loss <= max(per.values()) + 1e-6
+    with pytest.raises(ValueError, match="labels"):
+        a.finetune(samples, 1, groups=[0])
+
+
 def test_feedback_and_metrics_from_rubric_scores(samples, monkeypatch):
     vlm = tiny()
     monkeypatch.setattr(PaliGemmaVLM, "_generate",

@@ -45,14 +45,20 @@ class VLM(Protocol):
     """A vision-language model RLS3 can query for feedback, fine-tune, evaluate and checkpoint."""
 
     name: str
+    #: per optimizer step of the last `finetune` call that was given `groups`: group label ->
+    #: mean training loss of that group's samples in the step's mini-batch
+    last_group_losses: list[dict[int, float]]
 
     def feedback(self, samples: Sequence[Sample]) -> Feedback:
         """Score an episode's samples; poor performance means a large J2."""
         ...
 
-    def finetune(self, samples: Sequence[Sample], k: int) -> list[float]:
+    def finetune(self, samples: Sequence[Sample], k: int,
+                 groups: Sequence[int] | None = None) -> list[float]:
         """Fine-tune on `samples` for K epochs (CLIP-type) or K optimizer steps (PaliGemma);
-        returns the training loss of every optimizer step."""
+        returns the training loss of every optimizer step. `groups`, one label per sample
+        (the loop: 0 = new, 1 = replayed), also records each group's loss per step in
+        `last_group_losses`."""
         ...
 
     def evaluate(self, samples: Sequence[Sample]) -> Metrics:

@@ -108,6 +108,8 @@ class PaliGemmaVLM:
         self.seed = int(seed)
         self.progress = progress
         self._generator = seeded_generator(seed)
+        #: per optimizer step of the last `finetune` call given `groups`: group -> token-mean loss
+        self.last_group_losses: list[dict[int, float]] = []
         if weights is not None:
             model, processor = load_paligemma(weights, self.dtype)
         elif tiny:
@@ -218,14 +220,19 @@ class PaliGemmaVLM:
 
     def _loss_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Summed next-token cross-entropy over the answer tokens, and their count."""
+        rows, tokens = self._loss_rows(batch)
+        return rows.sum(), int(tokens.sum())
+
+    def _loss_rows(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample summed answer-token cross-entropy (B,) and answer-token counts (B,)."""
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = self.model(**inputs).logits[:, :-1].float()
         target = labels[:, 1:]
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                           target.reshape(-1), ignore_index=-100,
-                                           reduction="sum")
-        return loss, int((target != -100).sum())
+        tok = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                          target.reshape(-1), ignore_index=-100,
+                                          reduction="none").view(target.shape)
+        return tok.sum(1), (target != -100).sum(1)
 
     # VLM Protocol ------------------------------------------------------------------------------
     def feedback(self, samples: Sequence[Sample]) -> Feedback:
@@ -248,12 +255,17 @@ class PaliGemmaVLM:
         return Metrics(score=overall, per_term=per_term, per_complexity=per_cx, loss=loss,
                        n=len(samples))
 
-    def finetune(self, samples: Sequence[Sample], k: int) -> list[float]:
+    def finetune(self, samples: Sequence[Sample], k: int,
+                 groups: Sequence[int] | None = None) -> list[float]:
         """K AdamW steps on mini-batches of `batch_size` drawn from `samples` in seeded shuffled
-        passes; returns the loss (mean answer-token cross-entropy) of every step."""
+        passes; returns the loss (mean answer-token cross-entropy) of every step. `groups` (one
+        label per sample) fills `last_group_losses` with each group's token-mean loss per step."""
         if not isinstance(k, int) or k < 0:
             raise ValueError(f"k (optimizer steps) must be a non-negative integer, got {k!r}")
         samples = list(samples)
+        if groups is not None and len(groups) != len(samples):
+            raise ValueError(f"groups has {len(groups)} labels for {len(samples)} samples")
+        self.last_group_losses = []
         if not samples or k == 0:
             return []
         self.model.eval()
@@ -273,8 +285,15 @@ class PaliGemmaVLM:
             for _ in range(k):
                 rows = next(stream)
                 batch = self.training_inputs([samples[i] for i in rows])
-                loss_sum, n_tok = self._loss_sum(batch)
-                loss = loss_sum / max(n_tok, 1)
+                row_sum, row_tok = self._loss_rows(batch)
+                loss = row_sum.sum() / row_tok.sum().clamp(min=1)
+                if groups is not None:
+                    per: dict[int, list[int]] = {}
+                    for j, i in enumerate(rows):
+                        per.setdefault(int(groups[i]), []).append(j)
+                    self.last_group_losses.append({
+                        g: float(row_sum[js].sum().detach() / row_tok[js].sum().clamp(min=1))
+                        for g, js in sorted(per.items())})
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.grad_clip:
