@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 from _common import machine_info, stamp_figure, stamp_markdown, write_json  # noqa: E402
 
 PY = sys.executable
-ORDER = ["yield", "throughput", "learning", "loop", "scaling", "data_efficiency"]
+ORDER = ["yield", "throughput", "learning", "replay", "loop", "scaling", "data_efficiency"]
 
 
 def commands(out: Path, fast: bool) -> dict[str, list[str]]:
@@ -48,6 +48,11 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
                 "--train", "32", "--heldout", "16", "--test", "16", "--epochs", "2", "--every", "1",
                 "--data-dir", str(ROOT / "runs" / "bench-fast-learning-data"),
                 "--out", str(out / "learning.json")],
+            "replay": b("bench_replay.py") + [
+                "--seeds", "0", "--iterations", "2", "--batch", "16", "--k", "1",
+                "--heldout", "16", "--test", "16",
+                "--data-dir", str(ROOT / "runs" / "bench-fast-learning-data"),
+                "--out", str(out / "replay.json")],
             "loop": b("bench_loop.py") + tiny + ["--out", str(out / "loop.json")],
             "scaling": b("bench_scaling.py") + ["--fast", "--out", str(out / "scaling.json")],
             "data_efficiency": b("bench_data_efficiency.py") + [
@@ -60,6 +65,7 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
         "learning": b("bench_learning.py") + [
             "--variants", "default,no-mirror,192px", "--epochs", "25",
             "--out", str(out / "learning.json")],
+        "replay": b("bench_replay.py") + ["--out", str(out / "replay.json")],
         "loop": b("bench_loop.py") + ["--out", str(out / "loop.json")],
         "scaling": b("bench_scaling.py") + ["--out", str(out / "scaling.json")],
         "data_efficiency": b("bench_data_efficiency.py") + ["--out", str(out / "comparison")],
@@ -169,6 +175,7 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
     import bench_data_efficiency
     import bench_learning
     import bench_loop
+    import bench_replay
     import bench_scaling
     import bench_throughput
     import bench_yield
@@ -187,6 +194,9 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
                  "throughput.json", ["throughput.png"]),
                 ("learning", "Does the VLM learn from renders? (`lite`, fixed rendered sets)",
                  bench_learning.markdown, "learning.json", ["learning.png"]),
+                ("replay", "Does replay make the VLM learn inside the loop? (fine-tuning "
+                 "schedule, with and without `loop.replay`)", bench_replay.markdown,
+                 "replay.json", ["replay.png"]),
                 ("loop", "Loop breakdown (one iteration, cProfile)", bench_loop.markdown,
                  "loop.json", ["loop_breakdown.png"]),
                 ("scaling", "Scaling", bench_scaling.markdown, "scaling.json", ["scaling.png"]),
@@ -217,7 +227,7 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
                       f"(load average {before['machine']['loadavg'][0]:.1f} before, "
                       f"{r['machine']['loadavg'][0]:.1f} now).", ""]
         for p in pngs:
-            if p in plots or (key == "learning" and (out / p).is_file()):
+            if p in plots or (out / p).is_file():
                 lines += [f"![{p}]({p})", ""]
     if status:
         lines += ["## This run", "", "| benchmark | status |", "|---|---|"]
@@ -229,7 +239,7 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
 
 def collect(out: Path) -> dict[str, dict]:
     files = {"yield": "yield.json", "throughput": "throughput.json",
-             "learning": "learning.json", "loop": "loop.json",
+             "learning": "learning.json", "replay": "replay.json", "loop": "loop.json",
              "scaling": "scaling.json", "data_efficiency": "comparison/comparison.json"}
     return {k: r for k, f in files.items() if (r := _load(out / f)) is not None}
 
