@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from rls3.config import AgentConfig
 from rls3.env import Rls3Env
+from rls3.manifest import manifest_problems, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +302,11 @@ def pretrained_sac(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
     reused by any run with the same scenes, env dynamics, SAC settings and seed."""
     key = pretrain_key(cfg, env, seed, backend_name)
     folder = pretrained_folder(cfg, key)
+    bad = manifest_problems(folder) if folder.is_dir() else []
+    if bad:     # a damaged (or pre-manifest) cache is rebuilt, never loaded
+        log.warning("pre-trained agent cache %s is unusable (%s); pre-training again", folder,
+                    ", ".join(bad))
+        shutil.rmtree(folder, ignore_errors=True)
     if (folder / MODEL_FILE).is_file() and (folder / KEY_FILE).is_file():
         try:
             stored = json.loads((folder / KEY_FILE).read_text())
@@ -337,6 +343,7 @@ def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any],
     try:
         agent.save(tmp)
         (tmp / KEY_FILE).write_text(json.dumps(key, indent=2, sort_keys=True))
+        write_manifest(tmp)
         try:
             os.rename(tmp, folder)
         except OSError:  # another run finished the same pretraining first: use theirs

@@ -35,7 +35,6 @@ A run directory `runs/{preset}__{agent}__{seed}__{time}/` holds:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -63,6 +62,7 @@ from rls3.config import Config, ConfigError, make_backend
 from rls3.data import (DatasetError, complexity_counts, ensure_fixed_set, fixed_set_dir,
                        make_sample, read_dataset, replace_folder, term_counts, write_dataset)
 from rls3.env import Frame, Rls3Env
+from rls3.manifest import MANIFEST_FILE, manifest_problems, write_manifest
 from rls3.replay import ReplayError, SampleReplay
 from rls3.sample import Sample
 
@@ -79,7 +79,6 @@ METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "run.log"
 CHECKPOINTS = "checkpoints"
 LATEST_FILE = "LATEST.json"
-MANIFEST_FILE = "manifest.json"
 STATE_FILE = "state.json"
 RNG_FILE = "rng.pkl"
 BEST_VLM = "best_vlm"
@@ -262,35 +261,12 @@ def _saving(tmp: Path, run_dir: Path) -> Iterator[None]:
                           f"rls3 run --resume {run_dir}") from e
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_manifest(folder: Path) -> None:
-    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file()}
-    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1))
+    write_manifest(folder)
 
 
 def _verify_manifest(folder: Path) -> None:
-    mf = folder / MANIFEST_FILE
-    if not mf.is_file():
-        raise RunDirError(f"checkpoint {str(folder)!r} is corrupt: no {MANIFEST_FILE}")
-    try:
-        files = json.loads(mf.read_text())["files"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise RunDirError(f"checkpoint {str(folder)!r} is corrupt: bad {MANIFEST_FILE}") from e
-    bad = []
-    for rel, meta in files.items():
-        p = folder / rel
-        if not p.is_file():
-            bad.append(f"{rel} missing")
-        elif p.stat().st_size != meta["size"] or _sha256(p) != meta["sha256"]:
-            bad.append(f"{rel} altered")
+    bad = manifest_problems(folder)
     if bad:
         raise RunDirError(f"checkpoint {str(folder)!r} is corrupt: {', '.join(bad)}")
 
@@ -314,18 +290,24 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def vlm_checkpoint(path: str | Path) -> Path:
     """A VLM weights folder from a run directory (its best VLM, else the latest checkpoint's),
-    a checkpoint folder, or a VLM folder itself."""
+    a checkpoint folder, or a VLM folder itself; a folder whose manifest does not match is a
+    RunDirError naming the files."""
     p = Path(path)
     if (p / RUN_FILE).is_file():
         check_run_dir(p)
-        if (p / BEST_VLM).is_dir():
-            return p / BEST_VLM
-        ck = latest_checkpoint(p)
-        if ck is None:
-            raise RunDirError(f"run {str(p)!r} has no checkpoint yet")
-        return ck / "vlm"
-    if (p / STATE_FILE).is_file() and (p / "vlm").is_dir():
+        if not (p / BEST_VLM).is_dir():
+            ck = latest_checkpoint(p)
+            if ck is None:
+                raise RunDirError(f"run {str(p)!r} has no checkpoint yet")
+            return ck / "vlm"
+        p = p / BEST_VLM
+    elif (p / STATE_FILE).is_file() and (p / "vlm").is_dir():
+        _verify_manifest(p)
         return p / "vlm"
+    bad = manifest_problems(p) if (p / MANIFEST_FILE).is_file() else []
+    if bad:
+        raise RunDirError(f"VLM folder {str(p)!r} is corrupt: {', '.join(bad)} (a run's "
+                          f"checkpoints/iter_NNNN holds the weights of its last iteration)")
     return p
 
 
@@ -844,6 +826,7 @@ class Loop:
         with _saving(tmp, self.run_dir):
             vlm.save(tmp)
             (tmp / "iteration.json").write_text(json.dumps({"iteration": self.state.iteration}))
+            write_manifest(tmp)
             replace_folder(tmp, final)
 
     def _append_metrics(self, rec: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from rls3.agents import (BUFFER_FILE, MODEL_FILE, RandomAgent, SACAgent, build_a
                          pretrained_folder, pretrain_key)
 from rls3.config import AgentConfig
 from rls3.env import EnvConfig, Rls3Env
+from rls3.manifest import manifest_problems
 
 EXTRINSIC = 50.0
 
@@ -79,6 +80,24 @@ def test_sac_pretrains_once_and_caches(backend, tmp_path):
     assert pretrain_key(cfg, env2, 0, "sim") == key
     assert pretrain_key(cfg, env, 1, "sim") != key
     assert pretrain_key(agent_cfg(tmp_path, gamma=0.9), env, 0, "sim") != key
+
+
+def test_a_corrupt_pretrained_cache_is_rebuilt(backend, tmp_path, caplog):
+    """Bytes flipped in the cached sac.zip: the next run pre-trains again (with a warning)
+    instead of failing on a bad zip forever (issue 13, item 2)."""
+    cfg = agent_cfg(tmp_path)
+    env = make_env(backend)
+    folder = pretrained_folder(cfg, pretrain_key(cfg, env, 0, "sim"))
+    build_agent("sac", env, cfg, 0, "sim")
+    assert (folder / "manifest.json").is_file()
+    data = bytearray((folder / MODEL_FILE).read_bytes())
+    data[100:4196] = bytes(4096)
+    (folder / MODEL_FILE).write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="rls3.agents"):
+        again = build_agent("sac", make_env(backend), cfg, 0, "sim")
+    assert "sac.zip altered" in caplog.text and "pre-training again" in caplog.text
+    assert again.num_timesteps == cfg.pretrain_steps
+    assert not manifest_problems(folder)
 
 
 def test_sac_learns_from_the_episode_completing_reward(backend, tmp_path):

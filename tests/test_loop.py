@@ -230,6 +230,29 @@ def test_garbled_checkpoint_json_is_a_named_error(sac_run, tmp_path):
             resume(d)
 
 
+def test_a_corrupt_best_vlm_is_named(sac_run, tmp_path, capsys):
+    """Flipped bytes in best_vlm: `rls3 eval RUN` names the altered file instead of scoring the
+    damaged weights (issue 13, item 2)."""
+    import shutil
+
+    import rls3.cli
+    from rls3.loop import BEST_VLM, vlm_checkpoint
+
+    d = tmp_path / "run"
+    shutil.copytree(sac_run.run_dir, d)
+    assert vlm_checkpoint(d) == d / BEST_VLM                  # intact: used as before
+    f = d / BEST_VLM / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-4096:] = bytes(4096)
+    f.write_bytes(bytes(data))
+    with pytest.raises(RunDirError, match="model.safetensors altered"):
+        vlm_checkpoint(d)
+    with pytest.raises(RunDirError, match="model.safetensors altered"):
+        vlm_checkpoint(d / BEST_VLM)
+    assert rls3.cli.main(["eval", str(d), str(sac_run.run_dir / "data" / "iter_0001")]) == 2
+    assert "model.safetensors altered" in capsys.readouterr().err
+
+
 def test_bad_budget_source(tmp_path, root):
     with pytest.raises(RunDirError):
         budget_from_run(tmp_path)
