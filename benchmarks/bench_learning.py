@@ -19,7 +19,6 @@ Writes benchmarks/results/learning.json (or --out), learning.png next to it, and
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -106,20 +105,14 @@ def run_variant(name: str, sets: dict[str, list], args: argparse.Namespace) -> d
     return {"options": VARIANTS[name], "curve": curve}
 
 
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion p measured on n samples."""
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return c - h, c + h
-
-
 def markdown(res: dict[str, Any]) -> list[str]:
+    from rls3.report import wilson_interval
+
     n = res["sizes"]
 
     def after(v: dict, s: str) -> str:
         p = v["curve"][-1][s]["accuracy"]
-        lo, hi = wilson(p, n[s])
+        lo, hi = wilson_interval(p, n[s])
         return f"{p:.3f} [{lo:.2f}, {hi:.2f}]"
 
     lines = [f"Lite learning on rendered scenes: {n['train']} train, {n['heldout']} held-out "

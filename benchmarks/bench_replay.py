@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import finish, machine_info, stamp_figure  # noqa: E402
-from bench_learning import load_sets, wilson  # noqa: E402
+from bench_learning import load_sets  # noqa: E402
 
 #: no-replay: the paper's rule; replay: the quick preset's; no-replay-same-steps: the paper's rule
 #: with as many optimizer steps per iteration as replay takes (K * i epochs in iteration i), to
@@ -73,6 +73,8 @@ def run_variant(variant: str, seed: int, stream: list, sets: dict[str, list],
 
 
 def markdown(res: dict[str, Any]) -> list[str]:
+    from rls3.report import wilson_interval
+
     n = res["sizes"]["test"]
     lines = [f"Fine-tuning schedule of the loop on a fixed stream of renders: {res['iterations']} "
              f"iterations of {res['batch']} new samples, K = {res['k']} epochs, {res['vlm']}; "
@@ -88,8 +90,9 @@ def markdown(res: dict[str, Any]) -> list[str]:
             v = f"{v} (separate run: `{res['merged'][v]}`)"
         first = [r["curve"][0]["test"] for r in runs.values()]
         last = [r["curve"][-1] for r in runs.values()]
-        per_seed = ", ".join(f"{c['test']:.3f} [{wilson(c['test'], n)[0]:.2f}, "
-                             f"{wilson(c['test'], n)[1]:.2f}]" for c in last)
+        cis = [wilson_interval(c["test"], n) for c in last]
+        per_seed = ", ".join(f"{c['test']:.3f} [{lo:.2f}, {hi:.2f}]"
+                             for c, (lo, hi) in zip(last, cis))
         lines.append(f"| {v} | {np.mean(first):.3f} | {np.mean([c['test'] for c in last]):.3f} ± "
                      f"{np.std([c['test'] for c in last]):.3f} | {per_seed} | "
                      f"{np.mean([c['heldout'] for c in last]):.3f} | {last[0]['steps']} | "

@@ -261,10 +261,6 @@ def _saving(tmp: Path, run_dir: Path) -> Iterator[None]:
                           f"rls3 run --resume {run_dir}") from e
 
 
-def _write_manifest(folder: Path) -> None:
-    write_manifest(folder)
-
-
 def _verify_manifest(folder: Path) -> None:
     bad = manifest_problems(folder)
     if bad:
@@ -860,7 +856,7 @@ class Loop:
             with open(tmp / RNG_FILE, "wb") as f:
                 pickle.dump(rngs, f)
             (tmp / STATE_FILE).write_text(json.dumps(self.state.to_dict(), indent=1))
-            _write_manifest(tmp)
+            write_manifest(tmp)
             if final.exists():  # left by a crash between rename and commit; LATEST is older
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -192,9 +192,8 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def _run_summary(run_dir: Path) -> dict[str, Any]:
+def _run_summary(run_dir: Path, recs: list[dict[str, Any]]) -> dict[str, Any]:
     cfg = load_run_config(run_dir)
-    recs = read_metrics(run_dir)
     base = next((r for r in recs if r.get("iteration") == 0), {})
     last = recs[-1] if recs else {}
     es = last.get("early_stopping") or {}
@@ -212,8 +211,6 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
             "test": (last.get("test") or {}).get("score"),
             "val_best": es.get("best_score"), "best_iteration": best_it,
             "test_at_best": (best.get("test") or {}).get("score"),
-            "per_term0": (base.get("test") or {}).get("per_term") or {},
-            "per_term": (last.get("test") or {}).get("per_term") or {},
             "elapsed_s": last.get("elapsed_s")}
 
 
@@ -221,11 +218,12 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     """Write `out_dir/report.md` summarising the runs; returns its path."""
     if not run_dirs:
         raise ValueError("write_report needs at least one run directory")
-    runs = [_run_summary(Path(d)) for d in run_dirs]
+    records = [(Path(d), read_metrics(d)) for d in run_dirs]    # each run read once
+    runs = [_run_summary(d, recs) for d, recs in records]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# RLS3 report", ""]
-    lines += answer_lines([run_answer(Path(d)) for d in run_dirs])
+    lines += answer_lines([run_answer(d, recs) for d, recs in records])
     lines += ["## Runs", "",
               "| run | agent | VLM | seed | iterations | stop | generated (steps) | valid | "
               "yield | mean J2 | test before | test after | best val (iter) | test at best val |",
@@ -253,14 +251,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
         lines.append(f"| {name} | {len(rs)} | {ms([r['cum_steps'] for r in rs], 0)} | "
                      f"{ms([r['yield'] for r in rs], 2)} | {ms([r['test0'] for r in rs])} | "
                      f"{ms([r['test'] for r in rs])} |")
-    terms = sorted({t for r in runs for t in list(r["per_term"]) + list(r["per_term0"])})
-    if terms:
-        lines += ["", "## Test score per term (before → after)", "",
-                  "| run | " + " | ".join(terms) + " |", "|---|" + "---|" * len(terms)]
-        for r in runs:
-            cells = [f"{_fmt(r['per_term0'].get(t), 2)} → {_fmt(r['per_term'].get(t), 2)}"
-                     for t in terms]
-            lines.append(f"| {r['run']} | " + " | ".join(cells) + " |")
+    # per-term scores (before -> best-val -> final) are in the answer section at the top
     from rls3.plots import FIGURES, plot_all
 
     figures = plot_all(run_dirs, out)

@@ -333,7 +333,8 @@ def test_resume_refuses_what_replay_cannot_restore(sac_run, root, tmp_path):
     and change nothing."""
     import shutil
 
-    from rls3.loop import MANIFEST_FILE, STATE_FILE, _write_manifest
+    from rls3.loop import STATE_FILE
+    from rls3.manifest import MANIFEST_FILE, write_manifest
     from rls3.report import write_report
 
     # a finished run written in run format 1 (no replay): readable, not continuable
@@ -375,7 +376,7 @@ def test_resume_refuses_what_replay_cannot_restore(sac_run, root, tmp_path):
     del state["replay"]
     (ck2 / STATE_FILE).write_text(json.dumps(state))
     (ck2 / MANIFEST_FILE).unlink()
-    _write_manifest(ck2)
+    write_manifest(ck2)
     with pytest.raises(RunDirError, match="no fine-tuning replay state"):
         resume(edited)
 
@@ -404,7 +405,7 @@ def test_disk_full_while_saving_is_named_cleaned_up_and_resumable(sac_run, root,
         return hook
 
     monkeypatch.setattr(loop_mod, "replace_folder", out_of_space(loop_mod.replace_folder))
-    monkeypatch.setattr(loop_mod, "_write_manifest", out_of_space(loop_mod._write_manifest))
+    monkeypatch.setattr(loop_mod, "write_manifest", out_of_space(loop_mod.write_manifest))
     d = root / "runs" / "disk_full"
     # iteration 0 always saves the best VLM (after its test phase), before its first checkpoint
     with pytest.raises(RunDirError, match=r"cannot write .*\.best_vlm\.tmp-.*No space left"):
