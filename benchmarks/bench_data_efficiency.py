@@ -1,20 +1,27 @@
-"""Data efficiency: VLM test score vs cumulative generated data, SAC against random at equal budgets.
+"""Data efficiency: VLM test score vs generated data for random, SAC with the paper's episode
+feedback and SAC with per-sample feedback, with the hardness of what each generates.
 
-    python benchmarks/bench_data_efficiency.py [--seeds 0,1,2] [--parallel 3] [--preset quick]
-        [--set KEY=VALUE ...] [--runs-dir runs/comparison] [--out benchmarks/results/comparison]
+    python benchmarks/bench_data_efficiency.py [--seeds 0,1,2] [--parallel 2] [--preset quick]
+        [--agents random,sac,sac-sample] [--set KEY=VALUE ...] [--runs-dir runs/comparison]
+        [--out benchmarks/results/comparison]
 
-For every seed: `rls3 run --agent sac --seed S`, then `rls3 run --agent random --seed S
---budget-from <that SAC run>` (the random run generates as many samples, i.e. env steps, as the SAC
-run of the same seed). Seeds run as parallel streams (`--parallel`), each process on one torch
-thread. The runs' report (report.md + the PNGs of `rls3.plots`, not the runs' heavy data) goes to
-`--out`, with a `comparison.json` summary (per agent: final test score, yield, generated samples,
-mean ± std over seeds). This is issue 5's committed SAC-vs-random comparison.
+Every (agent, seed) is one `rls3 run` of the preset (the same iterations, early-stopping rules
+and VLM); the agents differ only in how the data is generated:
+  random      uniform actions, ignoring every reward (its hardness is still recorded)
+  sac         the preset's SAC with `loop.feedback=episode`, `loop.reward_norm=none`, beta = 10
+              (the paper's J2 reward on each episode's completing step)
+  sac-sample  the preset's SAC with `loop.feedback=sample`, `loop.reward_norm=running`, beta = 1
+              (each valid step rewarded with its own standardised hardness)
+Both SAC variants share one pre-trained agent per seed (the cache key does not include the
+feedback). Runs go in parallel (`--parallel`), each on one torch thread. The runs' report
+(report.md + the PNGs of `rls3.plots`) and `comparison.json` go to `--out`: per agent the final
+test score, yield (all and distinct layouts), hardness per iteration, and the answer to "does a
+SAC variant reach random's final test score with <= 60% of random's generated data (env steps)?".
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -29,6 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, stamp_markdown, write_json  # noqa: E402
 
 RLS3 = [sys.executable, "-m", "rls3.cli"]
+#: agent label -> `rls3 run` arguments
+AGENTS: dict[str, list[str]] = {
+    "random": ["--agent", "random"],
+    "sac": ["--agent", "sac", "--set", "loop.feedback=episode", "--set", "loop.reward_norm=none",
+            "--set", "loop.beta=10"],
+    "sac-sample": ["--agent", "sac", "--set", "loop.feedback=sample",
+                   "--set", "loop.reward_norm=running", "--set", "loop.beta=1"],
+}
+#: a SAC variant "reaches random with less data" when it matches random's final test score
+#: within this share of random's generated steps (the issue's question)
+DATA_SHARE = 0.6
 
 
 def _run_one(args: list[str], log_path: Path) -> None:
@@ -38,24 +56,29 @@ def _run_one(args: list[str], log_path: Path) -> None:
                        check=True)
 
 
-def _stream(seed: int, preset: str, sets: list[str], runs_dir: Path) -> dict[str, str]:
-    """SAC run, then the random run on its budget; returns both run directories."""
-    common = ["run", "-q", "--preset", preset, "--seed", str(seed), "--no-report",
-              "--set", "progress=false", "--set", "agent.torch_threads=1"]
+def _job(agent: str, seed: int, preset: str, sets: list[str], runs_dir: Path) -> Path:
+    """One `rls3 run` of `agent` on `seed`; returns its run directory."""
+    args = ["run", "-q", "--preset", preset, "--seed", str(seed), "--no-report",
+            "--set", "progress=false", "--set", "agent.torch_threads=1", *AGENTS[agent]]
     for s in sets:
-        common += ["--set", s]
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    sac = runs_dir / f"{preset}__sac__{seed}__{stamp}"
-    rnd = runs_dir / f"{preset}__random__{seed}__{stamp}"
+        args += ["--set", s]
+    d = runs_dir / f"{preset}__{agent}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    _run_one(common + ["--agent", "sac", "--run-dir", str(sac)], runs_dir / f"sac_{seed}.log")
-    _run_one(common + ["--agent", "random", "--budget-from", str(sac), "--run-dir", str(rnd)],
-             runs_dir / f"random_{seed}.log")
-    return {"sac": str(sac), "random": str(rnd)}
+    _run_one(args + ["--run-dir", str(d)], runs_dir / f"{agent}_{seed}.log")
+    return d
+
+
+def _label(d: Path) -> str:
+    from rls3.loop import load_run_config
+    from rls3.plots import agent_label
+
+    cfg = load_run_config(d)
+    return agent_label(cfg.agent.name, cfg.loop.feedback)
 
 
 def summarize(run_dirs: list[Path]) -> dict:
-    """Per agent: final test score, test at best validation, yield, generated samples (mean/std)."""
+    """Per agent: scores, yields, hardness per iteration (mean/std over seeds) and the
+    data-efficiency answer against random."""
     import numpy as np
 
     from rls3.loop import load_run_config, read_metrics
@@ -67,50 +90,143 @@ def summarize(run_dirs: list[Path]) -> dict:
         if not recs:
             continue
         base, last = recs[0], recs[-1]
-        per.setdefault(cfg.agent.name, []).append({
+        it = [r for r in recs if r.get("iteration", 0) > 0]
+        per.setdefault(_label(d), []).append({
             "run": d.name, "seed": cfg.seed, "iterations": last.get("iteration"),
             "cum_steps": last.get("cum_steps"), "cum_valid": last.get("cum_valid"),
-            "yield": last.get("cum_yield"), "test0": (base.get("test") or {}).get("score"),
+            "yield": last.get("cum_yield"),
+            "yield_distinct": sum(r.get("distinct") or 0 for r in it) / last["cum_steps"]
+            if last.get("cum_steps") else None,
+            "move_median": float(np.median([r["move_median"] for r in it
+                                            if r.get("move_median") is not None]))
+            if any(r.get("move_median") is not None for r in it) else None,
+            "test0": (base.get("test") or {}).get("score"),
             "test": (last.get("test") or {}).get("score"),
             "test_max": max((r.get("test") or {}).get("score", float("nan")) for r in recs),
+            "curve": [[r.get("cum_steps"), (r.get("test") or {}).get("score")] for r in recs],
+            "hardness": [r.get("hardness_mean") for r in it],
             "elapsed_s": last.get("elapsed_s"), "stop": last.get("stop_reason")})
     out: dict = {"runs": per, "agents": {}}
     for agent, rows in per.items():
-        agg = {}
-        for k in ("cum_steps", "cum_valid", "yield", "test0", "test", "test_max", "iterations",
-                  "elapsed_s"):
+        agg: dict = {}
+        for k in ("cum_steps", "cum_valid", "yield", "yield_distinct", "move_median", "test0",
+                  "test", "test_max", "iterations", "elapsed_s"):
             v = [float(r[k]) for r in rows if r.get(k) is not None]
             agg[k] = {"mean": float(np.mean(v)), "std": float(np.std(v))} if v else None
+        n_it = max(len(r["hardness"]) for r in rows)
+        h = np.full((len(rows), n_it), np.nan)
+        for i, r in enumerate(rows):
+            h[i, :len(r["hardness"])] = [np.nan if x is None else x for x in r["hardness"]]
+        with np.errstate(all="ignore"):
+            agg["hardness_per_iteration"] = {
+                "mean": [None if np.isnan(x) else float(x) for x in np.nanmean(h, axis=0)],
+                "std": [None if np.isnan(x) else float(x) for x in np.nanstd(h, axis=0)]}
         agg["n"] = len(rows)
         out["agents"][agent] = agg
+    out["answer"] = _answer(out)
     return out
+
+
+def _answer(summary: dict) -> dict:
+    """Does a SAC variant reach random's mean final test score with <= DATA_SHARE of random's
+    mean generated steps? And is its hardness above random's in the later iterations?"""
+    import numpy as np
+
+    agents = summary["agents"]
+    if "random" not in agents or not agents["random"].get("test"):
+        return {}
+    target = agents["random"]["test"]["mean"]
+    budget = agents["random"]["cum_steps"]["mean"]
+    res: dict = {"random_final_test": target, "random_steps": budget, "share": DATA_SHARE}
+    rh = agents["random"]["hardness_per_iteration"]
+    for agent, rows in summary["runs"].items():
+        if agent == "random":
+            continue
+        reach = []
+        for r in rows:   # steps at the first iteration whose test score reaches random's final
+            hit = next((s for s, t in r["curve"][1:] if t is not None and t >= target), None)
+            reach.append(hit)
+        got = [x for x in reach if x is not None]
+        ah = agents[agent]["hardness_per_iteration"]
+        n = min(len(ah["mean"]), len(rh["mean"]))
+        later = range(n // 2, n)
+        above = [i + 1 for i in later
+                 if None not in (ah["mean"][i], rh["mean"][i], ah["std"][i], rh["std"][i])
+                 and ah["mean"][i] - rh["mean"][i] > max(ah["std"][i], rh["std"][i])]
+        res[agent] = {
+            "steps_to_reach": reach,
+            "seeds_reaching": len(got),
+            "mean_share_of_random_steps": float(np.mean(got)) / budget if got else None,
+            "reaches_within_share": bool(len(got) == len(reach) and
+                                         max(got) <= DATA_SHARE * budget) if got else False,
+            "later_iterations": [i + 1 for i in later],
+            "later_iterations_harder_than_random_by_1std": above,
+        }
+    return res
 
 
 def markdown_table(summary: dict) -> list[str]:
     def ms(a: dict | None, d: int = 3) -> str:
         return "-" if not a else f"{a['mean']:.{d}f} ± {a['std']:.{d}f}"
 
-    lines = ["| agent | runs | generated (steps) | valid frames | yield | test before | "
-             "test after | best test | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| agent | runs | generated (steps) | valid frames | yield | yield (distinct) | "
+             "median move (m) | test before | test after | best test | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for agent, a in sorted(summary["agents"].items()):
         lines.append(f"| {agent} | {a['n']} | {ms(a['cum_steps'], 0)} | {ms(a['cum_valid'], 0)} | "
-                     f"{ms(a['yield'], 3)} | {ms(a['test0'])} | {ms(a['test'])} | "
+                     f"{ms(a['yield'], 3)} | {ms(a.get('yield_distinct'), 3)} | "
+                     f"{ms(a.get('move_median'), 3)} | {ms(a['test0'])} | {ms(a['test'])} | "
                      f"{ms(a['test_max'])} | {ms(a['elapsed_s'], 0)} |")
+    lines += ["", "Hardness of the generated samples per iteration (mean ± std over seeds):", "",
+              "| agent | " + " | ".join(f"it {i + 1}" for i in range(max(
+                  len(a["hardness_per_iteration"]["mean"]) for a in summary["agents"].values())))
+              + " |"]
+    lines.append("|---" * (1 + len(lines[-1].split("|")) - 3) + "|")
+    for agent, a in sorted(summary["agents"].items()):
+        h = a["hardness_per_iteration"]
+        lines.append(f"| {agent} | " + " | ".join(
+            "-" if m is None else f"{m:.3f} ± {s:.3f}" for m, s in zip(h["mean"], h["std"]))
+            + " |")
+    ans = summary.get("answer") or {}
+    if ans:
+        lines += ["", f"Random's final test score {ans['random_final_test']:.3f} after "
+                      f"{ans['random_steps']:.0f} generated steps (mean over seeds)."]
+        for agent, a in ans.items():
+            if not isinstance(a, dict):
+                continue
+            share = a["mean_share_of_random_steps"]
+            lines.append(
+                f"- {agent}: {a['seeds_reaching']}/{len(a['steps_to_reach'])} seeds reach it"
+                + (f", after {100 * share:.0f}% of random's steps on average" if share else "")
+                + f"; within {100 * ans['share']:.0f}%: "
+                f"**{'yes' if a['reaches_within_share'] else 'no'}**. Later iterations "
+                f"{a['later_iterations']}: hardness above random's by more than one std in "
+                f"{a['later_iterations_harder_than_random_by_1std'] or 'none'}.")
     return lines
 
 
 def run(seeds: list[int], preset: str = "quick", sets: list[str] | None = None,
         runs_dir: Path = ROOT / "runs" / "comparison", out: Path = ROOT / "benchmarks" / "results"
-        / "comparison", parallel: int = 3, command: str = "") -> dict:
-    """Run the streams, write the report and comparison.json into `out`; returns the summary."""
+        / "comparison", parallel: int = 2, command: str = "",
+        agents: tuple[str, ...] = tuple(AGENTS)) -> dict:
+    """Run every (agent, seed), write the report and comparison.json into `out`; returns the
+    summary. A seed's SAC variants run one after the other (the first pre-trains, the second
+    reuses its cache)."""
     sets = list(sets or [])
+    unknown = [a for a in agents if a not in AGENTS]
+    if unknown:
+        raise SystemExit(f"unknown agents {unknown}; known: {list(AGENTS)}")
     t = time.perf_counter()
+
+    def stream(seed: int) -> list[Path]:
+        return [_job(a, seed, preset, sets, Path(runs_dir)) for a in agents]
+
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as ex:
-        streams = list(ex.map(lambda s: _stream(s, preset, sets, Path(runs_dir)), seeds))
+        dirs = [d for ds in ex.map(stream, seeds) for d in ds]
     wall = time.perf_counter() - t
-    dirs = [Path(s[k]) for s in streams for k in ("sac", "random")]
     return finish(dirs, out, command, {"preset": preset, "sets": sets, "seeds": seeds,
-                                       "parallel": parallel, "wall_s": wall})
+                                       "agents": list(agents), "parallel": parallel,
+                                       "wall_s": wall})
 
 
 def finish(dirs: list[Path], out: Path, command: str = "", extra: dict | None = None) -> dict:
@@ -134,7 +250,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--parallel", type=int, default=3)
+    ap.add_argument("--parallel", type=int, default=2, help="seeds run side by side")
+    ap.add_argument("--agents", default=",".join(AGENTS), help=f"subset of {list(AGENTS)}")
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "comparison")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "comparison")
     ap.add_argument("--from-runs", nargs="+", type=Path, default=None,
@@ -146,7 +263,8 @@ def main() -> None:
         print("\n".join(markdown_table(summary)))
         return
     summary = run(seeds, a.preset, a.sets, a.runs_dir, a.out, a.parallel,
-                  command="python " + " ".join(sys.argv))
+                  command="python " + " ".join(sys.argv),
+                  agents=tuple(x for x in a.agents.split(",") if x))
     print("\n".join(markdown_table(summary)))
     print(f"wrote {a.out}")
 

@@ -187,6 +187,7 @@ def _sac_kwargs(cfg: AgentConfig) -> dict[str, Any]:
             "batch_size": cfg.batch_size, "learning_starts": cfg.learning_starts,
             "gamma": cfg.gamma, "tau": cfg.tau, "train_freq": cfg.train_freq,
             "gradient_steps": cfg.gradient_steps, "ent_coef": cfg.ent_coef,
+            "target_entropy": "auto" if cfg.target_entropy is None else cfg.target_entropy,
             "policy_kwargs": {"net_arch": list(cfg.net_arch)}, "device": cfg.device}
 
 
@@ -329,15 +330,15 @@ def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any],
 
     quiet = Rls3Env(env.backend, replace(env.config, render=False), feedback=None)
     agent = SACAgent.new(quiet, cfg, seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if cfg.pretrain_steps > 0:
         with torch_threads(cfg.torch_threads):
             agent.model.learn(total_timesteps=cfg.pretrain_steps,
                               callback=_StepProgress(cfg.pretrain_steps, progress),
                               progress_bar=False)
-    dt = time.perf_counter() - t0
-    log.info("pre-trained SAC for %d steps on the intrinsic reward in %.1fs (%.0f steps/s)",
-             cfg.pretrain_steps, dt, cfg.pretrain_steps / max(dt, 1e-9))
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    log.info("pre-trained SAC for %d steps on the intrinsic reward in %.1fs (%.1f CPU s, %.0f "
+             "steps/s)", cfg.pretrain_steps, dt, cpu, cfg.pretrain_steps / max(dt, 1e-9))
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:

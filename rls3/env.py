@@ -1,14 +1,27 @@
 """`Rls3Env`: the paper's data-generation MDP as a gymnasium env over any `SceneBackend`.
 
-Observation (32 floats, as in the paper): pool index of the object to move, scene index, size (3)
-and top-centre (3) of the surface it stands on, position (3) and Euler rotation (3) of the three
-active objects (the one to move first), camera position (3) and rotation (3).
+Two observations (`EnvConfig.observation`):
+
+* ``paper`` (32 floats, as in the paper): pool index of the object to move, scene index, size (3)
+  and top-centre (3) of the surface it stands on, position (3) and Euler rotation (3) of the three
+  active objects (the one to move first), camera position (3) and rotation (3).
+* ``relative`` (a departure: what a policy needs to predict feasibility, see `RELATIVE_LAYOUT`):
+  the moved object's offset from its surface's centre over the half-range it may use there, the
+  action interval that keeps it on that surface, its half-extents, the neighbours' offsets in
+  action units with same-surface flags and combined half-extents, the camera's heading, and
+  one-hot codes of the moved object and the scene. Every value lies in [-1, 1].
 
 Each step moves one of the three active objects by the action (a displacement scaled from [-1, 1]);
 the reward is +1 for a feasible layout and -1 otherwise, and every valid step is rendered into a
 `Frame`. An episode ends once it has produced `t0` valid frames (or after `max_steps`); on that
 completing step an optional feedback callable receives the episode's frames and its return value
-(the loop's beta * J2) is added to the reward.
+(the loop's beta * J2) is added to the reward. With a `step_feedback` callable instead (the
+loop's per-sample feedback), every valid step's frame is scored on that step and its return value
+added to that step's reward, so an off-policy learner stores it with the transition.
+
+`info` reports per step whether the layout is valid, why not, whether a valid frame shows a
+layout different from the episode's previous frame (`distinct`) and how far the moved object
+moved (`move`, metres; 0 for an invalid step).
 """
 
 from __future__ import annotations
@@ -24,8 +37,26 @@ from gymnasium import spaces
 
 from rls3.scene import SceneBackend, SceneState
 
-OBS_SIZE = 32
+OBS_SIZE = 32  # the paper observation
+OBSERVATIONS: tuple[str, ...] = ("paper", "relative")
 Feedback = Callable[[Sequence["Frame"]], float]
+StepFeedback = Callable[["Frame"], float]
+#: Two valid frames show the same layout when no object moved more than this (metres).
+SAME_LAYOUT_TOL = 1e-3
+#: Named blocks of the ``relative`` observation, in order (P = pool size, S = scene count).
+RELATIVE_LAYOUT: tuple[tuple[str, str], ...] = (
+    ("offset[2]", "moved object's x/y offset from its surface's centre over the half-range "
+                  "its centre may use there (|v| <= 1 on the surface)"),
+    ("room[2]", "that half-range in action units (max_step_xy), divided by 4"),
+    ("interval[4]", "x low, x high, y low, y high of the action that keeps it on the surface"),
+    ("extent[3]", "its axis-aligned half-extents in metres"),
+    ("height[1]", "the surface's top over the room's height"),
+    ("camera[2]", "cos and sin of the camera's heading"),
+    ("neighbours[2x6]", "per other object: dx, dy over max_step_xy, dz over max_step_z, "
+                        "same-surface flag, summed x and y half-extents over max_step_xy"),
+    ("object[P]", "one-hot pool index of the moved object"),
+    ("scene[S]", "one-hot scene index"),
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +80,7 @@ class EnvConfig:
     scene_every: int = 0  # valid frames per scene before cycling inside an episode; 0 = t0 // 5
     swap_prob: float = 0.25  # chance that the next object to move is first swapped with the pool
     render: bool = True
+    observation: str = "paper"  # "paper" (32 absolute values) or "relative" (see RELATIVE_LAYOUT)
 
     def __post_init__(self) -> None:
         _check(self.t0 >= 1, "t0", self.t0, "an integer >= 1")
@@ -59,6 +91,8 @@ class EnvConfig:
                (self.max_step_xy, self.max_step_z), "positive metres")
         _check(self.scene_every >= 0, "scene_every", self.scene_every, ">= 0")
         _check(0.0 <= self.swap_prob <= 1.0, "swap_prob", self.swap_prob, "in [0, 1]")
+        _check(self.observation in OBSERVATIONS, "observation", self.observation,
+               f"one of {list(OBSERVATIONS)}")
 
     @property
     def step_cap(self) -> int:
@@ -75,26 +109,34 @@ class Rls3Env(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, backend: SceneBackend, config: EnvConfig | None = None,
-                 feedback: Feedback | None = None, render_mode: str | None = None) -> None:
+                 feedback: Feedback | None = None, render_mode: str | None = None,
+                 step_feedback: StepFeedback | None = None) -> None:
         super().__init__()
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if feedback is not None and step_feedback is not None:
+            raise ValueError("give feedback (per episode) or step_feedback (per sample), not both")
         self.backend = backend
         self.config = config or EnvConfig()
         self.feedback = feedback
+        self.step_feedback = step_feedback
         self.render_mode = render_mode
         self._pool = tuple(backend.object_pool)
         self._n_scenes = len(backend.scene_names)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
-        lo = np.full(OBS_SIZE, -20.0, dtype=np.float32)
-        hi = np.full(OBS_SIZE, 20.0, dtype=np.float32)
-        lo[0], hi[0] = 0.0, len(self._pool) - 1
-        lo[1], hi[1] = 0.0, self._n_scenes - 1
-        lo[2:5], hi[2:5] = 0.0, 20.0
-        for k in range(3):  # object rotations and camera rotation are angles
-            lo[11 + 6 * k:14 + 6 * k], hi[11 + 6 * k:14 + 6 * k] = -math.pi, math.pi
-        lo[29:32], hi[29:32] = -math.pi, math.pi
-        self.observation_space = spaces.Box(lo, hi, dtype=np.float32)
+        if self.config.observation == "relative":
+            n = relative_size(len(self._pool), self._n_scenes)
+            self.observation_space = spaces.Box(-1.0, 1.0, shape=(n,), dtype=np.float32)
+        else:
+            lo = np.full(OBS_SIZE, -20.0, dtype=np.float32)
+            hi = np.full(OBS_SIZE, 20.0, dtype=np.float32)
+            lo[0], hi[0] = 0.0, len(self._pool) - 1
+            lo[1], hi[1] = 0.0, self._n_scenes - 1
+            lo[2:5], hi[2:5] = 0.0, 20.0
+            for k in range(3):  # object rotations and camera rotation are angles
+                lo[11 + 6 * k:14 + 6 * k], hi[11 + 6 * k:14 + 6 * k] = -math.pi, math.pi
+            lo[29:32], hi[29:32] = -math.pi, math.pi
+            self.observation_space = spaces.Box(lo, hi, dtype=np.float32)
         self._scale = np.array([self.config.max_step_xy] * 2 + [self.config.max_step_z])
         self._episode = -1
         self._scene = 0
@@ -132,28 +174,33 @@ class Rls3Env(gym.Env):
         if np.any(np.abs(a) > 1.0 + 1e-6):
             raise ValueError(f"action {a.tolist()} outside the action space [-1, 1]^3")
         self._steps += 1
-        moved = self._state.objects[self._moving].name
+        before = self._state.objects[self._moving]
+        moved = before.name
         feas = self.backend.move_object(self._moving, tuple(a * self._scale))
         reward = 1.0 if feas.valid else -1.0
         frame = None
+        distinct, move = False, 0.0
         self._state = self.backend.state()
         if feas.valid:
             image = self.backend.render(self.config.image_size, self.config.image_size) \
                 if self.config.render else np.zeros((1, 1, 3), np.uint8)
             frame = Frame(image, self._state, self._steps)
+            distinct = not self._frames or not same_layout(self._frames[-1].state, self._state)
+            after = self._state.objects[self._moving]
+            move = float(np.linalg.norm(np.subtract(after.position, before.position)))
             self._frames.append(frame)
             self._last_image = image
         terminated = len(self._frames) >= self.config.t0
         truncated = not terminated and self._steps >= self.config.step_cap
         extrinsic = 0.0
+        if frame is not None and self.step_feedback is not None:
+            extrinsic = _finite(self.step_feedback(frame))
         if terminated and self.feedback is not None:
-            extrinsic = float(self.feedback(tuple(self._frames)))
-            if not math.isfinite(extrinsic):
-                raise ValueError(f"feedback returned a non-finite reward {extrinsic!r}")
-            reward += extrinsic
+            extrinsic = _finite(self.feedback(tuple(self._frames)))
+        reward += extrinsic
         info = {"valid": feas.valid, "reason": feas.reason.value, "moved": moved,
                 "n_valid": len(self._frames), "frame": frame, "extrinsic": extrinsic,
-                "scene": self._state.scene_name}
+                "scene": self._state.scene_name, "distinct": distinct, "move": move}
         if not (terminated or truncated):
             self._advance(feas.valid)
         return self._obs(), reward, terminated, truncated, info
@@ -205,6 +252,8 @@ class Rls3Env(gym.Env):
     def _obs(self) -> np.ndarray:
         s = self._state
         assert s is not None
+        if self.config.observation == "relative":
+            return self._relative_obs(s)
         moved = s.objects[self._moving]
         surf = s.surface(moved.surface)
         v = [float(self._pool.index(moved.name)), float(s.scene_index), *surf.size, *surf.center]
@@ -214,6 +263,64 @@ class Rls3Env(gym.Env):
         v += [*s.camera.position, *(_wrap(r) for r in s.camera.rotation)]
         obs = np.asarray(v, dtype=np.float32)
         return np.clip(obs, self.observation_space.low, self.observation_space.high)
+
+
+    @staticmethod
+    def _half_extents(s: SceneState, k: int) -> np.ndarray:
+        """Half-extents (x, y, z) of active object `k`'s world-aligned bounding box; from a
+        backend that does not report sizes, its half-height (centre above its surface) stands in
+        for all three."""
+        o = s.objects[k]
+        if o.size is None:
+            hz = max(o.position[2] - s.surface(o.surface).top, 0.0)
+            return np.array([hz, hz, hz])
+        return np.asarray(o.size, dtype=np.float64) / 2
+
+    def _relative_obs(self, s: SceneState) -> np.ndarray:
+        """The ``relative`` observation (layout: `RELATIVE_LAYOUT`)."""
+        sxy, sz = self.config.max_step_xy, self.config.max_step_z
+        m = s.objects[self._moving]
+        surf = s.surface(m.surface)
+        h = self._half_extents(s, self._moving)
+        half = np.maximum(np.array(surf.size[:2]) / 2 - h[:2], 1e-6)
+        d = np.array(m.position[:2]) - np.array(surf.center[:2])
+        lo, hi = (-half - d) / sxy, (half - d) / sxy
+        room_h = max(s.bounds[1][2] - s.bounds[0][2], 1e-6)
+        yaw = s.camera.rotation[2]
+        v = [*(d / half), *(half / sxy / 4), lo[0], hi[0], lo[1], hi[1], *h,
+             surf.top / room_h, math.cos(yaw), math.sin(yaw)]
+        for k in (1, 2):
+            j = (self._moving + k) % 3
+            o = s.objects[j]
+            ho = self._half_extents(s, j)
+            dx, dy, dz = np.subtract(o.position, m.position)
+            v += [dx / sxy, dy / sxy, dz / sz, float(o.surface == m.surface),
+                  (h[0] + ho[0]) / sxy, (h[1] + ho[1]) / sxy]
+        onehot = np.zeros(len(self._pool) + self._n_scenes)
+        onehot[self._pool.index(m.name)] = 1.0
+        onehot[len(self._pool) + s.scene_index % self._n_scenes] = 1.0
+        obs = np.concatenate([np.asarray(v, dtype=np.float64), onehot]).astype(np.float32)
+        return np.clip(obs, -1.0, 1.0)
+
+
+def relative_size(pool: int, scenes: int) -> int:
+    """Length of the ``relative`` observation for a pool of `pool` objects and `scenes` scenes."""
+    return 2 + 2 + 4 + 3 + 1 + 2 + 2 * 6 + pool + scenes
+
+
+def same_layout(a: SceneState, b: SceneState, tol: float = SAME_LAYOUT_TOL) -> bool:
+    """True when two states show the same scene with the same objects within `tol` metres."""
+    if a.scene_name != b.scene_name or len(a.objects) != len(b.objects):
+        return False
+    return all(p.name == q.name and max(abs(x - y) for x, y in zip(p.position, q.position)) <= tol
+               for p, q in zip(a.objects, b.objects))
+
+
+def _finite(x: float) -> float:
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"feedback returned a non-finite reward {x!r}")
+    return x
 
 
 def _wrap(angle: float) -> float:

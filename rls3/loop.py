@@ -340,33 +340,90 @@ def _vlm_rng_set(vlm: Any, state: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------ episodes
+class RunningNorm:
+    """Running mean and standard deviation (Welford) that standardises the extrinsic reward
+    (`loop.reward_norm: running`); its state goes into every checkpoint, so a resumed run
+    normalises exactly as an uninterrupted one."""
+
+    CLIP = 5.0
+
+    def __init__(self, state: dict[str, float] | None = None) -> None:
+        state = state or {}
+        self.count = int(state.get("count", 0))
+        self.mean = float(state.get("mean", 0.0))
+        self.m2 = float(state.get("m2", 0.0))
+
+    def __call__(self, x: float) -> float:
+        """Add `x` to the statistics, then return it standardised (0 until two values were seen;
+        clipped to +-CLIP standard deviations)."""
+        self.count += 1
+        delta = x - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (x - self.mean)
+        if self.count < 2 or self.m2 <= 0.0:
+            return 0.0
+        std = math.sqrt(self.m2 / (self.count - 1))
+        return float(np.clip((x - self.mean) / std, -self.CLIP, self.CLIP))
+
+    def state(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+
 class EpisodeCollector:
     """The env's feedback hook and the iteration's bookkeeping.
 
-    On each completed episode: caption the frames, VLM feedback (J2), keep round(eta * T0) samples;
-    returns beta * J2 (the extrinsic reward). `on_step` counts every env step."""
+    `feedback="episode"` (the paper): on each completed episode caption the frames, ask the VLM for
+    J2 and return beta * J2 as the completing step's extrinsic reward. `feedback="sample"` (the
+    paper's future work, a departure): caption and score every valid frame on its own step and
+    return beta * its hardness as that step's extrinsic reward. `reward_norm="running"`
+    standardises J2 / hardness by a running mean and std first. Either way every completed episode
+    keeps round(eta * T0) samples for the fine-tuning batch, and the hardness of every scored
+    sample under the VLM as it was then is recorded. `on_step` counts every env step."""
 
     def __init__(self, vlm: Any, rng: np.random.Generator, eta: float, beta: float, t0: int,
-                 feedback: bool = True) -> None:
+                 feedback: bool = True, mode: str = "episode",
+                 norm: RunningNorm | None = None) -> None:
+        if mode not in FEEDBACK_MODES:
+            raise ValueError(f"feedback mode must be one of {list(FEEDBACK_MODES)}, got {mode!r}")
         self.vlm = vlm
         self.rng = rng
         self.eta = eta
         self.beta = beta
         self.t0 = t0
         self.feedback_enabled = feedback
+        self.mode = mode
+        self.norm = norm
         self.bar: tqdm | None = None
         self.last_val: float | None = None  # shown in the progress bar
+        self._pending: list[Sample] = []
         self.start()
 
     def start(self) -> None:
         self.batch: list[Sample] = []
         self.generated: list[Sample] = []  # descriptions only matter here; images are dropped
         self.j2: list[float] = []
-        self.steps = self.valid = self.episodes = self.truncated = 0
+        self.hardness: list[float] = []   # per scored sample, in generation order
+        self.hardness_terms: list[tuple[str, ...]] = []
+        self.extrinsic: list[float] = []  # per step that received one
+        self.moves: list[float] = []      # per valid step, metres
+        self.steps = self.valid = self.distinct = self.episodes = self.truncated = 0
         self.feedback_s = 0.0
         self.scenes: dict[str, int] = {}
+        self._pending = []
+
+    def env_hooks(self) -> dict[str, Any]:
+        """Keyword arguments for `Rls3Env`: the episode or the per-sample feedback hook."""
+        return {"feedback": self} if self.mode == "episode" else {"step_feedback": self.score_step}
+
+    def _reward(self, x: float) -> float:
+        return self.beta * (self.norm(x) if self.norm is not None else x)
+
+    def _scored(self, samples: Sequence[Sample], hardness: Sequence[float]) -> None:
+        self.hardness.extend(float(h) for h in hardness)
+        self.hardness_terms.extend(s.description.terms for s in samples)
 
     def __call__(self, frames: Sequence[Frame]) -> float:
+        """Episode feedback (`mode="episode"`): called by the env on the completing step."""
         samples = [make_sample(f.image, f.state, self.rng) for f in frames]
         reward = 0.0
         if self.feedback_enabled:
@@ -374,7 +431,26 @@ class EpisodeCollector:
             fb = self.vlm.feedback(samples)
             self.feedback_s += time.perf_counter() - t
             self.j2.append(float(fb.j2))
-            reward = self.beta * float(fb.j2)
+            if fb.hardness:
+                self._scored(samples, fb.hardness)
+            reward = self._reward(float(fb.j2))
+        self._episode_done(samples)
+        return reward
+
+    def score_step(self, frame: Frame) -> float:
+        """Per-sample feedback (`mode="sample"`): called by the env on every valid step."""
+        sample = make_sample(frame.image, frame.state, self.rng)
+        self._pending.append(sample)
+        if not self.feedback_enabled:
+            return 0.0
+        t = time.perf_counter()
+        fb = self.vlm.feedback([sample])
+        self.feedback_s += time.perf_counter() - t
+        h = float(fb.hardness[0]) if fb.hardness else float(fb.per_sample[0])
+        self._scored([sample], [h])
+        return self._reward(h)
+
+    def _episode_done(self, samples: list[Sample]) -> None:
         n_keep = max(1, round(self.eta * len(samples)))
         keep = np.sort(self.rng.choice(len(samples), size=min(n_keep, len(samples)),
                                        replace=False))
@@ -384,27 +460,62 @@ class EpisodeCollector:
         self.episodes += 1
         if self.bar is not None:
             self.bar.set_postfix(self.postfix(), refresh=False)
-        return reward
 
     def on_step(self, info: dict[str, Any], reward: float, done: bool) -> None:
         self.steps += 1
+        completed = int(info.get("n_valid", 0)) >= self.t0
+        scored = info.get("valid") if self.mode == "sample" else done and completed
+        if self.feedback_enabled and scored:
+            self.extrinsic.append(float(info.get("extrinsic", 0.0)))
         if info.get("valid"):
             self.valid += 1
+            self.distinct += bool(info.get("distinct", True))
+            self.moves.append(float(info.get("move", 0.0)))
             scene = str(info.get("scene", ""))
             self.scenes[scene] = self.scenes.get(scene, 0) + 1
             if self.bar is not None:
                 self.bar.set_postfix(self.postfix(), refresh=False)
                 self.bar.update(1)
-        if done and int(info.get("n_valid", 0)) < self.t0:
+        if done and self.mode == "sample":
+            if completed:
+                self._episode_done(self._pending)
+            self._pending = []
+        if done and not completed:
             self.truncated += 1
 
     def postfix(self) -> dict[str, str]:
         d = {"ep": str(self.episodes), "yield": f"{self.valid / max(self.steps, 1):.2f}"}
         if self.j2:
             d["J2"] = f"{np.mean(self.j2):.3g}"
+        if self.hardness:
+            d["hard"] = f"{np.mean(self.hardness):.3g}"
         if self.last_val is not None:
             d["val"] = f"{self.last_val:.3f}"
         return d
+
+    def hardness_fields(self) -> dict[str, Any]:
+        """The iteration's data-generation record: distinct yield, move sizes and the hardness
+        of the scored samples (overall and per spatial term)."""
+        h = np.asarray(self.hardness, dtype=np.float64)
+        by_term: dict[str, list[float]] = {}
+        for v, terms in zip(self.hardness, self.hardness_terms):
+            for t in dict.fromkeys(terms):
+                by_term.setdefault(t, []).append(v)
+        return {
+            "feedback_mode": self.mode,
+            "distinct": self.distinct,
+            "yield_distinct": self.distinct / self.steps if self.steps else None,
+            "move_median": float(np.median(self.moves)) if self.moves else None,
+            "hardness_mean": float(h.mean()) if h.size else None,
+            "hardness_std": float(h.std()) if h.size else None,
+            "hardness_n": int(h.size),
+            "hardness_by_term": {t: float(np.mean(v)) for t, v in sorted(by_term.items())},
+            "extrinsic_mean": float(np.mean(self.extrinsic)) if self.extrinsic else None,
+        }
+
+
+#: `loop.feedback` values
+FEEDBACK_MODES: tuple[str, ...] = ("episode", "sample")
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -425,6 +536,7 @@ class RunState:
     metrics_bytes: int = 0
     elapsed_s: float = 0.0
     replay: dict[str, Any] | None = None      # `SampleReplay.state()` when loop.replay is on
+    reward_norm: dict[str, float] | None = None  # `RunningNorm.state()` (loop.reward_norm)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -559,8 +671,9 @@ class Loop:
         self.vlm = vlm
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xC0FFEE]))
         use_feedback = cfg.agent.name == "sac" or cfg.loop.random_feedback
+        norm = RunningNorm(self.state.reward_norm) if cfg.loop.reward_norm == "running" else None
         collector = EpisodeCollector(vlm, rng, cfg.loop.eta, cfg.loop.beta, cfg.env.t0,
-                                     feedback=use_feedback)
+                                     feedback=use_feedback, mode=cfg.loop.feedback, norm=norm)
         if cfg.loop.replay.enabled:
             self.replay = SampleReplay(cfg.loop.replay.capacity, cfg.loop.replay.fraction,
                                        cfg.seed)
@@ -569,7 +682,7 @@ class Loop:
         backend = make_backend(cfg.backend, "train")
         writer = None
         try:
-            env = Rls3Env(backend, cfg.env_config, feedback=collector)
+            env = Rls3Env(backend, cfg.env_config, **collector.env_hooks())
             agent: Agent
             if self.ckpt is None:
                 agent = build_agent(cfg.agent.name, env, cfg.agent, cfg.seed, cfg.backend.name,
@@ -773,6 +886,7 @@ class Loop:
             "episodes": collector.episodes, "truncated_episodes": collector.truncated,
             "feedback_j2": float(np.mean(j2)) if j2 else None, "feedback_j2_episodes": j2,
             "feedback_reward": cfg.loop.beta * float(np.mean(j2)) if j2 else None,
+            **collector.hardness_fields(),
             "batch_size": len(batch),
             "replay_stored": stored, "replayed": len(replayed), "finetune_set": len(ft_set),
             "finetune_losses": losses,
@@ -850,6 +964,8 @@ class Loop:
             vlm.save(tmp / "vlm")
             agent.save(tmp / "agent")
             self.state.env_episode = env.episode
+            if collector.norm is not None:
+                self.state.reward_norm = collector.norm.state()
             rngs = {"python": random.getstate(), "numpy": np.random.get_state(),
                     "torch": torch.get_rng_state(), "loop": collector.rng.bit_generator.state,
                     "vlm": _vlm_rng_get(vlm)}
@@ -882,7 +998,8 @@ class Loop:
             for c, v in (m.get("per_complexity") or {}).items():
                 writer.add_scalar(f"{split}/complexity/{c}", v, i)
         for key in ("cum_steps", "cum_valid", "yield", "cum_yield", "feedback_j2",
-                    "finetune_loss", "samples_per_s", "truncated_episodes"):
+                    "finetune_loss", "samples_per_s", "truncated_episodes", "yield_distinct",
+                    "move_median", "hardness_mean", "extrinsic_mean"):
             if rec.get(key) is not None:
                 writer.add_scalar(f"data/{key}", rec[key], i)
         for phase, v in (rec.get("time_s") or {}).items():

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 RunDirs = Sequence[str | Path]
 #: agent name -> colour (others cycle through the default palette)
-AGENT_COLORS = {"sac": "tab:blue", "random": "tab:orange"}
+AGENT_COLORS = {"sac": "tab:blue", "random": "tab:orange", "sac-sample": "tab:green"}
 DPI = 110
 
 
@@ -47,6 +47,12 @@ class Run:
     agent: str
     seed: int | None
     records: list[dict[str, Any]]
+
+
+def agent_label(agent: str, feedback: str | None) -> str:
+    """How figures and reports name a run's agent: "sac" (the paper's episode feedback),
+    "sac-sample" (per-sample feedback), "random"."""
+    return f"{agent}-sample" if agent == "sac" and feedback == "sample" else agent
 
 
 def load_runs(run_dirs: RunDirs) -> list[Run]:
@@ -72,7 +78,8 @@ def load_runs(run_dirs: RunDirs) -> list[Run]:
                 agent = "?"
         recs = sorted((r for r in recs if isinstance(r.get("iteration"), int)),
                       key=lambda r: r["iteration"])
-        runs.append(Run(d, str(agent), seed, recs))
+        mode = next((r["feedback_mode"] for r in recs if r.get("feedback_mode")), None)
+        runs.append(Run(d, agent_label(str(agent), mode), seed, recs))
     return runs
 
 
@@ -81,7 +88,7 @@ def _by_agent(runs: list[Run]) -> dict[str, list[Run]]:
     for r in runs:
         out.setdefault(r.agent, []).append(r)
     # SAC first, random second, others alphabetically
-    order = {"sac": 0, "random": 1}
+    order = {"sac": 0, "sac-sample": 0.5, "random": 1}
     return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], 2), kv[0])))
 
 
@@ -463,9 +470,14 @@ def plot_yield(run_dirs: RunDirs, out_dir: str | Path, name: str = "yield.png") 
         cum = [c for c in cum if math.isfinite(c)]
         label = f"{agent} (n={len(rs)}, overall {np.mean(cum):.2f})" if cum else agent
         _band(ax, its, m, s, _color(agent, i), label)
+        its, m, _ = _per_iteration(rs, lambda r: r.get("yield_distinct"), start=1)
+        ok = np.isfinite(m)
+        if ok.any():
+            ax.plot(its[ok], m[ok], color=_color(agent, i), ls=":", lw=1.2,
+                    label=f"{agent}: distinct layouts")
     if drawn:
         ax.set_ylim(0, 1.02)
-        ax.axhline(0.95, color="0.5", ls="--", lw=0.8, label="target 0.95")
+        ax.axhline(0.9, color="0.5", ls="--", lw=0.8, label="target 0.9 (distinct)")
         ax.set_xlabel("iteration")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("valid samples / env steps")
@@ -477,6 +489,55 @@ def plot_yield(run_dirs: RunDirs, out_dir: str | Path, name: str = "yield.png") 
     return _finish(fig, out_dir, name)
 
 
+def plot_hardness(run_dirs: RunDirs, out_dir: str | Path, name: str = "hardness.png") -> Path:
+    """Hardness of the generated samples under the VLM as it was when they were generated (mean
+    per-sample loss against the hard negatives, or 6 - S_PG), per iteration, mean ± std over
+    seeds per agent; right: per spatial term, averaged over the later half of the iterations."""
+    runs = load_runs(run_dirs)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups = _by_agent(runs)
+    drawn = False
+    for i, (agent, rs) in enumerate(groups.items()):
+        its, m, s = _per_iteration(rs, lambda r: r.get("hardness_mean"), start=1)
+        if np.isfinite(m).any():
+            drawn = True
+            _band(ax, its, m, s, _color(agent, i), f"{agent} (n={len(rs)})")
+    if not drawn:
+        _empty(ax, "hardness (no VLM feedback recorded)")
+        _empty(bx, "hardness per term")
+        return _finish(fig, out_dir, name)
+    ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("mean hardness of generated samples")
+    ax.set_title("Hardness under the VLM of the moment")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    terms = sorted({t for run in runs for r in run.records for t in
+                    (r.get("hardness_by_term") or {})})
+    width = 0.8 / max(len(groups), 1)
+    for i, (agent, rs) in enumerate(groups.items()):
+        vals = []
+        for t in terms:
+            per_run = []
+            for run in rs:
+                late = [r for r in run.records if r["iteration"] >= 1]
+                late = late[len(late) // 2:]
+                v = [_num((r.get("hardness_by_term") or {}).get(t)) for r in late]
+                v = [x for x in v if math.isfinite(x)]
+                if v:
+                    per_run.append(float(np.mean(v)))
+            vals.append(np.mean(per_run) if per_run else np.nan)
+        bx.bar(np.arange(len(terms)) + i * width, vals, width, color=_color(agent, i),
+               label=agent)
+    bx.set_xticks(np.arange(len(terms)) + width * (len(groups) - 1) / 2)
+    bx.set_xticklabels(terms, rotation=30, ha="right", fontsize=8)
+    bx.set_ylabel("mean hardness (later half of the iterations)")
+    bx.set_title("Hardness by spatial term")
+    bx.grid(alpha=0.3, axis="y")
+    bx.legend(fontsize=8)
+    return _finish(fig, out_dir, name)
+
+
 FIGURES: dict[str, tuple[str, Callable[..., Path]]] = {
     "score_vs_data": ("Test score vs generated data (Fig. 5)", plot_score_vs_data),
     "per_term": ("Per-term test score before/after and terms generated (Fig. 6)", plot_per_term),
@@ -485,6 +546,8 @@ FIGURES: dict[str, tuple[str, Callable[..., Path]]] = {
     "validation": ("Validation score per iteration, early-stopping point (Fig. 9)",
                    plot_validation),
     "yield": ("Valid-sample yield per iteration", plot_yield),
+    "hardness": ("Hardness of the generated samples per iteration and per term",
+                 plot_hardness),
 }
 
 

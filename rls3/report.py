@@ -199,7 +199,15 @@ def _run_summary(run_dir: Path, recs: list[dict[str, Any]]) -> dict[str, Any]:
     es = last.get("early_stopping") or {}
     best_it = es.get("best_iteration")
     best = next((r for r in recs if r.get("iteration") == best_it), {})
-    return {"run": run_dir.name, "agent": cfg.agent.name, "vlm": cfg.vlm.name, "seed": cfg.seed,
+    from rls3.plots import agent_label
+
+    hard = [r["hardness_mean"] for r in recs if r.get("hardness_mean") is not None]
+    distinct = sum(int(r.get("distinct") or 0) for r in recs)
+    return {"run": run_dir.name, "agent": agent_label(cfg.agent.name, cfg.loop.feedback),
+            "vlm": cfg.vlm.name, "seed": cfg.seed,
+            "hardness": float(np.mean(hard)) if hard else None,
+            "yield_distinct": distinct / last["cum_steps"] if last.get("cum_steps") and
+            any("distinct" in r for r in recs) else None,
             "preset": cfg.preset, "iterations": last.get("iteration", 0),
             "stop": last.get("stop_reason") or "running",
             "cum_steps": last.get("cum_steps", 0), "cum_valid": last.get("cum_valid", 0),
@@ -226,20 +234,23 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     lines += answer_lines([run_answer(d, recs) for d, recs in records])
     lines += ["## Runs", "",
               "| run | agent | VLM | seed | iterations | stop | generated (steps) | valid | "
-              "yield | mean J2 | test before | test after | best val (iter) | test at best val |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "yield | yield (distinct) | mean J2 | mean hardness | test before | test after | "
+              "best val (iter) | test at best val |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['run']} | {r['agent']} | {r['vlm']} | {r['seed']} | {r['iterations']} "
                      f"| {r['stop']} | {r['cum_steps']} | {r['cum_valid']} | {_fmt(r['yield'], 2)} "
-                     f"| {_fmt(r['j2'])} | {_fmt(r['test0'])} | {_fmt(r['test'])} | "
+                     f"| {_fmt(r['yield_distinct'], 2)} | {_fmt(r['j2'])} | "
+                     f"{_fmt(r['hardness'])} | {_fmt(r['test0'])} | {_fmt(r['test'])} | "
                      f"{_fmt(r['val_best'])} ({_fmt(r['best_iteration'])}) | "
                      f"{_fmt(r['test_at_best'])} |")
     agents: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         agents.setdefault(r["agent"], []).append(r)
     lines += ["", "## By agent (mean ± std over runs)", "",
-              "| agent | runs | generated (steps) | yield | test before | test after |",
-              "|---|---|---|---|---|---|"]
+              "| agent | runs | generated (steps) | yield | yield (distinct) | mean hardness | "
+              "test before | test after |",
+              "|---|---|---|---|---|---|---|---|"]
 
     def ms(vals: list[Any], digits: int = 3) -> str:
         v = [float(x) for x in vals if x is not None]
@@ -249,7 +260,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
 
     for name, rs in sorted(agents.items()):
         lines.append(f"| {name} | {len(rs)} | {ms([r['cum_steps'] for r in rs], 0)} | "
-                     f"{ms([r['yield'] for r in rs], 2)} | {ms([r['test0'] for r in rs])} | "
+                     f"{ms([r['yield'] for r in rs], 2)} | "
+                     f"{ms([r['yield_distinct'] for r in rs], 2)} | "
+                     f"{ms([r['hardness'] for r in rs])} | {ms([r['test0'] for r in rs])} | "
                      f"{ms([r['test'] for r in rs])} |")
     # per-term scores (before -> best-val -> final) are in the answer section at the top
     from rls3.plots import FIGURES, plot_all

@@ -46,21 +46,27 @@ class Feasibility:
 
 @dataclass(frozen=True)
 class ObjectPose:
-    """One active object: its name, centre position, Euler xyz rotation and supporting surface."""
+    """One active object: its name, centre position, Euler xyz rotation, supporting surface and,
+    when the backend reports it, the size (x, y, z) of its world-axis-aligned bounding box."""
 
     name: str
     position: Vec3
     rotation: Vec3
     surface: str
+    size: Vec3 | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "position": list(self.position),
-                "rotation": list(self.rotation), "surface": self.surface}
+        d = {"name": self.name, "position": list(self.position),
+             "rotation": list(self.rotation), "surface": self.surface}
+        if self.size is not None:
+            d["size"] = list(self.size)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ObjectPose:
+        size = d.get("size")
         return cls(str(d["name"]), _vec3(d["position"], "position"), _vec3(d["rotation"], "rotation"),
-                   str(d["surface"]))
+                   str(d["surface"]), None if size is None else _vec3(size, "size"))
 
 
 @dataclass(frozen=True)

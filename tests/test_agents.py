@@ -141,3 +141,40 @@ def test_sac_save_load_continues_identically(backend, tmp_path):
 def test_bad_agent_name(backend):
     with pytest.raises(ValueError, match="unknown agent"):
         build_agent("ppo", make_env(backend), AgentConfig(), 0, "sim")
+
+
+def test_sample_feedback_reaches_the_buffer_before_the_next_gradient_step(backend, tmp_path):
+    """Per-sample feedback: every valid step's extrinsic reward is in SAC's replay buffer when
+    the first gradient step after that transition runs (a late delivery, e.g. patched into the
+    buffer after training, fails the snapshot comparison)."""
+    scores = []
+
+    def score(frame):
+        scores.append(0.1 * (len(scores) + 1))
+        return scores[-1]
+
+    env = Rls3Env(backend, EnvConfig(t0=3, image_size=16, render=False, max_steps=200),
+                  step_feedback=score)
+    agent = build_agent("sac", env, agent_cfg(tmp_path), 0, "sim")
+    rb, model = agent.model.replay_buffer, agent.model
+    before = rb.pos
+    expected: list[float] = []
+
+    def on_step(info, reward, done):
+        expected.append(1.0 + info["extrinsic"] if info["valid"] else -1.0)
+        assert reward == pytest.approx(expected[-1])
+
+    snapshots = []
+    train = model.train
+
+    def spy(*args, **kwargs):
+        snapshots.append(rb.rewards[before:rb.pos, 0].copy())
+        return train(*args, **kwargs)
+
+    model.train = spy
+    steps = agent.collect(2, seed=3, on_step=on_step)
+    assert len(snapshots) == steps and len(scores) == 6
+    for n, snap in enumerate(snapshots, 1):   # the n-th gradient step sees n stored steps
+        assert len(snap) == n
+        np.testing.assert_allclose(snap, expected[:n], rtol=1e-6)
+    assert sum(1 for e in expected if e > 1.0) == 6

@@ -21,12 +21,19 @@ def test_defaults_are_the_papers_numbers():
     assert (pg.early_stopping.patience, pg.early_stopping.min_iterations) == (10, 15)
     clip = preset("paper-clip")
     assert clip.loop.k == 10 and clip.vlm.name == "clip" and clip.env.t0 == 200
+    for p in (c, pg, clip):  # the paper's agent and feedback; the departures stay in quick
+        assert (p.loop.feedback, p.loop.reward_norm, p.env.observation) == (
+            "episode", "none", "paper")
+        assert p.agent.gamma == 0.99 and p.agent.net_arch == (256, 256)
+        assert p.agent.target_entropy is None and p.loop.replay.capacity == 0
 
 
 def test_quick_preset_is_small():
     q = preset("quick")
     assert q.env.t0 <= 32 and q.env.image_size <= 224 and q.loop.episodes <= 4
-    assert q.loop.k <= 10 and q.agent.pretrain_steps <= 5000
+    assert q.loop.k <= 10 and q.agent.pretrain_steps <= 50_000  # <= 10 CPU minutes
+    assert (q.loop.feedback, q.loop.reward_norm, q.env.observation) == (
+        "sample", "running", "relative")
     assert q.data.val_size <= 200 and q.data.test_size <= 200 and q.vlm.name == "lite"
 
 
@@ -149,3 +156,12 @@ def test_backend_registry_is_extensible():
             make_backend(c.backend, "val")
     finally:
         BACKENDS.pop("fake")
+
+
+@pytest.mark.parametrize("assignment, key", [
+    ("loop.feedback=step", "loop.feedback"), ("loop.reward_norm=zscore", "loop.reward_norm"),
+    ("env.observation=pixels", "env.observation"),
+    ("agent.target_entropy=.inf", "agent.target_entropy")])
+def test_feedback_norm_and_observation_are_checked(assignment, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        preset("quick").override([assignment])

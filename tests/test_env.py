@@ -1,4 +1,5 @@
-"""Rls3Env: gymnasium and SB3 checkers, determinism, episode rules, feedback hook, bad input."""
+"""Rls3Env: gymnasium and SB3 checkers, determinism, episode rules, feedback hooks, the relative
+observation, distinct layouts, bad input."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from rls3.env import OBS_SIZE, EnvConfig, Rls3Env
+from rls3.env import OBS_SIZE, EnvConfig, Rls3Env, relative_size, same_layout
 from rls3.sim import SimBackend
 
 
@@ -23,12 +24,83 @@ def make(backend, **kw):
     return Rls3Env(backend, EnvConfig(**{"t0": 4, "image_size": 32, **kw}))
 
 
-def test_checkers_pass(backend):
-    env = make(backend)
+@pytest.mark.parametrize("observation", ["paper", "relative"])
+@pytest.mark.parametrize("hook", ["none", "episode", "sample"])
+def test_checkers_pass(backend, observation, hook):
+    hooks = {"none": {}, "episode": {"feedback": lambda frames: 2.0},
+             "sample": {"step_feedback": lambda frame: 0.5}}[hook]
+    env = Rls3Env(backend, EnvConfig(t0=4, image_size=32, observation=observation), **hooks)
     gym_check_env(env, skip_render_check=True)
     sb3_check_env(env, warn=True)
-    assert env.observation_space.shape == (OBS_SIZE,)
+    n = OBS_SIZE if observation == "paper" else relative_size(len(backend.object_pool), 2)
+    assert env.observation_space.shape == (n,)
     assert env.action_space.shape == (3,)
+
+
+def test_relative_observation_stays_in_its_box_and_tells_the_surface_interval(backend):
+    """Fuzzed layouts (random and extreme actions, swaps, scene changes): every observation lies
+    in the Box; the action interval it reports keeps the object on its surface."""
+    env = make(backend, t0=400, observation="relative", swap_prob=0.5)
+    obs, _ = env.reset(seed=4)
+    rng = np.random.default_rng(5)
+    inside = 0
+    for i in range(400):
+        assert env.observation_space.contains(obs), obs
+        assert np.all(np.abs(obs) <= 1.0)
+        lo_x, hi_x, lo_y, hi_y = obs[4:8]
+        assert lo_x <= hi_x and lo_y <= hi_y
+        if i % 4 == 0:  # the middle of the reported interval, no vertical move
+            a = np.array([(lo_x + hi_x) / 2, (lo_y + hi_y) / 2, 0.0], np.float32)
+            obs, _, term, trunc, info = env.step(a)
+            inside += info["valid"] or info["reason"] in ("overlap", "not_visible")
+        else:
+            a = rng.choice([-1.0, 1.0], 3) if i % 7 == 0 else rng.uniform(-1, 1, 3)
+            obs, _, term, trunc, info = env.step(a.astype(np.float32))
+        if term or trunc:
+            obs, _ = env.reset()
+    assert inside == 100  # never off the surface or out of bounds inside the interval
+
+
+def test_distinct_layouts_and_move_size(backend):
+    env = make(backend, t0=50, swap_prob=0.0)
+    env.reset(seed=6)
+    _, _, _, _, info = env.step(np.zeros(3, np.float32))   # stays put: valid, first frame
+    assert info["valid"] and info["distinct"] and info["move"] == 0.0
+    _, _, _, _, info = env.step(np.array([0, 0, 0.05], np.float32))  # lifted 3 cm, lands again
+    assert info["valid"] and not info["distinct"] and info["move"] < 1e-3
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        _, _, _, _, info = env.step(rng.uniform(-0.3, 0.3, 3).astype(np.float32))
+        if info["valid"] and info["move"] > 0.01:
+            break
+    assert info["distinct"] and info["move"] > 0.01
+    f = env.frames
+    assert same_layout(f[0].state, f[1].state) and not same_layout(f[1].state, f[-1].state)
+
+
+def test_step_feedback_rewards_every_valid_step(backend):
+    seen = []
+
+    def score(frame):
+        seen.append(frame.step)
+        return 0.25 * frame.step
+
+    env = Rls3Env(backend, EnvConfig(t0=3, image_size=16), step_feedback=score)
+    env.reset(seed=0)
+    while True:
+        _, r, term, trunc, info = env.step(env.action_space.sample() * 0.2)
+        if info["valid"]:
+            assert r == pytest.approx(1.0 + 0.25 * info["frame"].step)
+            assert info["extrinsic"] == pytest.approx(0.25 * info["frame"].step)
+        else:
+            assert r == -1.0 and info["extrinsic"] == 0.0
+        if term or trunc:
+            break
+    assert len(seen) == 3
+    with pytest.raises(ValueError, match="not both"):
+        Rls3Env(backend, EnvConfig(t0=3), feedback=lambda f: 0.0, step_feedback=score)
+    with pytest.raises(ValueError, match="observation"):
+        EnvConfig(observation="pixels")
 
 
 def test_determinism(backend):

@@ -32,6 +32,7 @@ def tiny_config(root: Path, **over) -> Config:
         "data.dir": str(root / "data"), "data.val_size": 6, "data.test_size": 6,
         "runs_dir": str(root / "runs"), "progress": False,
         "backend.train_scenes": ["kitchen", "bedroom"], "backend.test_scenes": ["test_kitchen"],
+        "loop.feedback": "episode", "loop.reward_norm": "none", "loop.beta": 10.0,
     }
     values.update(over)
     return preset("quick").override(values)
@@ -421,3 +422,47 @@ def test_disk_full_while_saving_is_named_cleaned_up_and_resumable(sac_run, root,
     assert res.iterations == 2
     assert comparable(read_metrics(d)) == comparable(read_metrics(sac_run.run_dir))
     _same_weights(d, sac_run.run_dir)
+
+
+def test_running_norm_standardises_and_round_trips():
+    from rls3.loop import RunningNorm
+
+    xs = [3.0, 5.0, 4.0, 10.0, 4.5]
+    n = RunningNorm()
+    out = [n(x) for x in xs]
+    assert out[0] == 0.0
+    import numpy as np
+
+    for k in range(2, len(xs) + 1):  # standardised by the mean/std of the values so far
+        seen = np.array(xs[:k])
+        assert out[k - 1] == pytest.approx((seen[-1] - seen.mean()) / seen.std(ddof=1))
+    m = RunningNorm(json.loads(json.dumps(n.state())))
+    assert m(7.0) == n(7.0) and m.state() == n.state()
+
+
+def test_sample_feedback_with_running_norm_resumes_bit_identically(root):
+    """loop.feedback=sample, loop.reward_norm=running, env.observation=relative: the metrics
+    carry every valid frame's hardness, and a run interrupted in iteration 2 resumes to the
+    uninterrupted metrics and weights (the running statistics come back from the checkpoint)."""
+    over = {"loop.feedback": "sample", "loop.reward_norm": "running",
+            "env.observation": "relative", "agent.gamma": 0.0}
+    full = run(tiny_config(root, **over), run_dir=root / "runs" / "sample_full")
+    recs = read_metrics(full.run_dir)
+    for r in recs[1:]:
+        assert r["feedback_mode"] == "sample" and r["feedback_j2"] is None
+        assert r["hardness_n"] == r["valid"] and r["hardness_mean"] > 0
+        assert 0 < r["yield_distinct"] <= r["yield"] and r["move_median"] >= 0
+        assert set(r["hardness_by_term"]) <= set(r["terms_generated"])
+    state = json.loads((latest_checkpoint(full.run_dir) / "state.json").read_text())
+    assert state["reward_norm"]["count"] == sum(r["valid"] for r in recs[1:])
+
+    def interrupt(iteration, phase):
+        if (iteration, phase) == (2, "finetune"):
+            raise KeyboardInterrupt
+
+    d = root / "runs" / "sample_interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(root, **over), run_dir=d, on_phase=interrupt)
+    resume(d)
+    assert comparable(read_metrics(d)) == comparable(recs)
+    _same_weights(d, full.run_dir)

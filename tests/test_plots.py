@@ -163,3 +163,40 @@ def test_report_leads_with_the_test_answer(runs: list[Path], tmp_path: Path) -> 
     m, lo, hi = mean_interval([0.1, 0.2, 0.3])
     assert m == pytest.approx(0.2) and lo < 0.1 and hi > 0.3      # t(2) = 4.30 is wide
     assert mean_interval([0.2]) == (0.2, None, None)
+
+
+def _with_hardness(run: Path, base: float, mode: str) -> Path:
+    """Give a synthetic run the loop's hardness fields (hardness = base + iteration / 10)."""
+    mf = run / "metrics.jsonl"
+    recs = [json.loads(line) for line in mf.read_text().splitlines()]
+    for r in recs:
+        if r["iteration"] > 0:
+            h = base + r["iteration"] / 10
+            r.update(feedback_mode=mode, hardness_mean=h, hardness_std=0.1, hardness_n=128,
+                     hardness_by_term={"left": h, "above": h + 1}, distinct=100,
+                     yield_distinct=100 / r["steps"])
+    mf.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return run
+
+
+def test_hardness_figure_plots_each_agent_and_feedback_mode(tmp_path: Path, monkeypatch) -> None:
+    runs = ([_with_hardness(make_run(tmp_path / "a", "sac", s, 3), 2.0, "sample")
+             for s in range(2)]
+            + [_with_hardness(make_run(tmp_path / "b", "random", s, 3), 1.0, "episode")
+               for s in range(2)])
+    figs = []
+    monkeypatch.setattr(plots, "_finish", lambda fig, out, name: figs.append(fig) or Path(name))
+    plots.plot_hardness(runs, tmp_path / "fig")
+    left, right = figs[0].axes[:2]
+    lines = {ln.get_label(): ln for ln in left.get_lines()}
+    assert set(lines) == {"sac-sample (n=2)", "random (n=2)"}
+    assert list(lines["sac-sample (n=2)"].get_ydata()) == pytest.approx([2.1, 2.2, 2.3])
+    assert list(lines["random (n=2)"].get_xdata()) == [1, 2, 3]
+    bars = {c.get_label(): [p.get_height() for p in c.patches] for c in right.containers}
+    # terms sorted (above, left); later half of iterations 1-3 = iterations 2 and 3
+    assert bars["sac-sample"] == pytest.approx([3.25, 2.25])
+    assert bars["random"] == pytest.approx([2.25, 1.25])
+    plots.plot_yield(runs, tmp_path / "fig")
+    dotted = [ln for ln in figs[1].axes[0].get_lines() if ln.get_linestyle() == ":"]
+    assert {ln.get_label() for ln in dotted} == {"sac-sample: distinct layouts",
+                                                 "random: distinct layouts"}

@@ -69,11 +69,15 @@ Answer: Unity -> Python, the next decision step
 
     {"scene_index": 0, "scene_name": "kitchen",
      "objects": [{"name": "mug", "position": [x, y, z], "rotation": [rx, ry, rz],
-                  "surface": "counter/0"}, ... three ...],
+                  "surface": "counter/0", "size": [sx, sy, sz]}, ... three ...],
      "surfaces": [{"name": "counter/0", "center": [x, y, z_top], "size": [sx, sy, thickness]}],
      "camera": {"position": [x, y, z], "rotation": [roll, pitch, yaw], "fov_y": 60.0,
                 "width": 224, "height": 224},
      "bounds": [[xmin, ymin, zmin], [xmax, ymax, zmax]]}
+
+  An object's ``size`` (its world-axis-aligned bounding box, optional: the ``relative``
+  observation estimates it from the object's height without it) is the one field a player may
+  leave out.
 
   Object positions are bounding-box centres; surfaces are axis-aligned, ``center`` is the centre
   of the top face; angles in radians, ``fov_y`` in degrees (vertical).

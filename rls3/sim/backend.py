@@ -139,7 +139,8 @@ class SimBackend:
     def state(self) -> SceneState:
         w = self._world()
         objs = tuple(ObjectPose(s.name, tuple(map(float, s.base + (0, 0, w.bodies[s.name].extents[2] / 2))),
-                                (0.0, 0.0, float(s.yaw)), s.surface) for s in w.slots)
+                                (0.0, 0.0, float(s.yaw)), s.surface, _aabb_size(w.bodies[s.name].extents, s.yaw))
+                     for s in w.slots)
         sx, sy, sz = w.spec.room
         return SceneState(self._index, w.spec.name, objs, w.surfaces, self._camera(w),
                           ((-sx / 2, -sy / 2, 0.0), (sx / 2, sy / 2, sz)))
@@ -373,6 +374,12 @@ def _aabb_half(extents: np.ndarray, yaw: float) -> tuple[float, float]:
     """Half sizes (x, y) of the world-aligned box around a footprint turned by `yaw`."""
     c, s = abs(math.cos(yaw)), abs(math.sin(yaw))
     return (c * extents[0] + s * extents[1]) / 2, (s * extents[0] + c * extents[1]) / 2
+
+
+def _aabb_size(extents: np.ndarray, yaw: float) -> tuple[float, float, float]:
+    """Size (x, y, z) of the world-aligned bounding box of an object turned by `yaw`."""
+    hx, hy = _aabb_half(extents, yaw)
+    return (float(2 * hx), float(2 * hy), float(extents[2]))
 
 
 def _walls(sx: float, sy: float, sz: float) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float]]]:

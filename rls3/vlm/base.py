@@ -15,10 +15,14 @@ class Feedback:
     """Per-sample VLM performance on one episode and the scalar J2 the loop multiplies by beta.
 
     `per_sample` is the contrastive loss (CLIP-type) or the S_PG score (PaliGemma) of each sample.
+    `hardness` is each sample's own difficulty, independent of what else shares the call (the
+    per-sample feedback reward): for CLIP-type models the 3-way loss of its caption against its two
+    hard negatives, for PaliGemma 6 - S_PG.
     """
 
     per_sample: tuple[float, ...]
     j2: float
+    hardness: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,18 @@ def hard_negative_correct(image_emb: torch.Tensor, text_emb: torch.Tensor,
     return wins.all(dim=1)
 
 
+def hard_negative_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, index: torch.Tensor,
+                       scale: torch.Tensor | float) -> torch.Tensor:
+    """(N,) cross-entropy of each image's caption against its own present hard negatives (0 when
+    it has none): a sample's difficulty that does not depend on the rest of its batch."""
+    img = F.normalize(image_emb.float(), dim=-1)
+    txt = F.normalize(text_emb.float(), dim=-1)
+    index = index.to(img.device)
+    logits = scale * (img[:, None, :] * txt[index.clamp(min=0)]).sum(-1)   # (N, 3)
+    logits = logits.masked_fill(index < 0, float("-inf"))
+    return torch.logsumexp(logits, dim=1) - logits[:, 0]
+
+
 def _select_rows(cache: Any, rows: torch.Tensor) -> Any:
     if isinstance(cache, torch.Tensor):
         return cache[rows]
@@ -312,12 +324,13 @@ class ContrastiveVLM:
 
     @torch.no_grad()
     def _score(self, samples: Sequence[Sample], desc: str, memo: bool = False,
-               keep: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Per-sample loss and hard-negative correctness, group by group of `batch_size`;
+               keep: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-sample loss, hard-negative correctness and hard-negative loss (`hardness`), group
+        by group of `batch_size`;
         `memo` caches the frozen-prefix outputs of the groups (for sets evaluated repeatedly),
         `keep` each sample's image-prefix row for the next `finetune`."""
         self.module.eval()
-        losses, correct = [], []
+        losses, correct, hard = [], [], []
         t0 = time.perf_counter()
         with progress(len(samples), desc, self.progress) as bar:
             for sl in batches(len(samples), self.batch_size):
@@ -328,13 +341,16 @@ class ContrastiveVLM:
                 with autocast(self.device, self.dtype):
                     img = self.image_suffix(img_h).float()
                     txt = self.text_suffix(txt_h).float()
-                losses.append(contrastive_loss(img, txt, table.index, self.logit_scale().float()))
+                scale = self.logit_scale().float()
+                losses.append(contrastive_loss(img, txt, table.index, scale))
                 correct.append(hard_negative_correct(img, txt, table.index))
+                hard.append(hard_negative_loss(img, txt, table.index, scale))
                 bar.update(len(chunk))
         dt = time.perf_counter() - t0
         log.debug("%s: %d samples in %.2fs (%.1f samples/s)", desc, len(samples), dt,
                   len(samples) / max(dt, 1e-9))
-        return torch.cat(losses).cpu().numpy(), torch.cat(correct).cpu().numpy()
+        return (torch.cat(losses).cpu().numpy(), torch.cat(correct).cpu().numpy(),
+                torch.cat(hard).cpu().numpy())
 
     def _keep_prefix(self, chunk: Sequence[Sample], img_h: Any) -> None:
         """Remember each sample's image-prefix row (up to `feedback_cache_samples`)."""
@@ -370,19 +386,21 @@ class ContrastiveVLM:
 
     # ----------------------------------------------------------------- VLM Protocol
     def feedback(self, samples: Sequence[Sample]) -> Feedback:
-        """Per-sample contrastive loss of the episode's samples; J2 = (mean loss)**2."""
+        """Per-sample contrastive loss of the episode's samples; J2 = (mean loss)**2; hardness:
+        each sample's loss against its own hard negatives."""
         if not samples:
             raise ValueError("feedback needs at least one sample")
-        losses, _ = self._score(list(samples), f"{self.name} feedback", keep=True)
+        losses, _, hard = self._score(list(samples), f"{self.name} feedback", keep=True)
         mean = float(np.mean(losses, dtype=np.float64))
-        return Feedback(per_sample=tuple(float(v) for v in losses), j2=mean * mean)
+        return Feedback(per_sample=tuple(float(v) for v in losses), j2=mean * mean,
+                        hardness=tuple(float(v) for v in hard))
 
     def evaluate(self, samples: Sequence[Sample]) -> Metrics:
         """Hard-negative accuracy overall / per term / per complexity, and the mean loss."""
         samples = list(samples)
         if not samples:
             raise ValueError("evaluate needs at least one sample")
-        losses, correct = self._score(samples, f"{self.name} eval", memo=True)
+        losses, correct, _ = self._score(samples, f"{self.name} eval", memo=True)
         score, per_term, per_cx = breakdown(correct.astype(float).tolist(),
                                             [s.description for s in samples])
         return Metrics(score=score, per_term=per_term, per_complexity=per_cx,

@@ -236,13 +236,15 @@ class PaliGemmaVLM:
 
     # VLM Protocol ------------------------------------------------------------------------------
     def feedback(self, samples: Sequence[Sample]) -> Feedback:
-        """Per-sample S_PG of the generated answers; J2 = (6 - mean S_PG)**2."""
+        """Per-sample S_PG of the generated answers; J2 = (6 - mean S_PG)**2; hardness: 6 - S_PG
+        of each sample."""
         samples = list(samples)
         if not samples:
             raise ValueError("feedback needs at least one sample")
         _, scores, _ = self._score(samples, f"{self.name} feedback", with_loss=False)
         mean = float(np.mean(scores))
-        return Feedback(per_sample=tuple(float(s) for s in scores), j2=(S_MAX + 1 - mean) ** 2)
+        return Feedback(per_sample=tuple(float(s) for s in scores), j2=(S_MAX + 1 - mean) ** 2,
+                        hardness=tuple(float(S_MAX + 1 - s) for s in scores))
 
     def evaluate(self, samples: Sequence[Sample]) -> Metrics:
         """Mean S_PG overall / per term / per complexity; `loss`: mean answer-token loss."""

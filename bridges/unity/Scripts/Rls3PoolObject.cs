@@ -43,7 +43,7 @@ namespace Rls3.Bridge
             Physics.SyncTransforms();
         }
 
-        /// <summary>The rls3 ObjectPose record: AABB centre, rotation (0, 0, yaw), surface.</summary>
+        /// <summary>The rls3 ObjectPose record: AABB centre, rotation (0, 0, yaw), surface, AABB size.</summary>
         public void WriteJson(Rls3Json j)
         {
             j.BeginObject()
@@ -51,6 +51,7 @@ namespace Rls3.Bridge
                 .Key("position").Vec(Rls3Frame.ToRls3(WorldBounds.center))
                 .Key("rotation").Vec(new Vector3(0f, 0f, Rls3Frame.YawToRls3(transform.eulerAngles.y)))
                 .Key("surface").Value(SurfaceName)
+                .Key("size").Vec(Rls3Frame.ToRls3(WorldBounds.size))
                 .EndObject();
         }
     }
