@@ -5,7 +5,10 @@ One iteration:
   1. E episodes, each until T0 valid frames. On an episode's completing step the env calls the
      `EpisodeCollector`: it captions the T0 frames, asks the VLM for feedback (J2) and returns
      beta * J2 as extrinsic reward (SAC learns from it; the random agent ignores it), then keeps
-     round(eta * T0) of the frames, drawn without replacement, for the fine-tuning batch.
+     round(eta * T0) of the frames, drawn without replacement, for the fine-tuning batch. With
+     `loop.feedback: sample` (a departure) every valid frame is captioned and scored on its own
+     step instead and beta * its hardness is that step's extrinsic reward; `loop.reward_norm:
+     running` standardises J2 / hardness first (`RunningNorm`, saved in the checkpoint).
      Episodes cut by the env's step cap produce no feedback and no batch samples, but their steps
      count as generated data.
   2. The VLM is fine-tuned K epochs (CLIP-type) / K steps (PaliGemma) on the E * eta * T0 batch
