@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
-from tqdm.auto import tqdm
 
 from rls3.config import AgentConfig
 from rls3.env import Rls3Env
 from rls3.manifest import manifest_problems, write_manifest
+from rls3.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,7 @@ class _StepProgress(BaseCallback):
 
     def __init__(self, total: int, enabled: bool) -> None:
         super().__init__(verbose=0)
-        self.bar = tqdm(total=total, desc="pretrain SAC", unit="step", leave=False,
-                        disable=not enabled, dynamic_ncols=True)
+        self.bar = progress_bar(total=total, desc="pretrain SAC", unit="step", enabled=enabled)
 
     def _on_step(self) -> bool:
         self.bar.update(1)
@@ -293,7 +292,8 @@ def pretrain_key(cfg: AgentConfig, env: Rls3Env, seed: int, backend_name: str) -
 
 def pretrained_folder(cfg: AgentConfig, key: Mapping[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cfg.pretrained_dir) / f"sac-{key['backend']}-{digest}"
+    base = Path(cfg.pretrained_dir) if cfg.pretrained_dir else Path("runs") / "_pretrained"
+    return base / f"sac-{key['backend']}-{digest}"
 
 
 def pretrained_sac(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,

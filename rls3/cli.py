@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rls3.config import AGENTS, BACKENDS, PRESETS, Config, ConfigError, preset
+from rls3.config import (AGENTS, BACKENDS, PRESETS, Config, ConfigError, backend_identity,
+                         preset)
 
 log = logging.getLogger("rls3.cli")
 EXIT_USAGE = 2
@@ -237,13 +239,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for split, backend_split, n in jobs:
         if args.split not in (split, "both"):
             continue
-        backend = make_backend(cfg.backend, backend_split)
+        backend = make_backend(cfg.backend_config(), backend_split)
+        key = backend_identity(cfg.backend)
         try:
-            folder = fixed_set_dir(cfg.data.dir, split, cfg.backend.name, backend.scene_names, n,
+            folder = fixed_set_dir(cfg.data.dir, split, key, backend.scene_names, n,
                                    cfg.env.image_size, cfg.data.seed)
             existed = folder.exists() and not args.force
             ensure_fixed_set(folder, backend, split, n, cfg.env.image_size, cfg.data.seed,
-                             cfg.backend.name, force=args.force, progress=not args.quiet)
+                             key, force=args.force, progress=not args.quiet)
         finally:
             backend.close()
         print(f"{split}: {folder} ({n} samples{', already there' if existed else ''})")
@@ -325,6 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    if args.quiet or not sys.stderr.isatty():
+        # transformers' own bars ("Loading weights", "Writing model shards") read this when
+        # first imported; rls3's bars print plain lines when stderr is not a terminal
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from rls3.bridges.errors import UnityBridgeError
     from rls3.data import DatasetError
     from rls3.loop import RunDirError

@@ -15,6 +15,7 @@ test scenes, and SAC pre-trained for 100k steps on the intrinsic reward.
 from __future__ import annotations
 
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -221,15 +222,15 @@ class AgentConfig:
     """The data-generation agent: "sac" (stable-baselines3 SAC, MlpPolicy) or "random".
 
     SAC is first pre-trained for `pretrain_steps` on the intrinsic reward alone with rendering off;
-    the result is cached under `pretrained_dir` keyed by scenes, env settings, SAC settings and seed
-    and reused by later runs. `torch_threads` is torch's thread count while SAC collects and trains
-    (small MLPs gain nothing from more and lose a lot under CPU contention). The other fields are
-    SAC's constructor arguments.
+    the result is cached under `pretrained_dir` (None: `<runs_dir>/_pretrained`) keyed by scenes,
+    env settings, SAC settings and seed and reused by later runs. `torch_threads` is torch's
+    thread count while SAC collects and trains (small MLPs gain nothing from more and lose a lot
+    under CPU contention). The other fields are SAC's constructor arguments.
     """
 
     name: str = "sac"
     pretrain_steps: int = 100_000
-    pretrained_dir: str = "runs/_pretrained"
+    pretrained_dir: str | None = None
     learning_rate: float = 3e-4
     buffer_size: int = 1_000_000
     batch_size: int = 256
@@ -262,12 +263,11 @@ class AgentConfig:
         _require(self.target_entropy is None or math.isfinite(self.target_entropy),
                  "agent.target_entropy", self.target_entropy,
                  "null (SB3's 'auto', -3) or a finite number of nats")
-        ok = self.ent_coef == "auto" or self.ent_coef.startswith("auto_")
-        if not ok:
-            try:
-                ok = float(self.ent_coef) > 0
-            except ValueError:
-                ok = False
+        number = self.ent_coef[5:] if self.ent_coef.startswith("auto_") else self.ent_coef
+        try:
+            ok = self.ent_coef == "auto" or 0 < float(number) < math.inf
+        except ValueError:
+            ok = False
         _require(ok, "agent.ent_coef", self.ent_coef, "'auto', 'auto_<init>' or a positive number")
 
 
@@ -310,6 +310,36 @@ class Config:
         _require(0 <= self.seed < 2**31, "seed", self.seed, "an integer in [0, 2**31)")
         _require(round(self.loop.eta * self.env.t0) >= 1, "loop.eta", self.loop.eta,
                  f"large enough that eta * t0 (t0={self.env.t0}) keeps at least one sample")
+
+    def resolved(self, cwd: str | Path | None = None) -> Config:
+        """This config with its paths absolute (relative ones taken from `cwd`, default the
+        current directory) and `agent.pretrained_dir` None made `<runs_dir>/_pretrained`: what
+        a run directory records, so that it means the same from wherever it is resumed."""
+        base = Path(cwd) if cwd is not None else Path.cwd()
+
+        def absolute(p: str) -> str:
+            return os.path.abspath(base / os.path.expanduser(p))
+
+        runs = absolute(self.runs_dir)
+        pre = absolute(self.agent.pretrained_dir) if self.agent.pretrained_dir else \
+            os.path.join(runs, "_pretrained")
+        loop = replace(self.loop, budget_from=absolute(self.loop.budget_from)) \
+            if self.loop.budget_from else self.loop
+        return replace(self, runs_dir=runs, data=replace(self.data, dir=absolute(self.data.dir)),
+                       agent=replace(self.agent, pretrained_dir=pre), loop=loop)
+
+    def backend_config(self, log_folder: str | Path | None = None) -> BackendConfig:
+        """The backend settings a run uses: a backend that renders at a size of its own (Unity)
+        is asked for the env's image size, and one that writes logs of its own writes them into
+        `log_folder`, unless its options say otherwise."""
+        options = dict(self.backend.options)
+        image = BACKEND_IMAGE_OPTIONS.get(self.backend.name)
+        if image is not None:
+            options.setdefault(image, self.env.image_size)
+        logs = BACKEND_LOG_OPTIONS.get(self.backend.name)
+        if logs is not None and log_folder is not None:
+            options.setdefault(logs, str(log_folder))
+        return replace(self.backend, options=options)
 
     @property
     def env_config(self) -> EnvConfig:
@@ -462,14 +492,46 @@ def preset(name: str) -> Config:
 
 # ------------------------------------------------------------------------------------ registries
 BackendFactory = Callable[[BackendConfig, str], SceneBackend]
+BackendCheck = Callable[[BackendConfig], None]
 #: Scene backends by name: factory(backend_config, split) -> SceneBackend, split "train"/"test".
 BACKENDS: dict[str, BackendFactory] = {}
+#: Optional checks of a backend's config that run before anything is built or written.
+BACKEND_CHECKS: dict[str, BackendCheck] = {}
+#: Backends that render at a size set through an option: backend name -> option name.
+BACKEND_IMAGE_OPTIONS: dict[str, str] = {}
+#: Backends that write logs of their own into a folder option: backend name -> option name.
+BACKEND_LOG_OPTIONS: dict[str, str] = {}
+#: Backends whose scenes come from an artefact outside rls3: name -> identity(backend_config).
+BACKEND_IDENTITIES: dict[str, Callable[[BackendConfig], str]] = {}
 
 
-def register_backend(name: str, factory: BackendFactory) -> None:
+def register_backend(name: str, factory: BackendFactory, check: BackendCheck | None = None,
+                     image_option: str | None = None,
+                     identity: Callable[[BackendConfig], str] | None = None,
+                     log_option: str | None = None) -> None:
     """Make `backend.name: <name>` (and `rls3 run --backend <name>`) build backends with
-    `factory(backend_config, split)`."""
+    `factory(backend_config, split)`; `check(backend_config)` (raising ConfigError) vets scene,
+    object and option names up front; `image_option` names the option that sets the rendered
+    image size (a run fills it with `env.image_size`); `identity(backend_config)` names what the
+    scenes come from (a build file), so cached data sets and pre-trained agents of another build
+    are not reused; `log_option` names a folder option for the backend's own logs (a run points
+    it into its run directory)."""
     BACKENDS[name] = factory
+    if check is not None:
+        BACKEND_CHECKS[name] = check
+    if image_option is not None:
+        BACKEND_IMAGE_OPTIONS[name] = image_option
+    if identity is not None:
+        BACKEND_IDENTITIES[name] = identity
+    if log_option is not None:
+        BACKEND_LOG_OPTIONS[name] = log_option
+
+
+def backend_identity(cfg: BackendConfig) -> str:
+    """The key caches use for a backend: its name, plus the identity of its scene source when it
+    has one (e.g. ``unity-3f2a9c1e`` for a Unity build's path, size and modification time)."""
+    fn = BACKEND_IDENTITIES.get(cfg.name)
+    return cfg.name if fn is None else f"{cfg.name}-{fn(cfg)}"
 
 
 def make_backend(cfg: BackendConfig, split: str) -> SceneBackend:
@@ -496,8 +558,125 @@ def _unity_backend(cfg: BackendConfig, split: str) -> SceneBackend:
     return unity_backend_factory(cfg, split)
 
 
-register_backend("sim", _sim_backend)
-register_backend("unity", _unity_backend)
+def _sim_check(cfg: BackendConfig) -> None:
+    """Scene names, object names and options of the embedded simulator."""
+    import inspect
+
+    from rls3.assets import AssetError, load_catalog
+    from rls3.sim import SimBackend
+    from rls3.sim.world import list_scenes, resolve_scene
+
+    allowed = [p for p in inspect.signature(SimBackend.__init__).parameters
+               if p not in ("self", "scenes", "objects", "shadows", "catalog")]
+    bad = sorted(set(cfg.options) - set(allowed))
+    _require(not bad, "backend.options", cfg.options,
+             f"options the sim backend takes (allowed: {allowed or 'none'}; unknown: {bad})")
+    for key in ("train_scenes", "test_scenes"):
+        v = getattr(cfg, key)
+        names = list_scenes(v) if v in ("train", "test") else [v] if isinstance(v, str) else v
+        for name in names:
+            try:
+                resolve_scene(name)
+            except ValueError as e:
+                raise ConfigError(f"invalid backend.{key}={v!r}: {e}") from e
+    if cfg.objects is not None:
+        try:
+            known = sorted(e.id for e in load_catalog().entries if e.kind == "object")
+        except AssetError as e:
+            raise ConfigError(f"cannot check backend.objects: {e}") from e
+        bad = [o for o in cfg.objects if o not in known]
+        _require(not bad, "backend.objects", list(cfg.objects),
+                 f"names of catalog objects (unknown: {bad}; known: {known})")
+        _require(len(set(cfg.objects)) == len(cfg.objects), "backend.objects",
+                 list(cfg.objects), "a list without duplicates")
+
+
+def _unity_check(cfg: BackendConfig) -> None:
+    """Option names of the Unity bridge (scene and object names are known only once a player
+    answers)."""
+    try:
+        from rls3.bridges import UNITY_OPTIONS
+    except ImportError as e:
+        raise ConfigError(f"backend.name='unity' needs the Unity extra (mlagents-envs): {e}") \
+            from e
+    bad = sorted(set(cfg.options) - set(UNITY_OPTIONS))
+    _require(not bad, "backend.options", cfg.options,
+             f"options of the unity backend (allowed: {list(UNITY_OPTIONS)}; unknown: {bad})")
+
+
+def _unity_identity(cfg: BackendConfig) -> str:
+    """A Unity build's path, size and modification time (the Editor and the test peer: their
+    name), hashed."""
+    import hashlib
+
+    build = cfg.options.get("build")
+    if cfg.options.get("editor") or not build:
+        what = "editor"
+    elif not os.path.exists(str(build)):
+        what = str(build)      # the test peer's "testpeer[...]" or a path checked at launch
+    else:
+        st = os.stat(build)
+        what = f"{os.path.abspath(build)}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.sha256(what.encode()).hexdigest()[:8]
+
+
+register_backend("sim", _sim_backend, _sim_check)
+register_backend("unity", _unity_backend, _unity_check, image_option="image_size",
+                 identity=_unity_identity, log_option="log_folder")
+
+
+#: share of the available memory SAC's replay buffer may take before a run is refused
+BUFFER_MEMORY_SHARE = 0.8
+
+
+def replay_buffer_bytes(cfg: Config, pool: int = 9, scenes: int | None = None) -> int:
+    """SB3 SAC's replay-buffer size in bytes for `cfg` (float32 observations and next
+    observations, actions, reward, done and timeout flags per transition)."""
+    from rls3.env import OBS_SIZE, relative_size
+
+    if scenes is None:
+        v = cfg.backend.train_scenes
+        scenes = 5 if v == "train" else 1 if isinstance(v, str) else len(v)
+    obs = relative_size(pool, scenes) if cfg.env.observation == "relative" else OBS_SIZE
+    return int(cfg.agent.buffer_size) * (2 * obs + 3 + 3) * 4
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (MemAvailable), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_runnable(cfg: Config) -> None:
+    """What can be checked before a run directory is made: the backend's scene/object/option
+    names, the VLM's options against its adapter, and whether SAC's replay buffer fits in
+    memory. Raises ConfigError naming the key."""
+    check = BACKEND_CHECKS.get(cfg.backend.name)
+    if check is not None:
+        check(cfg.backend)
+    from rls3.vlm import check_vlm_options, get_vlm_config
+
+    kw = cfg.vlm.build_kwargs()
+    options = {**get_vlm_config(cfg.vlm.name).options,
+               **{k: v for k, v in kw.items() if k not in ("weights", "device", "dtype")}}
+    try:
+        check_vlm_options(cfg.vlm.name, options)
+    except ValueError as e:
+        raise ConfigError(f"invalid vlm.options={cfg.vlm.options!r}: {e}") from e
+    if cfg.agent.name == "sac":
+        pool = len(cfg.backend.objects) if cfg.backend.objects is not None else 9
+        need, have = replay_buffer_bytes(cfg, pool), available_memory()
+        if have is not None and need > BUFFER_MEMORY_SHARE * have:
+            raise ConfigError(
+                f"invalid agent.buffer_size={cfg.agent.buffer_size}: SAC's replay buffer would "
+                f"take {need / 2**30:.1f} GiB, more than {BUFFER_MEMORY_SHARE:.0%} of the "
+                f"{have / 2**30:.1f} GiB available; lower it (it needs no more than "
+                f"agent.pretrain_steps plus the run's env steps)")
 
 
 def known_vlms() -> tuple[str, ...]:
@@ -534,7 +713,12 @@ def _deep_merge(base: dict[str, Any], new: Mapping[str, Any], prefix: str) -> di
             allowed = ", ".join(base)
             where = f"section {prefix[:-1]!r}" if prefix else "the top level"
             raise ConfigError(f"unknown key {name!r}; allowed keys in {where}: {allowed}")
-        if isinstance(base[key], dict) and isinstance(value, Mapping) and key != "options":
+        if isinstance(base[key], dict) and isinstance(value, Mapping) and key == "options":
+            # free-form options merge key by key (`--set backend.options.image_size=64` keeps
+            # the build path); a null value removes an option
+            merged = {**base[key], **value}
+            out[key] = {k: v for k, v in merged.items() if v is not None}
+        elif isinstance(base[key], dict) and isinstance(value, Mapping):
             out[key] = _deep_merge(base[key], value, f"{name}.")
         else:
             out[key] = value
@@ -599,10 +783,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"invalid {key}={value!r}: must be true or false")
         return value
     if tp in (int, float) and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-5" as a string
+        try:  # YAML 1.1 reads "1e-5" (and "1e12") as a string
             value = float(value) if tp is float else int(value)
         except ValueError:
-            pass
+            try:
+                value = float(value)
+            except ValueError:
+                pass
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
@@ -612,6 +799,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"invalid {key}={value!r}: must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"invalid {key}={value!r}: must be a finite number")
         return float(value)
     if tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith(

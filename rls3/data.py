@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 import rls3
 from rls3.captions import describe
+from rls3.progress import progress_bar
 from rls3.sample import Sample
 from rls3.scene import SceneBackend, SceneState
 
@@ -153,8 +153,8 @@ def _scan(folder: Path, load: bool, progress: bool) -> tuple[list[Sample], list[
     except UnicodeDecodeError as e:
         raise DatasetError(folder, [f"{METADATA_FILE} is not UTF-8 text ({e})"]) from e
     records = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
-    for lineno, line in tqdm(records, desc=f"read {folder.name}", unit="img", leave=False,
-                             disable=not progress):
+    for lineno, line in progress_bar(records, desc=f"read {folder.name}", unit="img",
+                                     enabled=progress):
         where = f"{METADATA_FILE} line {lineno}"
         try:
             rec = json.loads(line)
@@ -229,7 +229,7 @@ def generate_samples(backend: SceneBackend, n: int, image_size: int, seed: int,
     rng = np.random.default_rng(seed)
     n_scenes = len(backend.scene_names)
     out = []
-    for k in tqdm(range(n), desc=desc, unit="img", leave=False, disable=not progress):
+    for k in progress_bar(range(n), desc=desc, unit="img", enabled=progress):
         state = backend.load_scene(k % n_scenes, seed=int(rng.integers(2**31 - 1)))
         image = backend.render(image_size, image_size)
         out.append(make_sample(image, state, rng))

@@ -61,11 +61,12 @@ from tqdm.auto import tqdm
 
 import rls3
 from rls3.agents import Agent, RandomAgent, SACAgent, build_agent
-from rls3.config import Config, ConfigError, make_backend
+from rls3.config import Config, ConfigError, backend_identity, check_runnable, make_backend
 from rls3.data import (DatasetError, complexity_counts, ensure_fixed_set, fixed_set_dir,
                        make_sample, read_dataset, replace_folder, term_counts, write_dataset)
 from rls3.env import Frame, Rls3Env
 from rls3.manifest import MANIFEST_FILE, manifest_problems, write_manifest
+from rls3.progress import progress_bar
 from rls3.replay import ReplayError, SampleReplay
 from rls3.sample import Sample
 
@@ -609,6 +610,9 @@ class Loop:
                                   f"state but the run's config has loop.replay on (was "
                                   f"{CONFIG_FILE} edited?); nothing was changed")
         self.replay: SampleReplay | None = None
+        # the env's image size reaches a backend that renders at its own size; its logs go here
+        self.backend_cfg = self.cfg.backend_config(log_folder=self.run_dir / "backend_logs")
+        self.backend_key = backend_identity(self.cfg.backend)  # caches: build identity too
 
     @property
     def finished(self) -> bool:
@@ -624,12 +628,12 @@ class Loop:
         out = []
         for split, backend_split, n in (("val", "train", cfg.data.val_size),
                                         ("test", "test", cfg.data.test_size)):
-            backend = make_backend(cfg.backend, backend_split)
+            backend = make_backend(self.backend_cfg, backend_split)
             try:
-                folder = fixed_set_dir(cfg.data.dir, split, cfg.backend.name, backend.scene_names,
+                folder = fixed_set_dir(cfg.data.dir, split, self.backend_key, backend.scene_names,
                                        n, cfg.env.image_size, cfg.data.seed)
                 ensure_fixed_set(folder, backend, split, n, cfg.env.image_size, cfg.data.seed,
-                                 cfg.backend.name, progress=cfg.progress)
+                                 self.backend_key, progress=cfg.progress)
             finally:
                 backend.close()
             out.append(read_dataset(folder, progress=cfg.progress))
@@ -654,9 +658,11 @@ class Loop:
         except KeyboardInterrupt:
             log.warning("interrupted; continue with: rls3 run --resume %s", self.run_dir)
             raise
-        except Exception as e:  # recorded in run.log, then re-raised unchanged
-            log.error("run stopped by %s: %s; the last finished iteration is kept; continue "
-                      "with: rls3 run --resume %s", type(e).__name__, e, self.run_dir)
+        except Exception as e:  # recorded in run.log only (the caller reports it), re-raised
+            handler.handle(log.makeRecord(
+                log.name, logging.ERROR, __file__, 0, "run stopped by %s: %s; the last finished "
+                "iteration is kept; continue with: rls3 run --resume %s",
+                (type(e).__name__, e, self.run_dir), None))
             raise
         finally:
             root.removeHandler(handler)
@@ -682,13 +688,13 @@ class Loop:
                                        cfg.seed)
             if self.ckpt is None:
                 self.state.replay = self.replay.state()
-        backend = make_backend(cfg.backend, "train")
+        backend = make_backend(self.backend_cfg, "train")
         writer = None
         try:
             env = Rls3Env(backend, cfg.env_config, **collector.env_hooks())
             agent: Agent
             if self.ckpt is None:
-                agent = build_agent(cfg.agent.name, env, cfg.agent, cfg.seed, cfg.backend.name,
+                agent = build_agent(cfg.agent.name, env, cfg.agent, cfg.seed, self.backend_key,
                                     progress=cfg.progress)
                 # whatever setup consumed (pretraining or a cache hit, data generation), the
                 # first iteration starts from the same seeded RNG states
@@ -821,8 +827,8 @@ class Loop:
         n_iter = "" if cfg.loop.budget else f"/{cfg.loop.iterations}"
         self._phase(i, "collect")
         t = time.perf_counter()
-        with tqdm(total=cfg.loop.episodes * cfg.env.t0, desc=f"iter {i}{n_iter} collect",
-                  unit="frame", leave=False, disable=not cfg.progress, dynamic_ncols=True) as bar:
+        with progress_bar(total=cfg.loop.episodes * cfg.env.t0, desc=f"iter {i}{n_iter} collect",
+                          unit="frame", enabled=cfg.progress) as bar:
             collector.bar = bar
             bar.set_postfix(collector.postfix(), refresh=False)
             try:
@@ -1052,6 +1058,8 @@ def run(cfg: Config, run_dir: str | Path | None = None,
     if cfg.loop.budget_from and cfg.loop.budget == 0:
         cfg = cfg.override({"loop.budget": budget_from_run(cfg.loop.budget_from,
                                                             cfg.loop.budget_unit)})
+    cfg = cfg.resolved()  # the run records absolute paths: it resumes the same from anywhere
+    check_runnable(cfg)   # nothing is written for a config that cannot run
     d = create_run(cfg, run_dir)
     log.info("run directory %s", d)
     return Loop(d, on_phase=on_phase).run()

@@ -478,15 +478,20 @@ def plot_yield(run_dirs: RunDirs, out_dir: str | Path, name: str = "yield.png") 
     if drawn:
         ax.set_ylim(0, 1.02)
         ax.axhline(0.9, color="0.5", ls="--", lw=0.8, label="target 0.9 (distinct)")
-        ax.set_xlabel("iteration")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("valid samples / env steps")
-        ax.set_title("Valid-sample yield per iteration")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _per_iteration_axes(ax, "valid samples / env steps", "Valid-sample yield per iteration")
     else:
         _empty(ax, "yield")
     return _finish(fig, out_dir, name)
+
+
+def _per_iteration_axes(ax: Any, ylabel: str, title: str) -> None:
+    """Labels, integer iteration ticks, grid and legend of a per-iteration panel."""
+    ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def plot_hardness(run_dirs: RunDirs, out_dir: str | Path, name: str = "hardness.png") -> Path:
@@ -506,12 +511,8 @@ def plot_hardness(run_dirs: RunDirs, out_dir: str | Path, name: str = "hardness.
         _empty(ax, "hardness (no VLM feedback recorded)")
         _empty(bx, "hardness per term")
         return _finish(fig, out_dir, name)
-    ax.set_xlabel("iteration")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("mean hardness of generated samples")
-    ax.set_title("Hardness under the VLM of the moment")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _per_iteration_axes(ax, "mean hardness of generated samples",
+                        "Hardness under the VLM of the moment")
     terms = sorted({t for run in runs for r in run.records for t in
                     (r.get("hardness_by_term") or {})})
     width = 0.8 / max(len(groups), 1)

@@ -181,3 +181,60 @@ def test_unity_bridge_errors_are_one_line_and_logged(tmp_path, capsys, monkeypat
     assert err.count("\n") <= 2 and "UnityDisconnectedError" in err and "--resume" in err
     assert "Traceback" not in err
     assert "run stopped by UnityDisconnectedError" in (d / LOG_FILE).read_text()
+
+
+@pytest.mark.parametrize("override, words", [
+    ("backend.options={bogus: 1}", ["backend.options", "bogus"]),
+    ("backend.train_scenes=[nosuch]", ["backend.train_scenes", "nosuch", "known scenes"]),
+    ("backend.objects=[mug, cup, unicorn]", ["backend.objects", "unicorn"]),
+    ("agent.ent_coef=auto_abc", ["agent.ent_coef", "auto_abc"]),
+    ("agent.buffer_size=1e12", ["agent.buffer_size", "GiB"]),
+    ("loop.beta=.inf", ["loop.beta", "finite"]),
+    ("vlm.options={bogus: 1}", ["vlm.options", "bogus", "allowed"]),
+])
+def test_everything_checkable_is_checked_before_a_run_folder_exists(override, words, tmp_path,
+                                                                    capsys, monkeypatch):
+    """Issue 13, item 3: each of these once passed validation, then left a traceback and a run
+    folder behind."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = call(["run", "-q", "--set", override, "--set", f"runs_dir={tmp_path}/runs"],
+                          capsys)
+    assert code == 2, err
+    line = err.strip()
+    assert "\n" not in line and "Traceback" not in err
+    for w in words:
+        assert w in line, (w, line)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_quiet_output_has_no_banner_and_bars_print_plain_lines(tmp_path, capsys, monkeypatch):
+    """Issue 13, item 9: `-q` shows neither pybullet's banner nor transformers' loading bars, and
+    progress written to a file or pipe is one plain line per update, not carriage returns."""
+    out = subprocess.run([sys.executable, "-m", "rls3.cli", "scenes", "-q", "--size", "32",
+                          "--split", "test", "--out", str(tmp_path / "s.png")],
+                         capture_output=True, text=True, check=True)
+    assert "pybullet" not in out.stdout + out.stderr
+    assert out.stdout.strip().startswith("scenes:") and out.stderr == ""
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    call(["scenes", "-q", "--size", "32", "--split", "test", "--out", tmp_path / "t.png"], capsys)
+    import os
+
+    assert os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"
+    import io
+
+    from rls3 import progress
+
+    buf = io.StringIO()           # not a terminal
+    monkeypatch.setattr(progress.sys, "stderr", buf)
+    monkeypatch.setattr(progress, "LINE_INTERVAL_S", 0.0)
+    with progress.progress_bar(total=3, desc="work", unit="img") as bar:
+        for _ in range(3):
+            bar.update(1)
+    text = buf.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert 2 <= len(lines) <= 5 and lines[-1].startswith("work") and "3/3" in lines[-1]
+    buf.truncate(0)
+    with progress.progress_bar(total=3, desc="off", enabled=False) as bar:
+        bar.update(3)
+    assert buf.getvalue().strip("\x00") == ""

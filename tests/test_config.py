@@ -165,3 +165,34 @@ def test_backend_registry_is_extensible():
 def test_feedback_norm_and_observation_are_checked(assignment, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         preset("quick").override([assignment])
+
+
+def test_backend_options_merge_and_unity_runs_get_size_logs_and_build_identity(tmp_path):
+    """Issue 13, item 7: `--set backend.options.image_size=64` keeps the build path (null
+    removes an option); a Unity run asks the player for the env's image size and logs into the
+    run directory; caches key on the build file's identity."""
+    from rls3.config import backend_identity
+
+    build = tmp_path / "Player.x86_64"
+    build.write_bytes(b"v1")
+    c = preset("quick").override({"backend.name": "unity",
+                                  "backend.options": {"build": str(build), "timeout_s": 30}})
+    c = c.override(["backend.options.image_size=64"])
+    assert c.backend.options == {"build": str(build), "timeout_s": 30, "image_size": 64}
+    assert c.override(["backend.options.timeout_s=null"]).backend.options == {
+        "build": str(build), "image_size": 64}
+    plain = preset("quick").override({"backend.name": "unity",
+                                      "backend.options": {"build": str(build)}})
+    run_cfg = plain.backend_config(log_folder=tmp_path / "logs")
+    assert run_cfg.options == {"build": str(build), "image_size": plain.env.image_size,
+                               "log_folder": str(tmp_path / "logs")}
+    assert c.backend_config().options["image_size"] == 64          # an explicit size stays
+    assert preset("quick").backend_config(log_folder="x") == preset("quick").backend  # sim
+    first = backend_identity(plain.backend)
+    assert first.startswith("unity-") and backend_identity(preset("quick").backend) == "sim"
+    import os
+    import time
+
+    build.write_bytes(b"v2, rebuilt")
+    os.utime(build, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert backend_identity(plain.backend) != first

@@ -318,6 +318,11 @@ def test_tiny_loop_through_the_unity_bridge(sac_run, root, tmp_path):
     ref = read_metrics(sac_run.run_dir)
     assert [r["cum_steps"] for r in recs] == [r["cum_steps"] for r in ref]
     assert [r["cum_valid"] for r in recs] == [r["cum_valid"] for r in ref]
+    # issue 13, item 7: the player rendered at the env's size (nothing resized) and logged into
+    # the run directory; the fixed sets are keyed by the build's identity, not "unity" alone
+    assert "resizing" not in (d / "run.log").read_text()
+    assert any((d / "backend_logs").iterdir())
+    assert all(p.name.startswith("unity-") for p in (tmp_path / "data").iterdir())
 
 
 def test_unity_flags_need_the_unity_backend(tmp_path, capsys):
@@ -466,3 +471,30 @@ def test_sample_feedback_with_running_norm_resumes_bit_identically(root):
     resume(d)
     assert comparable(read_metrics(d)) == comparable(recs)
     _same_weights(d, full.run_dir)
+
+
+def test_relative_paths_are_recorded_absolute_and_resume_from_anywhere(root, tmp_path,
+                                                                      monkeypatch):
+    """Issue 13, item 6: data.dir, runs_dir and the pre-training cache are resolved once when
+    the run is made (the cache under runs_dir unless set); resuming from another directory uses
+    them instead of regenerating them there."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    cfg = tiny_config(root, **{"data.dir": "d", "runs_dir": "r", "agent.pretrained_dir": None,
+                               "loop.iterations": 1})
+
+    def stop(iteration, phase):
+        if (iteration, phase) == (1, "finetune"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, run_dir="r/one", on_phase=stop)
+    saved = load_run_config(here / "r" / "one")
+    assert saved.data.dir == str(here / "d") and saved.runs_dir == str(here / "r")
+    assert saved.agent.pretrained_dir == str(here / "r" / "_pretrained")
+    assert (here / "r" / "_pretrained").is_dir() and (here / "d").is_dir()
+    monkeypatch.chdir(elsewhere)
+    assert resume(here / "r" / "one").iterations == 1
+    assert list(elsewhere.iterdir()) == []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import socket
 import threading
 import time
@@ -128,6 +129,13 @@ class _ThreadConnection:
         self._outbox.close()
 
 
+#: The largest message either side may send (gRPC's default is 4 MB; one PNG camera image of a
+#: 1024-px build is already 1-3 MB).
+MAX_MESSAGE = 256 * 2**20
+SIZE_HINT = (f"(an answer over {MAX_MESSAGE // 2**20} MB, e.g. from a very large "
+             f"--rls3-image-size, is refused by gRPC and ends the connection like this)")
+
+
 class _Servicer(UnityToExternalServicerImplementation):
     """mlagents' servicer on an in-process channel; it also notices a client dropping its pending
     call (what a crashed player does) instead of leaving Python to wait for the timeout."""
@@ -168,7 +176,9 @@ class _Communicator(RpcCommunicator):
         self.check_port(self.port)
         try:
             self.server = grpc.server(thread_pool=ThreadPoolExecutor(max_workers=4),
-                                      options=(("grpc.so_reuseport", 0),))
+                                      options=(("grpc.so_reuseport", 0),
+                                               ("grpc.max_receive_message_length", MAX_MESSAGE),
+                                               ("grpc.max_send_message_length", MAX_MESSAGE)))
             self.unity_to_external = _Servicer()
             add_UnityToExternalProtoServicer_to_server(self.unity_to_external, self.server)
             self.server.add_insecure_port(f"{self.host}:{self.port}")
@@ -299,6 +309,8 @@ class UnityBackend:
             log.warning("no_graphics: a -nographics Unity player renders no camera images; use a "
                         "virtual display (xvfb-run) or a GPU for headless runs that need images")
         args = list(additional_args)
+        if log_folder is not None:   # the player writes -logFile there; it must exist
+            os.makedirs(log_folder, exist_ok=True)
         if image_size is not None:
             args += ["--rls3-image-size", str(int(image_size))]
         self._connect(dict(file_name=build_path, worker_id=worker_id, base_port=self.base_port,
@@ -528,6 +540,8 @@ class UnityBackend:
             msg = self._process(cmd, *self._decision())
         except UnityRemoteError:
             raise
+        except UnityDisconnectedError as e:  # mid-exchange: maybe an answer gRPC refused
+            raise self._fail(type(e)(f"{e} {SIZE_HINT}"), cmd) from e
         except UnityBridgeError as e:
             raise self._fail(e, cmd) from e
         except UnityTimeOutException as e:

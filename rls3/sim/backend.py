@@ -138,11 +138,13 @@ class SimBackend:
 
     def state(self) -> SceneState:
         w = self._world()
-        objs = tuple(ObjectPose(s.name, tuple(map(float, s.base + (0, 0, w.bodies[s.name].extents[2] / 2))),
-                                (0.0, 0.0, float(s.yaw)), s.surface, _aabb_size(w.bodies[s.name].extents, s.yaw))
-                     for s in w.slots)
+        objs = []
+        for s in w.slots:
+            ext = w.bodies[s.name].extents
+            objs.append(ObjectPose(s.name, tuple(map(float, s.base + (0, 0, ext[2] / 2))),
+                                   (0.0, 0.0, float(s.yaw)), s.surface, _aabb_size(ext, s.yaw)))
         sx, sy, sz = w.spec.room
-        return SceneState(self._index, w.spec.name, objs, w.surfaces, self._camera(w),
+        return SceneState(self._index, w.spec.name, tuple(objs), w.surfaces, self._camera(w),
                           ((-sx / 2, -sy / 2, 0.0), (sx / 2, sy / 2, sz)))
 
     def render(self, width: int, height: int) -> np.ndarray:

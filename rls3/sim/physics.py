@@ -7,11 +7,42 @@ penetration test between collision shapes, visibility a ray from the camera to t
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
-import pybullet as p
 import trimesh
+
+
+def _import_pybullet() -> ModuleType:
+    """pybullet prints its build time (C level, on stderr) when imported; import it with file
+    descriptors 1 and 2 pointed at /dev/null so `rls3 -q` and logs stay clean (an import error
+    still surfaces: it is raised after the descriptors are restored)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):      # no usable descriptors: nothing to keep clean
+        import pybullet
+        return pybullet
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        import pybullet
+        ctypes.CDLL(None).fflush(None)   # the banner leaves C's buffers while they point nowhere
+    finally:
+        for fd, copy in ((1, saved[0]), (2, saved[1])):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(null)
+    return pybullet
+
+
+p = _import_pybullet()
 
 PENETRATION_TOL = 0.004  # metres of interpenetration tolerated (numerical contact slack)
 LIFT = 0.002  # objects are placed this far above their support to avoid resting contact

@@ -23,7 +23,7 @@ from typing import Any
 from rls3.vlm.base import VLM, Feedback, Metrics
 
 __all__ = ["VLM", "Feedback", "Metrics", "VLMConfig", "DEFAULT_VLM", "ADAPTERS", "register_vlm",
-           "available_vlms", "get_vlm_config", "build_vlm"]
+           "available_vlms", "get_vlm_config", "check_vlm_options", "build_vlm"]
 
 #: adapter kind -> "module:Class"
 ADAPTERS: Mapping[str, str] = MappingProxyType({
@@ -100,6 +100,19 @@ def _adapter_class(kind: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
+def check_vlm_options(name: str, options: Mapping[str, Any]) -> None:
+    """ValueError when `name` is unknown or `options` holds a keyword its adapter's constructor
+    does not take (the error lists the allowed ones)."""
+    config = get_vlm_config(name)
+    params = inspect.signature(_adapter_class(config.adapter).__init__).parameters
+    allowed = sorted(p for p in params if p not in ("self", "name", "weights", "device", "dtype",
+                                                     "seed", "progress"))
+    bad = sorted(set(options) - set(allowed))
+    if bad:
+        raise ValueError(f"unknown option(s) {bad} for VLM {name!r} ({config.adapter} adapter); "
+                         f"allowed: {allowed}")
+
+
 def build_vlm(name: str = DEFAULT_VLM, *, weights: str | Path | None = None, device: Any = None,
               dtype: Any = None, batch_size: int | None = None, lr: float | None = None,
               seed: int = 0, progress: bool = True, **kw: Any) -> VLM:
@@ -119,12 +132,6 @@ def build_vlm(name: str = DEFAULT_VLM, *, weights: str | Path | None = None, dev
     if lr is not None:
         options["lr"] = lr
     options.update(kw)
-    params = inspect.signature(cls.__init__).parameters
-    allowed = sorted(p for p in params if p not in ("self", "name", "weights", "device", "dtype",
-                                                     "seed", "progress"))
-    bad = sorted(set(options) - set(allowed))
-    if bad:
-        raise ValueError(f"unknown option(s) {bad} for VLM {name!r} ({config.adapter} adapter); "
-                         f"allowed: {allowed}")
+    check_vlm_options(name, options)
     return cls(name, weights=weights if weights is not None else config.weights, device=device,
                dtype=dtype, seed=seed, progress=progress, **options)

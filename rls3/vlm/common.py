@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from rls3.captions import Description
+from rls3.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,9 @@ def batches(n: int, size: int) -> Iterator[slice]:
 
 
 def progress(total: int, desc: str, enabled: bool, unit: str = "img") -> tqdm:
-    """A tqdm bar (counting samples by default); `enabled=False` makes it silent."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False,
-                dynamic_ncols=True)
+    """A progress bar (counting samples by default; `rls3.progress`); `enabled=False` makes it
+    silent."""
+    return progress_bar(total=total, desc=desc, unit=unit, enabled=enabled)
 
 
 def resize_batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:

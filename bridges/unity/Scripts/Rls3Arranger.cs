@@ -28,7 +28,7 @@ namespace Rls3.Bridge
         const int ActionSize = 10;
         const float Snap = 0.05f;          // drop onto a surface at most this far below the target
         const float SurfaceTol = 0.015f;   // landing height must match a surface top within this
-        const float PenetrationTol = 0.005f;
+        const float PenetrationTol = 0.004f; // as the embedded simulator (rls3.sim.physics)
         const float ViewportMargin = 0.04f;
         const int PlaceTries = 400;
 
@@ -72,9 +72,24 @@ namespace Rls3.Bridge
             Academy.Instance.EnvironmentStep(); // blocks on the exchange with Python
         }
 
+        // ML-Agents calls Initialize again after a disable/enable cycle: the channel registered
+        // there must be gone by then, or registering its id a second time throws.
+        protected override void OnDisable()
+        {
+            UnregisterChannel();
+            base.OnDisable();
+        }
+
         void OnDestroy()
         {
-            if (m_Channel != null) SideChannelManager.UnregisterSideChannel(m_Channel);
+            UnregisterChannel();
+        }
+
+        void UnregisterChannel()
+        {
+            if (m_Channel == null) return;
+            SideChannelManager.UnregisterSideChannel(m_Channel);
+            m_Channel = null;
         }
 
         public override void OnEpisodeBegin()
@@ -88,7 +103,7 @@ namespace Rls3.Bridge
             sensor.AddObservation((float)m_Seq);
             sensor.AddObservation((float)m_OpCode);
             sensor.AddObservation(m_Valid ? 1f : 0f);
-            m_Channel.SendJson(MetadataJson());
+            m_Channel?.SendJson(MetadataJson());
         }
 
         public override void OnActionReceived(ActionBuffers actions)
@@ -127,9 +142,25 @@ namespace Rls3.Bridge
         }
 
         // -- operations ----------------------------------------------------------------------------
+        /// <summary>LOAD is all or nothing: on any failure the previous room, slots, poses and
+        /// camera come back before the error is reported, so the next answer's state is the old one.</summary>
         void Load(int index, int? seed)
         {
             if (index < 0 || index >= rooms.Length) throw new ArgumentException($"scene index {index} out of range 0..{rooms.Length - 1}");
+            var before = new Snapshot(this);
+            try
+            {
+                LoadRoom(index, seed);
+            }
+            catch
+            {
+                before.Restore(this);
+                throw;
+            }
+        }
+
+        void LoadRoom(int index, int? seed)
+        {
             var rng = seed.HasValue ? new System.Random(seed.Value) : new System.Random();
             foreach (var o in pool) o.gameObject.SetActive(false);
             for (int i = 0; i < rooms.Length; i++) rooms[i].gameObject.SetActive(i == index);
@@ -137,6 +168,9 @@ namespace Rls3.Bridge
             var room = rooms[index];
             bridgeCamera.transform.SetPositionAndRotation(room.cameraTemplate.transform.position, room.cameraTemplate.transform.rotation);
             bridgeCamera.fieldOfView = room.cameraTemplate.fieldOfView;
+            // images render square into a RenderTexture: the visibility test must use that aspect,
+            // not the screen's
+            bridgeCamera.aspect = (float)cameraSensor.Sensor.Width / cameraSensor.Sensor.Height;
             Physics.SyncTransforms();
             var order = Enumerable.Range(0, pool.Length).ToArray();
             for (int i = 0; i < 3; i++) // partial Fisher-Yates: three distinct pool objects
@@ -144,6 +178,7 @@ namespace Rls3.Bridge
                 int j = i + rng.Next(order.Length - i);
                 (order[i], order[j]) = (order[j], order[i]);
             }
+            for (int s = 0; s < 3; s++) m_Slots[s] = null;
             for (int s = 0; s < 3; s++)
             {
                 var obj = pool[order[s]];
@@ -151,6 +186,55 @@ namespace Rls3.Bridge
                 obj.gameObject.SetActive(true);
                 if (!PlaceRandomly(s, obj, room, rng))
                     throw new InvalidOperationException($"scene {room.sceneName}: found no valid spot for {obj.objectName} in {PlaceTries} tries");
+            }
+        }
+
+        /// <summary>What a failed LOAD puts back: room, slots with their poses and surfaces, camera.</summary>
+        sealed class Snapshot
+        {
+            readonly int m_Room;
+            readonly Rls3PoolObject[] m_Slots;
+            readonly Vector3[] m_Positions = new Vector3[3];
+            readonly Quaternion[] m_Rotations = new Quaternion[3];
+            readonly string[] m_Surfaces = new string[3];
+            readonly Vector3 m_CameraPosition;
+            readonly Quaternion m_CameraRotation;
+            readonly float m_Fov, m_Aspect;
+
+            public Snapshot(Rls3Arranger a)
+            {
+                m_Room = a.m_Room;
+                m_Slots = (Rls3PoolObject[])a.m_Slots.Clone();
+                for (int s = 0; s < 3; s++)
+                {
+                    if (m_Slots[s] == null) continue;
+                    m_Positions[s] = m_Slots[s].transform.position;
+                    m_Rotations[s] = m_Slots[s].transform.rotation;
+                    m_Surfaces[s] = m_Slots[s].SurfaceName;
+                }
+                m_CameraPosition = a.bridgeCamera.transform.position;
+                m_CameraRotation = a.bridgeCamera.transform.rotation;
+                m_Fov = a.bridgeCamera.fieldOfView;
+                m_Aspect = a.bridgeCamera.aspect;
+            }
+
+            public void Restore(Rls3Arranger a)
+            {
+                foreach (var o in a.pool) o.gameObject.SetActive(false);
+                for (int i = 0; i < a.rooms.Length; i++) a.rooms[i].gameObject.SetActive(i == m_Room);
+                a.m_Room = m_Room;
+                for (int s = 0; s < 3; s++)
+                {
+                    a.m_Slots[s] = m_Slots[s];
+                    if (m_Slots[s] == null) continue;
+                    m_Slots[s].gameObject.SetActive(true);
+                    m_Slots[s].transform.SetPositionAndRotation(m_Positions[s], m_Rotations[s]);
+                    m_Slots[s].SurfaceName = m_Surfaces[s];
+                }
+                a.bridgeCamera.transform.SetPositionAndRotation(m_CameraPosition, m_CameraRotation);
+                a.bridgeCamera.fieldOfView = m_Fov;
+                a.bridgeCamera.aspect = m_Aspect;
+                Physics.SyncTransforms();
             }
         }
 
@@ -229,13 +313,14 @@ namespace Rls3.Bridge
             Bounds b = obj.WorldBounds;
             if (!room.Inside(b)) { detail = $"target {target} outside the room"; return "out_of_bounds"; }
 
-            // landing: highest hit under the footprint (own colliders ignored)
+            // landing: highest hit under the footprint (own colliders and the other active objects
+            // ignored: a footprint over a neighbour lands on the surface and fails as overlap)
             float hx = b.extents.x * 0.9f, hz = b.extents.z * 0.9f, top = float.NegativeInfinity;
             foreach (var p in new[] { Vector2.zero, new Vector2(hx, hz), new Vector2(-hx, hz), new Vector2(hx, -hz), new Vector2(-hx, -hz) })
             {
                 var origin = new Vector3(target.x + p.x, target.y + Snap, target.z + p.y);
                 foreach (var hit in Physics.RaycastAll(origin, Vector3.down, 50f, Physics.DefaultRaycastLayers, QueryTriggerInteraction.Ignore))
-                    if (!obj.Owns(hit.collider)) top = Mathf.Max(top, hit.point.y);
+                    if (!obj.Owns(hit.collider) && !IsActiveObject(hit.collider)) top = Mathf.Max(top, hit.point.y);
             }
             if (float.IsNegativeInfinity(top)) { detail = "nothing under the object"; return "off_surface"; }
             var surface = room.Surfaces.FirstOrDefault(s => Mathf.Abs(s.Top - top) <= SurfaceTol && s.Contains(target.x, target.z, b.extents.x, b.extents.z));
@@ -282,6 +367,8 @@ namespace Rls3.Bridge
 
         void Set(bool valid, string reason, string detail) { m_Valid = valid; m_Reason = reason; m_Detail = detail; }
 
+        bool IsActiveObject(Collider c) => m_Slots.Any(s => s != null && s.Owns(c));
+
         void RequestRender() { cameraSensor.Sensor.RequestRender(); m_Rendered = true; }
 
         int CheckSlot(int slot)
@@ -305,7 +392,7 @@ namespace Rls3.Bridge
                 .Key("scenes").Strings(rooms.Select(r => r.sceneName))
                 .Key("pool").Strings(pool.Select(o => o.objectName))
                 .Key("state");
-            if (m_Room < 0) j.Null();
+            if (m_Room < 0 || m_Slots.Any(s => s == null)) j.Null();
             else
             {
                 var room = rooms[m_Room];
