@@ -225,7 +225,7 @@ def run(seeds: list[int], preset: str = "quick", sets: list[str] | None = None,
         dirs = [d for ds in ex.map(stream, seeds) for d in ds]
     wall = time.perf_counter() - t
     return finish(dirs, out, command, {"preset": preset, "sets": sets, "seeds": seeds,
-                                       "agents": list(agents), "parallel": parallel,
+                                       "agent_variants": list(agents), "parallel": parallel,
                                        "wall_s": wall})
 
 

@@ -14,7 +14,9 @@ contrastive loss and accuracy, device transfers, progress bookkeeping. Overhead 
 CPU drifts; the load average before and after is recorded with the numbers, and so is the process
 CPU time of each phase (less sensitive than wall time to other processes on the machine).
 Also timed side by side: feedback on the n samples followed by fine-tuning on every second one
-(as the loop does with eta = 1/2), with and without reusing the feedback's frozen image prefixes.
+(as the loop does with eta = 1/2), with and without reusing the feedback's frozen image prefixes;
+and feedback on `--episode` samples in one call (`loop.feedback: episode`) against one call per
+sample (`loop.feedback: sample`), with the largest difference of their per-sample hardness.
 
 Writes benchmarks/results/vlm.json (or --out) and prints a table.
 """
@@ -92,6 +94,8 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--data", default=None, help="dataset folder instead of synthetic images")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--episode", type=int, default=32,
+                    help="samples scored at once vs one by one (quick's T0)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vlm.json"))
     args = ap.parse_args()
     if args.threads:
@@ -147,6 +151,15 @@ def main() -> None:
                 vlm.finetune(kept, 1)
             acc.append(timed(feedback_then_finetune))
     vlm.feedback_cache_samples = keep_cap
+    # per-episode feedback (one call) vs per-sample feedback (one call per valid frame)
+    episode = samples[: args.episode]
+    t_batch, t_single, hard_diff = [], [], 0.0
+    for _ in range(args.repeats):
+        t_batch.append(timed(lambda: vlm.feedback(episode)))
+        batched = vlm.feedback(episode).hardness
+        t_single.append(timed(lambda: [vlm.feedback([s]) for s in episode]))
+        single = [vlm.feedback([s]).hardness[0] for s in episode]
+        hard_diff = max(hard_diff, max(abs(a - b) for a, b in zip(batched, single)))
     load_after = os.getloadavg()
 
     n = len(samples)
@@ -168,6 +181,10 @@ def main() -> None:
         "eval_img_per_cpu_s": n / ce, "bare_img_per_cpu_s": n / cb,
         "feedback_finetune_reuse_s": t_reuse, "feedback_finetune_noreuse_s": t_noreuse,
         "feedback_finetune_speedup": statistics.median(t_noreuse) / statistics.median(t_reuse),
+        "feedback_episode": len(episode), "feedback_batch_s": t_batch,
+        "feedback_per_sample_s": t_single,
+        "feedback_per_sample_slowdown": statistics.median(t_single) / statistics.median(t_batch),
+        "feedback_hardness_max_abs_diff": hard_diff,
         "eval_cached_s": t_cached,
         "eval_cached_img_per_s": n / t_cached if t_cached else None,
         "trainable_params": sum(p.numel() for _, p in vlm.trainable_parameters()),
@@ -188,7 +205,11 @@ def main() -> None:
              f"{t_ft:.2f}s incl. frozen-feature caching"),
             ("feedback + finetune",
              f"x{statistics.median(t_noreuse) / statistics.median(t_reuse):7.2f}", f"reusing feedback prefixes: median {statistics.median(t_reuse):.2f}s vs "
-             f"{statistics.median(t_noreuse):.2f}s ({n} fed back, {len(kept)} kept, 1 epoch)")]
+             f"{statistics.median(t_noreuse):.2f}s ({n} fed back, {len(kept)} kept, 1 epoch)"),
+            ("feedback per sample",
+             f"x{statistics.median(t_single) / statistics.median(t_batch):7.2f}",
+             f"{len(episode)} calls of 1: median {statistics.median(t_single):.2f}s vs one call "
+             f"{statistics.median(t_batch):.2f}s; hardness differs by <= {hard_diff:.1e}")]
     print(f"{args.vlm} on {vlm.device} ({torch.get_num_threads()} threads), {n} samples, "
           f"batch {args.batch_size}, load avg {load_before[0]:.1f} -> {load_after[0]:.1f}")
     for name, rate, note in rows:

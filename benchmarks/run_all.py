@@ -29,7 +29,8 @@ sys.path.insert(0, str(HERE))
 from _common import machine_info, stamp_figure, stamp_markdown, write_json  # noqa: E402
 
 PY = sys.executable
-ORDER = ["yield", "throughput", "learning", "replay", "loop", "scaling", "data_efficiency"]
+ORDER = ["yield", "agent_settings", "throughput", "learning", "replay", "loop", "scaling",
+         "data_efficiency"]
 
 
 def commands(out: Path, fast: bool) -> dict[str, list[str]]:
@@ -42,6 +43,9 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
             "yield": b("bench_yield.py") + ["--seeds", "0", "--steps", "60",
                                              "--pretrain-steps", "100", "--out",
                                              str(out / "yield.json")],
+            "agent_settings": b("bench_agent_settings.py") + [
+                "--steps", "400", "--chunk", "200", "--eval-steps", "50", "--variants", "quick",
+                "--out", str(out / "agent_settings.json")],
             "throughput": b("bench_throughput.py") + ["--fast", "--size", "96", "--out",
                                                       str(out / "throughput.json")],
             "learning": b("bench_learning.py") + [
@@ -61,6 +65,8 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
         }
     return {
         "yield": b("bench_yield.py") + ["--out", str(out / "yield.json")],
+        "agent_settings": b("bench_agent_settings.py") + [
+            "--out", str(out / "agent_settings.json")],
         "throughput": b("bench_throughput.py") + ["--out", str(out / "throughput.json")],
         "learning": b("bench_learning.py") + [
             "--variants", "default,no-mirror,192px", "--epochs", "25",
@@ -172,6 +178,7 @@ def _plots(out: Path, res: dict[str, dict]) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------ README
 def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], command: str) -> Path:
+    import bench_agent_settings
     import bench_data_efficiency
     import bench_learning
     import bench_loop
@@ -190,6 +197,8 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
         lines += [notes.read_text().rstrip(), ""]
     sections = [("yield", "Sampling yield (valid samples per env step)", bench_yield.markdown,
                  "yield.json", ["yield.png"]),
+                ("agent_settings", "SAC settings for the agent (yield and moves during "
+                 "pre-training)", bench_agent_settings.markdown, "agent_settings.json", []),
                 ("throughput", "Throughput against raw counterparts", bench_throughput.markdown,
                  "throughput.json", ["throughput.png"]),
                 ("learning", "Does the VLM learn from renders? (`lite`, fixed rendered sets)",
@@ -200,7 +209,8 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
                 ("loop", "Loop breakdown (one iteration, cProfile)", bench_loop.markdown,
                  "loop.json", ["loop_breakdown.png"]),
                 ("scaling", "Scaling", bench_scaling.markdown, "scaling.json", ["scaling.png"]),
-                ("data_efficiency", "Data efficiency: SAC vs random at equal budgets",
+                ("data_efficiency", "Data efficiency: random vs SAC (episode feedback) vs SAC "
+                 "(per-sample feedback)",
                  lambda r: bench_data_efficiency.markdown_table(r)
                  + ["", "Full report with all figures: [comparison/report.md]"
                         "(comparison/report.md)."],
@@ -238,7 +248,8 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
 
 
 def collect(out: Path) -> dict[str, dict]:
-    files = {"yield": "yield.json", "throughput": "throughput.json",
+    files = {"yield": "yield.json", "agent_settings": "agent_settings.json",
+             "throughput": "throughput.json",
              "learning": "learning.json", "replay": "replay.json", "loop": "loop.json",
              "scaling": "scaling.json", "data_efficiency": "comparison/comparison.json"}
     return {k: r for k, f in files.items() if (r := _load(out / f)) is not None}

@@ -96,7 +96,10 @@ def run_answer(run_dir: str | Path, records: Sequence[dict[str, Any]] | None = N
     es = last.get("early_stopping") or {}
     best_it = es.get("best_iteration")
     best = next((r for r in recs if r.get("iteration") == best_it), {})
-    agent = first.get("agent") or last.get("agent") or "?"
+    from rls3.plots import agent_label
+
+    mode = next((r["feedback_mode"] for r in done if r.get("feedback_mode")), None)
+    agent = agent_label(str(first.get("agent") or last.get("agent") or "?"), mode)
     vlm = first.get("vlm") or last.get("vlm") or ""
     if accuracy is None:
         accuracy = "paligemma" not in str(vlm)
