@@ -61,7 +61,8 @@ from tqdm.auto import tqdm
 
 import rls3
 from rls3.agents import Agent, RandomAgent, SACAgent, build_agent
-from rls3.config import Config, ConfigError, backend_identity, check_runnable, make_backend
+from rls3.config import (FEEDBACK_MODES, Config, ConfigError, backend_identity, check_runnable,
+                         make_backend)
 from rls3.data import (DatasetError, complexity_counts, ensure_fixed_set, fixed_set_dir,
                        make_sample, read_dataset, replace_folder, term_counts, write_dataset)
 from rls3.env import Frame, Rls3Env
@@ -516,10 +517,6 @@ class EpisodeCollector:
             "hardness_by_term": {t: float(np.mean(v)) for t, v in sorted(by_term.items())},
             "extrinsic_mean": float(np.mean(self.extrinsic)) if self.extrinsic else None,
         }
-
-
-#: `loop.feedback` values
-FEEDBACK_MODES: tuple[str, ...] = ("episode", "sample")
 
 
 # ------------------------------------------------------------------------------------ the run
