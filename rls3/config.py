@@ -561,12 +561,12 @@ def _unity_backend(cfg: BackendConfig, split: str) -> SceneBackend:
 
 
 def _sim_check(cfg: BackendConfig) -> None:
-    """Scene names, object names and options of the embedded simulator."""
+    """Scene names, object names and options of the embedded simulator (the rules `SimBackend`
+    applies, without building it)."""
     import inspect
 
     from rls3.assets import AssetError, load_catalog
-    from rls3.sim import SimBackend
-    from rls3.sim.world import list_scenes, resolve_scene
+    from rls3.sim.backend import SimBackend, resolve_pool, resolve_scenes
 
     allowed = [p for p in inspect.signature(SimBackend.__init__).parameters
                if p not in ("self", "scenes", "objects", "shadows", "catalog")]
@@ -575,22 +575,15 @@ def _sim_check(cfg: BackendConfig) -> None:
              f"options the sim backend takes (allowed: {allowed or 'none'}; unknown: {bad})")
     for key in ("train_scenes", "test_scenes"):
         v = getattr(cfg, key)
-        names = list_scenes(v) if v in ("train", "test") else [v] if isinstance(v, str) else v
-        for name in names:
-            try:
-                resolve_scene(name)
-            except ValueError as e:
-                raise ConfigError(f"invalid backend.{key}={v!r}: {e}") from e
+        try:
+            resolve_scenes(v)
+        except ValueError as e:
+            raise ConfigError(f"invalid backend.{key}={v!r}: {e}") from e
     if cfg.objects is not None:
         try:
-            known = sorted(e.id for e in load_catalog().entries if e.kind == "object")
-        except AssetError as e:
-            raise ConfigError(f"cannot check backend.objects: {e}") from e
-        bad = [o for o in cfg.objects if o not in known]
-        _require(not bad, "backend.objects", list(cfg.objects),
-                 f"names of catalog objects (unknown: {bad}; known: {known})")
-        _require(len(set(cfg.objects)) == len(cfg.objects), "backend.objects",
-                 list(cfg.objects), "a list without duplicates")
+            resolve_pool(cfg.objects, load_catalog())
+        except (ValueError, AssetError) as e:
+            raise ConfigError(f"invalid backend.objects={list(cfg.objects)!r}: {e}") from e
 
 
 def _unity_check(cfg: BackendConfig) -> None:

@@ -400,7 +400,6 @@ class EpisodeCollector:
         self.norm = norm
         self.bar: tqdm | None = None
         self.last_val: float | None = None  # shown in the progress bar
-        self._pending: list[Sample] = []
         self.start()
 
     def start(self) -> None:
@@ -414,7 +413,7 @@ class EpisodeCollector:
         self.steps = self.valid = self.distinct = self.episodes = self.truncated = 0
         self.feedback_s = 0.0
         self.scenes: dict[str, int] = {}
-        self._pending = []
+        self._pending: list[Sample] = []  # sample mode: the current episode's samples
 
     def env_hooks(self) -> dict[str, Any]:
         """Keyword arguments for `Rls3Env`: the episode or the per-sample feedback hook."""

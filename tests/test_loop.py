@@ -38,6 +38,17 @@ def tiny_config(root: Path, **over) -> Config:
     return preset("quick").override(values)
 
 
+def interrupt_at(iteration: int, phase: str):
+    """An `on_phase` hook that raises KeyboardInterrupt (Ctrl-C) when the loop starts `phase` of
+    `iteration`."""
+
+    def hook(i: int, p: str) -> None:
+        if (i, p) == (iteration, phase):
+            raise KeyboardInterrupt
+
+    return hook
+
+
 def comparable(records):
     return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
 
@@ -139,13 +150,9 @@ def test_resume_after_an_interrupt_matches_the_uninterrupted_run(sac_run, root):
     """Ctrl-C in iteration 2 (during fine-tuning) leaves a resumable run; resuming it ends in the
     same metrics and weights as the run that was never interrupted."""
 
-    def interrupt(iteration, phase):
-        if (iteration, phase) == (2, "finetune"):
-            raise KeyboardInterrupt
-
     d = root / "runs" / "interrupted"
     with pytest.raises(KeyboardInterrupt):
-        run(tiny_config(root), run_dir=d, on_phase=interrupt)
+        run(tiny_config(root), run_dir=d, on_phase=interrupt_at(2, "finetune"))
     assert [r["iteration"] for r in read_metrics(d)] == [0, 1]
     assert latest_checkpoint(d).name == "iter_0001"
     res = resume(d)
@@ -357,13 +364,9 @@ def test_resume_refuses_what_replay_cannot_restore(sac_run, root, tmp_path):
     assert write_report([old], tmp_path / "rep").is_file()
 
     # an unfinished run (stopped in iteration 2) whose replay holds iteration 1's batch
-    def stop(iteration, phase):
-        if (iteration, phase) == (2, "collect"):
-            raise KeyboardInterrupt
-
     d = root / "runs" / "stopped"
     with pytest.raises(KeyboardInterrupt):
-        run(tiny_config(root), run_dir=d, on_phase=stop)
+        run(tiny_config(root), run_dir=d, on_phase=interrupt_at(2, "collect"))
     ck = latest_checkpoint(d)
     assert ck.name == "iter_0001"
     state = json.loads((ck / STATE_FILE).read_text())
@@ -461,13 +464,9 @@ def test_sample_feedback_with_running_norm_resumes_bit_identically(root):
     state = json.loads((latest_checkpoint(full.run_dir) / "state.json").read_text())
     assert state["reward_norm"]["count"] == sum(r["valid"] for r in recs[1:])
 
-    def interrupt(iteration, phase):
-        if (iteration, phase) == (2, "finetune"):
-            raise KeyboardInterrupt
-
     d = root / "runs" / "sample_interrupted"
     with pytest.raises(KeyboardInterrupt):
-        run(tiny_config(root, **over), run_dir=d, on_phase=interrupt)
+        run(tiny_config(root, **over), run_dir=d, on_phase=interrupt_at(2, "finetune"))
     resume(d)
     assert comparable(read_metrics(d)) == comparable(recs)
     _same_weights(d, full.run_dir)
@@ -485,12 +484,8 @@ def test_relative_paths_are_recorded_absolute_and_resume_from_anywhere(root, tmp
     cfg = tiny_config(root, **{"data.dir": "d", "runs_dir": "r", "agent.pretrained_dir": None,
                                "loop.iterations": 1})
 
-    def stop(iteration, phase):
-        if (iteration, phase) == (1, "finetune"):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, run_dir="r/one", on_phase=stop)
+        run(cfg, run_dir="r/one", on_phase=interrupt_at(1, "finetune"))
     saved = load_run_config(here / "r" / "one")
     assert saved.data.dir == str(here / "d") and saved.runs_dir == str(here / "r")
     assert saved.agent.pretrained_dir == str(here / "r" / "_pretrained")

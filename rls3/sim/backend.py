@@ -53,28 +53,40 @@ class _World:
     slots: list[_Slot] = field(default_factory=list)
 
 
+def resolve_scenes(scenes: Sequence[str] | str) -> list[SceneSpec]:
+    """The scene specs a backend over `scenes` (a split name, one scene or a list) cycles
+    through; ValueError naming an unknown scene."""
+    names = list_scenes(scenes) if isinstance(scenes, str) and scenes in ("train", "test") \
+        else ([scenes] if isinstance(scenes, str) else list(scenes))
+    if not names:
+        raise ValueError("no scenes given")
+    return [resolve_scene(n) for n in names]
+
+
+def resolve_pool(objects: Sequence[str] | None, catalog: Catalog) -> dict[str, AssetEntry]:
+    """The object pool (None: `DEFAULT_POOL`) with each object's catalog entry, in pool order;
+    ValueError for fewer than 3, unknown or repeated objects."""
+    known = {e.id: e for e in catalog.entries if e.kind == "object"}
+    pool = list(objects) if objects is not None else [o for o in DEFAULT_POOL if o in known]
+    if len(pool) < 3:
+        raise ValueError(f"need at least 3 objects in the pool, got {pool}")
+    for o in pool:
+        if o not in known:
+            raise ValueError(f"unknown object {o!r}; known objects: {sorted(known)}")
+    if len(set(pool)) != len(pool):
+        raise ValueError(f"object pool has duplicates: {pool}")
+    return {o: known[o] for o in pool}
+
+
 class SimBackend:
     """pybullet + pyrender implementation of `rls3.scene.SceneBackend` over `sim/scenes/*.yaml`."""
 
     def __init__(self, scenes: Sequence[str] | str = "train", objects: Sequence[str] | None = None,
                  shadows: bool = True, catalog: Catalog | None = None) -> None:
         self.catalog = catalog or load_catalog()
-        names = list_scenes(scenes) if isinstance(scenes, str) and scenes in ("train", "test") \
-            else ([scenes] if isinstance(scenes, str) else list(scenes))
-        if not names:
-            raise ValueError("no scenes given")
-        self._specs = [resolve_scene(n) for n in names]
-        known = {e.id: e for e in self.catalog.entries if e.kind == "object"}
-        pool = list(objects) if objects is not None else [o for o in DEFAULT_POOL if o in known]
-        if len(pool) < 3:
-            raise ValueError(f"need at least 3 objects in the pool, got {pool}")
-        for o in pool:
-            if o not in known:
-                raise ValueError(f"unknown object {o!r}; known objects: {sorted(known)}")
-        if len(set(pool)) != len(pool):
-            raise ValueError(f"object pool has duplicates: {pool}")
-        self._pool = tuple(pool)
-        self._object_entries = {o: known[o] for o in pool}
+        self._specs = resolve_scenes(scenes)
+        self._object_entries = resolve_pool(objects, self.catalog)
+        self._pool = tuple(self._object_entries)
         self._meshes: dict[str, list[tuple[pyrender.Mesh, np.ndarray]]] = {}
         self._trimesh: dict[str, trimesh.Trimesh] = {}
         self._worlds: dict[int, _World] = {}
