@@ -3,7 +3,9 @@ a file or a pipe, so that logs of long runs stay readable (no carriage-return re
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,16 +19,24 @@ class LineBar(tqdm):
     """A tqdm that prints its status as a whole line, at most every `mininterval` seconds (and
     once at the end), instead of redrawing one line in place."""
 
+    _last_line = -math.inf   # monotonic time of the last line written
+    _closing = False
+
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         if msg == "" or self.fp is None:   # tqdm clears a closed bar with an empty message; a
             return False                   # False answer also spares the "\r" it sends after
+        now = time.monotonic()
+        # set_postfix / refresh call display directly, past tqdm's own mininterval check
+        if not self._closing and now - self._last_line < self.mininterval:
+            return True
+        self._last_line = now
         self.fp.write((msg if msg is not None else self.__str__()) + "\n")
         self.fp.flush()
         return True
 
     def close(self) -> None:
-        if not self.disable and not getattr(self, "_rls3_closed", False):
-            self._rls3_closed = True
+        if not self.disable and not self._closing:
+            self._closing = True
             if self.n != self.last_print_n:    # the final state, once
                 self.display()
                 self.last_print_n = self.n

@@ -234,6 +234,18 @@ def test_quiet_output_has_no_banner_and_bars_print_plain_lines(tmp_path, capsys,
     assert "\r" not in text and text.endswith("\n")
     lines = text.splitlines()
     assert 2 <= len(lines) <= 5 and lines[-1].startswith("work") and "3/3" in lines[-1]
+    # at the real interval, postfix refreshes (which bypass tqdm's own rate limit) print nothing
+    # extra: the first line and the final one
+    monkeypatch.setattr(progress, "LINE_INTERVAL_S", 30.0)
+    buf.seek(0)
+    buf.truncate(0)
+    with progress.progress_bar(total=100, desc="busy", unit="img") as bar:
+        for i in range(100):
+            bar.set_postfix(loss=f"{i}")
+            bar.update(1)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and "100/100" in lines[-1]
+    buf.seek(0)
     buf.truncate(0)
     with progress.progress_bar(total=3, desc="off", enabled=False) as bar:
         bar.update(3)
