@@ -905,9 +905,12 @@ class Loop:
             "samples_per_s": collector.steps / times["generate"] if times["generate"] > 0 else None,
             "time_s": times, "elapsed_s": None,
         })
-        log.info("iteration %d: %d steps, %d valid (yield %.2f), J2 %s, batch %d, loss %s, "
-                 "val %.4f, test %.4f; %.1fs (%.1f steps/s)", i, collector.steps, collector.valid,
-                 rec["yield"] or 0.0, f"{rec['feedback_j2']:.4g}" if j2 else "-", len(batch),
+        hard = rec["hardness_mean"]
+        log.info("iteration %d: %d steps, %d valid (yield %.2f), J2 %s, hardness %s, batch %d, "
+                 "loss %s, val %.4f, test %.4f; %.1fs (%.1f steps/s)", i, collector.steps,
+                 collector.valid, rec["yield"] or 0.0,
+                 f"{rec['feedback_j2']:.4g}" if j2 else "-",
+                 f"{hard:.4g}" if hard is not None else "-", len(batch),
                  f"{rec['finetune_loss']:.4f}" if losses else "-", v["score"], te["score"],
                  times["total"], rec["samples_per_s"] or 0.0)
         return rec
