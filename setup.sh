@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One-shot setup for a fresh machine: Debian packages for headless EGL, a venv at .venv with the
-# CPU torch pinned through constraints.txt, the package with its extras, and the Unity client.
+# One-shot setup for a fresh machine: Debian packages for headless EGL and the tcmalloc allocator
+# (rls3 re-executes itself under it; see rls3/allocator.py), a venv at .venv with the CPU torch
+# pinned through constraints.txt, the package with its extras, and the Unity client.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -8,7 +9,8 @@ PY=${PYTHON:-python3}
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libgles2 libglu1-mesa >/dev/null
+    libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libgles2 libglu1-mesa \
+    libtcmalloc-minimal4 >/dev/null
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

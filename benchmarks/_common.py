@@ -1,4 +1,9 @@
-"""Shared helpers of the benchmark scripts: the machine/version stamp, JSON output, figure stamps."""
+"""Shared helpers of the benchmark scripts: the machine/version stamp, JSON output, figure stamps.
+
+Importing it makes a benchmark script run under the allocator rls3 runs under (tcmalloc when the
+machine has it; ``RLS3_ALLOCATOR=system`` keeps glibc malloc): the script re-executes itself once,
+as the `rls3` command does, so that figures describe what users get.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,15 @@ import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from rls3 import runtime  # noqa: E402
+
+if Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parent:  # a benchmark script
+    runtime.ensure()
 
 PACKAGES = ("rls3", "torch", "pybullet", "pyrender", "stable-baselines3", "numpy")
 
@@ -30,7 +44,8 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         load = None
     return {"platform": platform.platform(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "loadavg": load, "versions": versions()}
+            "cpus": os.cpu_count(), "loadavg": load, "allocator": runtime.active_allocator(),
+            "versions": versions()}
 
 
 def stamp_text(info: dict[str, Any], command: str) -> str:
@@ -76,3 +91,66 @@ def finish(res: dict[str, Any], out: str | Path, markdown: Any) -> None:
     write_json(out, res)
     print("\n".join(markdown(res)))
     print(f"wrote {out}")
+
+
+def rusage_now() -> dict[str, float]:
+    """This process's CPU seconds, page faults and thread count so far (for per-phase deltas)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:
+        threads = 0
+    return {"user_s": r.ru_utime, "sys_s": r.ru_stime, "minflt": r.ru_minflt,
+            "majflt": r.ru_majflt, "threads": threads, "thread_cpu": thread_cpu()}
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process's threads, summed by thread name (llvmpipe-N are the
+    software renderer's, the rest Python's and torch's OpenMP pool's)."""
+    import re
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:  # the thread ended
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        group = re.sub(r"[-:]?\d+$", "", name) or name
+        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def run_child(cmd: list[str], allocator_name: str, cwd: str | Path = ROOT,
+              extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a benchmark child with RLS3_ALLOCATOR set; its wall/user/system time and page faults.
+
+    The child's own rusage comes from wait4, so it counts only that process (and nothing else the
+    machine runs); the load average before and after is recorded with it.
+    """
+    import subprocess
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # the child chooses
+    env.update(RLS3_ALLOCATOR=allocator_name, **(extra_env or {}))
+    load0 = os.getloadavg()
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, cwd=cwd)
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise SystemExit(f"benchmark child failed (exit {p.returncode}) under {allocator_name}: "
+                         + " ".join(cmd))
+    return {"allocator": allocator_name, "wall_s": wall, "user_s": ru.ru_utime,
+            "sys_s": ru.ru_stime, "minflt": ru.ru_minflt, "majflt": ru.ru_majflt,
+            "maxrss_mb": ru.ru_maxrss / 1024, "loadavg_before": list(load0),
+            "loadavg_after": list(os.getloadavg())}

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import runtime  # noqa: E402  (also: runs under rls3's allocator)
 from rls3.bridges import connect_test_peer
 from rls3.bridges.messages import Op
 from rls3.env import EnvConfig, Rls3Env
@@ -132,7 +134,8 @@ def run(size: int = 224, steps: int = 120, blocks: int = 3,
         "meets_target": {str(r["action_scale"]): r["overhead"] <= TARGET for r in rows},
         "noop_round_trip_ms": noop_ms, "connect_s": connect_s,
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                    "cpus": os.cpu_count(), "loadavg_start": load0, "loadavg_end": load1},
+                    "cpus": os.cpu_count(), "loadavg_start": load0, "loadavg_end": load1,
+                    "allocator": runtime.active_allocator()},
     }
     for env in envs.values():
         env.close()

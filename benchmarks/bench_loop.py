@@ -18,13 +18,20 @@ and off). Cumulative times of non-overlapping functions give the categories:
   I/O             batch PNGs, checkpoint, metrics, TensorBoard, best VLM
   overhead        everything else (env bookkeeping, loop, progress): the framework's own cost
 
-The loop's own per-phase wall times (metrics `time_s`) are recorded alongside as a cross-check.
+The loop's own per-phase wall times (metrics `time_s`) are recorded alongside as a cross-check,
+and so are, per loop phase, the process's wall, user and system CPU seconds, minor page faults and
+thread count (from getrusage at every phase change).
+
+By default the iteration runs twice, in child processes under each allocator side by side
+(`--allocators tcmalloc,system`: tcmalloc, what rls3 uses, and glibc malloc), each child's whole
+user/system CPU and page faults taken from wait4; `--no-profile` times without cProfile's overhead.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
 import sys
 import tempfile
@@ -35,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, machine_info, write_json  # noqa: E402
+from _common import (command_line, machine_info, run_child, rusage_now,  # noqa: E402
+                     write_json)
 
 TARGET_OVERHEAD = 0.05
 
@@ -45,7 +53,7 @@ CATEGORIES: dict[str, list[tuple[str, str]]] = {
     "physics/checks": [("rls3/sim/backend.py", "move_object"), ("rls3/sim/backend.py", "swap_object"),
                        ("rls3/sim/backend.py", "state"), ("rls3/sim/backend.py", "load_scene")],
     "RL updates": [("stable_baselines3/sac/sac.py", "train")],
-    "VLM feedback": [("rls3/loop.py", "__call__")],
+    "VLM feedback": [("rls3/loop.py", "__call__"), ("rls3/loop.py", "score_step")],
     "fine-tuning": [("rls3/vlm/contrastive.py", "finetune"), ("rls3/vlm/paligemma.py", "finetune")],
     "evaluation": [("rls3/loop.py", "_evaluate")],
     "I/O": [("rls3/data.py", "write_dataset"), ("rls3/loop.py", "_checkpoint"),
@@ -79,8 +87,26 @@ def breakdown(stats: pstats.Stats, total: float, agent: str) -> dict[str, float]
     return sec
 
 
+def _phase_usage(marks: list[tuple[str, float, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per loop phase: wall seconds, user/system CPU, page faults, the most threads seen at its
+    ends and CPU seconds per thread group (llvmpipe renderer, python/torch, ...)."""
+    out: dict[str, dict[str, float]] = {}
+    for (name, t0, r0), (_, t1, r1) in zip(marks, marks[1:]):
+        row = out.setdefault(name, {"wall_s": 0.0, "user_s": 0.0, "sys_s": 0.0, "minflt": 0,
+                                    "threads": 0})
+        row["wall_s"] += t1 - t0
+        for k in ("user_s", "sys_s", "minflt"):
+            row[k] += r1[k] - r0[k]
+        row["threads"] = max(row["threads"], r0["threads"], r1["threads"])
+        by = row.setdefault("thread_cpu_s", {})
+        for k, v in r1["thread_cpu"].items():
+            by[k] = by.get(k, 0.0) + v - r0["thread_cpu"].get(k, 0.0)
+    return out
+
+
 def run(preset: str = "quick", agent: str = "sac", sets: list[str] | None = None,
-        pstats_out: Path | None = None, top: int = 25) -> dict:
+        pstats_out: Path | None = None, top: int = 25, profile: bool = True,
+        timer: str = "wall") -> dict:
     from rls3 import loop
     from rls3.config import preset as make_preset
 
@@ -93,55 +119,109 @@ def run(preset: str = "quick", agent: str = "sac", sets: list[str] | None = None
 
         overrides[k] = yaml.safe_load(v)
     cfg = cfg.override(overrides)
-    prof = cProfile.Profile()
+    # cpu: the process's CPU seconds (all threads) per function, steadier on a loaded machine
+    prof = cProfile.Profile(time.process_time) if timer == "cpu" else cProfile.Profile()
     marks: dict[str, float] = {}
+    phases: list[tuple[str, float, dict[str, float]]] = []
 
     def on_phase(i: int, name: str) -> None:
         if i == 1 and name == "collect" and "start" not in marks:
             marks["start"] = time.perf_counter()
-            prof.enable()
+            if profile:
+                prof.enable()
         elif i == 1 and name == "done":
-            prof.disable()
+            if profile:
+                prof.disable()
             marks["end"] = time.perf_counter()
+        if i == 1:
+            phases.append((name, time.perf_counter(), rusage_now()))
 
     with tempfile.TemporaryDirectory(prefix="rls3-bench-loop-") as tmp:
-        cfg = cfg.override({"runs_dir": tmp})
+        # resolved first: the pre-trained SAC cache stays <runs_dir>/_pretrained of the checkout
+        cfg = cfg.resolved().override({"runs_dir": tmp})
         t = time.perf_counter()
         result = loop.run(cfg, Path(tmp) / "run", on_phase=on_phase)
         run_s = time.perf_counter() - t
         rec = result.records[-1]
     total = marks["end"] - marks["start"]
-    stats = pstats.Stats(prof)
-    if pstats_out:
-        stats.dump_stats(str(pstats_out))
-    sec = breakdown(stats, total, agent)
+    if profile and timer == "cpu":
+        total = sum(r["user_s"] + r["sys_s"] for r in _phase_usage(phases).values())
+    sec: dict[str, float] = {}
     top_rows = []
-    for (fn, line, name), (cc, nc, tt, ct, _c) in sorted(
-            stats.stats.items(), key=lambda kv: -kv[1][2])[:top]:  # type: ignore[attr-defined]
-        top_rows.append({"function": f"{Path(fn).name}:{line}({name})", "calls": nc,
-                         "self_s": tt, "cum_s": ct})
+    if profile:
+        stats = pstats.Stats(prof)
+        if pstats_out:
+            stats.dump_stats(str(pstats_out))
+        sec = breakdown(stats, total, agent)
+        for (fn, line, name), (cc, nc, tt, ct, _c) in sorted(
+                stats.stats.items(), key=lambda kv: -kv[1][2])[:top]:  # type: ignore[attr-defined]
+            top_rows.append({"function": f"{Path(fn).name}:{line}({name})", "calls": nc,
+                             "self_s": tt, "cum_s": ct})
     return {"benchmark": "loop", "preset": preset, "agent": agent, "overrides": overrides,
-            "iteration_s": total, "run_s": run_s, "seconds": sec,
-            "fractions": {k: v / total for k, v in sec.items()},
-            "overhead_fraction": sec["overhead"] / total, "target_overhead": TARGET_OVERHEAD,
-            "meets_target": sec["overhead"] / total <= TARGET_OVERHEAD,
+            "profiled": profile, "timer": timer, "iteration_s": marks["end"] - marks["start"],
+            "profiled_total_s": total, "run_s": run_s, "seconds": sec,
+            "fractions": {k: v / total for k, v in sec.items()},  # of profiled_total_s
+            "overhead_fraction": sec["overhead"] / total if sec else None,
+            "target_overhead": TARGET_OVERHEAD,
+            "meets_target": sec["overhead"] / total <= TARGET_OVERHEAD if sec else None,
+            "phases": _phase_usage(phases),
             "loop_time_s": rec.get("time_s"), "steps": rec.get("steps"), "valid": rec.get("valid"),
+            "record": rec,
             "t0": cfg.env.t0, "episodes": cfg.loop.episodes, "image_size": cfg.env.image_size,
             "top_self_time": top_rows, "machine": machine_info()}
 
 
-def markdown(res: dict) -> list[str]:
+def markdown_one(res: dict) -> list[str]:
     lines = [f"One iteration of `{res['preset']}` ({res['agent']}, T0={res['t0']}, "
              f"E={res['episodes']}, {res['image_size']}px, {res['steps']} env steps, "
-             f"{res['valid']} valid): **{res['iteration_s']:.1f} s**, profiled with cProfile.", "",
-             "| category | seconds | fraction |", "|---|---|---|"]
-    for k, v in sorted(res["seconds"].items(), key=lambda kv: -kv[1]):
-        lines.append(f"| {k} | {v:.2f} | {100 * res['fractions'][k]:.1f}% |")
-    lines += ["", f"Framework overhead {100 * res['overhead_fraction']:.1f}% "
-              f"(target ≤ {100 * res['target_overhead']:.0f}%: "
-              f"**{'met' if res['meets_target'] else 'not met'}**). Loop phase times (s): "
-              + ", ".join(f"{k} {v:.1f}" for k, v in (res.get("loop_time_s") or {}).items()) + "."]
+             f"{res['valid']} valid, allocator {res['machine'].get('allocator')}): "
+             f"**{res['iteration_s']:.1f} s**" + (", profiled with cProfile." if res["profiled"]
+                                                  else ", not profiled."), ""]
+    if res["seconds"]:
+        unit = "CPU seconds" if res.get("timer") == "cpu" else "seconds"
+        lines += [f"| category | {unit} | fraction |", "|---|---|---|"]
+        for k, v in sorted(res["seconds"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"| {k} | {v:.2f} | {100 * res['fractions'][k]:.1f}% |")
+        lines += ["", f"Framework overhead {100 * res['overhead_fraction']:.1f}% "
+                  f"(target ≤ {100 * res['target_overhead']:.0f}%: "
+                  f"**{'met' if res['meets_target'] else 'not met'}**)."]
+    lines += ["", "| phase | wall s | user s | system s | minor faults | threads | CPU s by "
+              "thread |", "|---|---|---|---|---|---|---|"]
+    for k, r in res["phases"].items():
+        by = ", ".join(f"{n} {v:.1f}" for n, v in sorted(r.get("thread_cpu_s", {}).items(),
+                                                           key=lambda kv: -kv[1]) if v >= 0.05)
+        lines.append(f"| {k} | {r['wall_s']:.1f} | {r['user_s']:.1f} | {r['sys_s']:.1f} | "
+                     f"{r['minflt'] / 1e3:.0f} k | {r['threads']} | {by} |")
     return lines
+
+
+def markdown(res: dict) -> list[str]:
+    if len(res.get("runs", {})) < 2:
+        return markdown_one(res)
+    names = list(res["runs"])
+    lines = ["Side by side (child processes, same config and seed; whole process from wait4):", "",
+             "| allocator | iteration s | process wall s | user s | system s | minor faults | "
+             "load before→after |", "|---|---|---|---|---|---|---|"]
+    for a in names:
+        r, p = res["runs"][a], res["process"][a]
+        lines.append(f"| {a} | {r['iteration_s']:.1f} | {p['wall_s']:.1f} | {p['user_s']:.1f} | "
+                     f"{p['sys_s']:.1f} | {p['minflt'] / 1e6:.2f} M | "
+                     f"{p['loadavg_before'][0]:.1f}→{p['loadavg_after'][0]:.1f} |")
+    if "speedup" in res:
+        lines += ["", f"Iteration speed-up of {names[0]} over {names[1]}: "
+                  f"**×{res['speedup']:.2f}**; metrics identical apart from timings: "
+                  f"**{res['identical_metrics']}**."]
+    for a in names:
+        lines += ["", f"### {a}", ""] + markdown_one(res["runs"][a])
+    return lines
+
+
+_TIMING_KEYS = {"time_s", "elapsed_s", "samples_per_s"}
+
+
+def comparable(rec: dict | None) -> dict:
+    """A metrics record without its timings (what must not depend on the allocator)."""
+    return {k: v for k, v in (rec or {}).items() if k not in _TIMING_KEYS}
 
 
 def main() -> None:
@@ -150,15 +230,41 @@ def main() -> None:
     ap.add_argument("--agent", default="sac")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--pstats", type=Path, default=None, help="also dump the raw profile here")
+    ap.add_argument("--allocators", default="tcmalloc,system",
+                    help="comma-separated; each runs in its own child process side by side")
+    ap.add_argument("--no-profile", action="store_true", help="time without cProfile")
+    ap.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                    help="what cProfile counts: wall seconds or the process's CPU seconds")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "loop.json")
     a = ap.parse_args()
-    res = run(a.preset, a.agent, a.sets, a.pstats)
+    allocators = [x for x in a.allocators.split(",") if x]
+    if a.child:
+        res = run(a.preset, a.agent, a.sets, a.pstats, profile=not a.no_profile, timer=a.timer)
+    else:
+        runs: dict[str, dict] = {}
+        process: dict[str, dict] = {}
+        with tempfile.TemporaryDirectory(prefix="rls3-bench-loop-") as tmp:
+            for name in allocators:
+                out = Path(tmp) / f"{name}.json"
+                cmd = [sys.executable, __file__, "--child", "--preset", a.preset, "--agent",
+                       a.agent, "--out", str(out)] + [f"--set={x}" for x in a.sets]
+                cmd += ["--timer", a.timer] + (["--no-profile"] if a.no_profile else [])
+                if a.pstats:
+                    cmd += ["--pstats", str(a.pstats.with_suffix(f".{name}.pstats"))]
+                process[name] = run_child(cmd, name)
+                runs[name] = json.loads(out.read_text())
+        first = runs[allocators[0]]
+        res = dict(first)  # the first allocator's figures stay at the top level (run_all reads them)
+        res.update({"runs": runs, "process": process, "allocators": allocators})
+        if len(allocators) > 1:
+            second = runs[allocators[1]]
+            res.update({"speedup": second["iteration_s"] / first["iteration_s"],
+                        "identical_metrics": (comparable(first.get("record"))
+                                              == comparable(second.get("record")))})
     res["command"] = command_line()
     write_json(a.out, res)
     print("\n".join(markdown(res)))
-    print("top self time:")
-    for r in res["top_self_time"][:15]:
-        print(f"  {r['self_s']:7.2f}s self {r['cum_s']:7.2f}s cum {r['calls']:>8} {r['function']}")
     print(f"wrote {a.out}")
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info  # noqa: E402  (also: runs under rls3's allocator)
 from rls3.env import EnvConfig, Rls3Env
 from rls3.sim import SimBackend, list_scenes
 
@@ -57,7 +59,7 @@ def run(size: int = 224, steps: int = 300, seed: int = 0,
     print(f"overall env overhead over raw rendering: {100 * total['env_overhead']:+.1f}% "
           f"(target <= +20%), mean random yield {total['mean_yield']:.3f}")
     return {"command": " ".join(sys.argv), "machine": platform.platform(),
-            "python": platform.python_version(), "size": size, "rows": rows, "total": total}
+            "python": platform.python_version(), "machine_info": machine_info(), "size": size, "rows": rows, "total": total}
 
 
 def main() -> None:

@@ -18,7 +18,12 @@ Also timed side by side: feedback on the n samples followed by fine-tuning on ev
 and feedback on `--episode` samples in one call (`loop.feedback: episode`) against one call per
 sample (`loop.feedback: sample`), with the largest difference of their per-sample hardness.
 
-Writes benchmarks/results/vlm.json (or --out) and prints a table.
+By default every figure is measured twice, in child processes under each allocator side by side
+(`--allocators tcmalloc,system`: tcmalloc, which rls3 runs under, and glibc malloc), each with its
+user/system CPU seconds and minor page faults (per figure from getrusage, per child from wait4).
+
+Writes benchmarks/results/vlm.json (or --out; the first allocator's figures at the top level, every
+allocator's under `by_allocator`) and prints a table.
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import command_line, machine_info, run_child, rusage_now  # noqa: E402
+
+import torch  # noqa: E402  (after _common: the allocator is chosen before torch loads)
 
 from rls3.vlm import build_vlm  # noqa: E402
 from rls3.vlm.common import batches  # noqa: E402
@@ -72,14 +80,74 @@ def bare_forward(vlm: ContrastiveVLM, samples: list) -> callable:
 
 
 CPU: list[float] = []  # process CPU seconds of every `timed` call, in order
+USAGE: list[dict[str, float]] = []  # user/system seconds and page faults of every `timed` call
 
 
 def timed(fn) -> float:
-    """Wall seconds of fn(); its process CPU seconds go to CPU (steadier on a shared machine)."""
-    c0, t0 = time.process_time(), time.perf_counter()
+    """Wall seconds of fn(); its process CPU seconds go to CPU (steadier on a shared machine),
+    its user/system CPU and page faults to USAGE."""
+    r0, c0, t0 = rusage_now(), time.process_time(), time.perf_counter()
     fn()
     CPU.append(time.process_time() - c0)
+    r1 = rusage_now()
+    USAGE.append({k: r1[k] - r0[k] for k in ("user_s", "sys_s", "minflt")})
     return time.perf_counter() - t0
+
+
+def _median_usage(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Median user/system seconds and page faults over repeats of one figure."""
+    return {k: statistics.median(r[k] for r in rows) for k in ("user_s", "sys_s", "minflt")}
+
+
+#: figure -> (key of its images/s in the result, key of its entry in `usage`)
+FIGURES = {"evaluate": ("eval_img_per_s", "evaluate"), "bare forward": ("bare_img_per_s", "bare"),
+           "fine-tune": ("finetune_img_per_s", "finetune"),
+           "feedback batch": ("feedback_batch_img_per_s", "feedback_batch"),
+           "feedback 1-by-1": ("feedback_per_sample_img_per_s", "feedback_per_sample")}
+
+
+def compare_allocators(args: argparse.Namespace, allocators: list[str]) -> None:
+    """Run this benchmark once per allocator in child processes; write and print them side by
+    side (the first allocator's figures stay at the top level for older readers)."""
+    import tempfile
+
+    by: dict[str, dict] = {}
+    process: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="rls3-bench-vlm-") as tmp:
+        for name in allocators:
+            out = Path(tmp) / f"{name}.json"
+            cmd = [sys.executable, __file__, "--child", "--out", str(out)]
+            for k, v in vars(args).items():
+                if k not in ("child", "out", "allocators") and v is not None:
+                    cmd += [f"--{k.replace('_', '-')}", str(v)]
+            process[name] = run_child(cmd, name)
+            by[name] = json.loads(out.read_text())
+    first = dict(by[allocators[0]])
+    first.update({"by_allocator": by, "process": process, "allocators": allocators,
+                  "command": command_line()})
+    a, b = allocators[:2]
+    first["allocator_speedup"] = {
+        fig: by[a][key] / by[b][key] for fig, (key, _) in FIGURES.items()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(first, indent=2))
+    print(f"\n{args.vlm}, {first['n']} samples, side by side (images/s; per call: user s / "
+          f"system s / minor faults):")
+    print(f"  {'figure':<16}" + "".join(f"{n:>36}" for n in allocators) + f"{a + '/' + b:>18}")
+    for fig, (key, ukey) in FIGURES.items():
+        cells = []
+        for n in allocators:
+            u = by[n]["usage"][ukey]
+            cells.append(f"{by[n][key]:7.1f} ({u['user_s']:5.1f}/{u['sys_s']:5.1f}/"
+                         f"{u['minflt'] / 1e3:6.0f} k)")
+        print(f"  {fig:<16}" + "".join(f"{c:>36}" for c in cells)
+              + f"{first['allocator_speedup'][fig]:>17.2f}x")
+    for n in allocators:
+        p = process[n]
+        print(f"  whole child under {n}: wall {p['wall_s']:.1f} s, user {p['user_s']:.1f} s, "
+              f"system {p['sys_s']:.1f} s, {p['minflt'] / 1e6:.2f} M minor faults, load "
+              f"{p['loadavg_before'][0]:.1f} -> {p['loadavg_after'][0]:.1f}")
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -96,8 +164,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--episode", type=int, default=32,
                     help="samples scored at once vs one by one (quick's T0)")
+    ap.add_argument("--allocators", default="tcmalloc,system",
+                    help="comma-separated; each runs in its own child process side by side")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vlm.json"))
     args = ap.parse_args()
+    allocators = [x for x in args.allocators.split(",") if x]
+    if not args.child and len(allocators) > 1:
+        compare_allocators(args, allocators)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -118,11 +193,14 @@ def main() -> None:
     bare()
 
     t_eval, t_bare, c_eval, c_bare = [], [], [], []
+    u_eval, u_bare = [], []
     for _ in range(args.repeats):                 # interleaved, so drift hits both alike
         t_eval.append(timed(lambda: vlm.evaluate(samples)))
         c_eval.append(CPU[-1])
+        u_eval.append(USAGE[-1])
         t_bare.append(timed(bare))
         c_bare.append(CPU[-1])
+        u_bare.append(USAGE[-1])
     t_cached = None
     if cache_samples:
         vlm.eval_cache_samples = cache_samples
@@ -133,6 +211,7 @@ def main() -> None:
         vlm.eval_cache_samples = 0
     t_ft = timed(lambda: vlm.finetune(samples, args.epochs))
     c_ft = CPU[-1]
+    u_ft = USAGE[-1]
     # the loop fine-tunes a subset (eta = 1/2) of the samples it has just fed back: feedback +
     # the first fine-tuning call (frozen features + 1 epoch), reusing the feedback's frozen image
     # prefixes or not (feedback_cache_samples = 0), interleaved
@@ -154,10 +233,13 @@ def main() -> None:
     # per-episode feedback (one call) vs per-sample feedback (one call per valid frame)
     episode = samples[: args.episode]
     t_batch, t_single, hard_diff = [], [], 0.0
+    u_batch, u_single = [], []
     for _ in range(args.repeats):
         t_batch.append(timed(lambda: vlm.feedback(episode)))
+        u_batch.append(USAGE[-1])
         batched = vlm.feedback(episode).hardness
         t_single.append(timed(lambda: [vlm.feedback([s]) for s in episode]))
+        u_single.append(USAGE[-1])
         single = [vlm.feedback([s]).hardness[0] for s in episode]
         hard_diff = max(hard_diff, max(abs(a - b) for a, b in zip(batched, single)))
     load_after = os.getloadavg()
@@ -185,10 +267,17 @@ def main() -> None:
         "feedback_per_sample_s": t_single,
         "feedback_per_sample_slowdown": statistics.median(t_single) / statistics.median(t_batch),
         "feedback_hardness_max_abs_diff": hard_diff,
+        "feedback_batch_img_per_s": len(episode) / statistics.median(t_batch),
+        "feedback_per_sample_img_per_s": len(episode) / statistics.median(t_single),
         "eval_cached_s": t_cached,
         "eval_cached_img_per_s": n / t_cached if t_cached else None,
         "trainable_params": sum(p.numel() for _, p in vlm.trainable_parameters()),
         "total_params": sum(p.numel() for p in vlm.module.parameters()),
+        # median user/system CPU seconds and minor page faults of one timed call per figure
+        "usage": {"evaluate": _median_usage(u_eval), "bare": _median_usage(u_bare),
+                  "finetune": u_ft, "feedback_batch": _median_usage(u_batch),
+                  "feedback_per_sample": _median_usage(u_single)},
+        "machine": machine_info(), "command": command_line(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -325,9 +325,20 @@ COMMANDS = {"run": cmd_run, "generate": cmd_generate, "eval": cmd_eval, "report"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `rls3` console entry; run as a program (argv None) it first re-executes under tcmalloc."""
+    from rls3 import runtime
+
+    try:
+        # only the real entry re-executes: a caller passing argv (tests, scripts) keeps its process
+        alloc = runtime.ensure() if argv is None else runtime.status()
+    except runtime.AllocatorError as e:
+        print(f"rls3: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    if alloc.note:
+        log.warning("%s", alloc.note)
     if args.quiet or not sys.stderr.isatty():
         # transformers' own bars ("Loading weights", "Writing model shards") read this when
         # first imported; rls3's bars print plain lines when stderr is not a terminal

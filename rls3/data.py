@@ -39,6 +39,9 @@ DATASET_FORMAT = "rls3-dataset"
 DATASET_VERSION = 1
 SPLITS = ("val", "test")
 _MAX_LISTED = 20
+#: zlib level of the written PNGs (lossless at any level): 1 writes 3.5x faster than PIL's default
+#: 6 (14 vs 48 ms per 224-px render) for 13% more bytes; a loop iteration saves every kept frame
+PNG_LEVEL = 1
 
 
 class DatasetError(ValueError):
@@ -92,7 +95,7 @@ def write_dataset(folder: str | Path, samples: Sequence[Sample], info: dict[str,
                 if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
                     raise ValueError(f"sample {i}: image must be (H, W, 3) uint8, got "
                                      f"{img.shape} {img.dtype}")
-                Image.fromarray(img).save(tmp / name, format="PNG")
+                Image.fromarray(img).save(tmp / name, format="PNG", compress_level=PNG_LEVEL)
                 f.write(json.dumps({"file_name": name, **s.metadata()}) + "\n")
         meta = {"format": DATASET_FORMAT, "version": DATASET_VERSION,
                 "rls3_version": rls3.__version__, "n": len(samples), **(info or {})}

@@ -24,7 +24,7 @@ proposes a layout, as every Unity step produced a frame to check; `cum_valid` co
 Iteration 0 is the untouched VLM (validation and test before any fine-tuning).
 
 A run directory `runs/{preset}__{agent}__{seed}__{time}/` holds:
-  run.json          format marker (format, format_version, rls3 version)
+  run.json          format marker (format, format_version, rls3 version, allocator, OpenMP policy)
   config.yaml       the resolved config
   metrics.jsonl     one JSON record per finished iteration (append-only)
   tb/               TensorBoard scalars
@@ -60,6 +60,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 import rls3
+from rls3 import runtime
 from rls3.agents import Agent, RandomAgent, SACAgent, build_agent
 from rls3.config import (FEEDBACK_MODES, Config, ConfigError, backend_identity, check_runnable,
                          make_backend)
@@ -156,7 +157,8 @@ def create_run(cfg: Config, run_dir: str | Path | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
               "rls3_version": rls3.__version__,
-              "created": datetime.now().isoformat(timespec="seconds")}
+              "created": datetime.now().isoformat(timespec="seconds"),
+              **runtime.status().record()}
     _atomic_write(run_dir / RUN_FILE, json.dumps(marker, indent=2))
     _atomic_write(run_dir / CONFIG_FILE, cfg.to_yaml())
     return run_dir
@@ -668,6 +670,8 @@ class Loop:
     def _run(self) -> RunResult:
         cfg = self.cfg
         t_start = time.perf_counter()
+        log.info("allocator: %s, OMP_WAIT_POLICY=%s", runtime.active_allocator(),
+                 os.environ.get("OMP_WAIT_POLICY", "(unset)"))
         if not cfg.env.render:
             log.warning("env.render is off: the VLM sees blank images (use it for timing only)")
         _seed_everything(cfg.seed)

@@ -1,0 +1,145 @@
+"""Before/after: the same `rls3 run` (preset, seed, config) under two code versions side by side.
+
+    python benchmarks/bench_iteration.py --before 0bcce61 [--preset quick] [--iterations 2]
+        [--set KEY=VALUE ...] [--repeats 1] [--out benchmarks/results/iteration.json]
+
+Runs `rls3 run` as child processes, interleaved: the code at git revision `--before` (checked out
+into a temporary worktree, under glibc malloc unless `--before-allocator tcmalloc`), this checkout
+under its default allocator (tcmalloc where installed) and this checkout with
+``RLS3_ALLOCATOR=system`` (what the allocator alone explains). Each child's user/system CPU and
+page faults come from wait4. Fixed sets and the pre-trained SAC come from the shared caches, so
+every run starts from the same data and agent. Reports each run's per-iteration phase times
+(metrics `time_s`), the speed-up of the iterations and whether metrics.jsonl is identical apart
+from timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ROOT, command_line, machine_info, run_child, write_json  # noqa: E402
+
+VOLATILE = {"time", "time_s", "elapsed_s", "samples_per_s"}
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln]
+
+
+def _comparable(recs: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in recs]
+
+
+def _variants(before: str, before_alloc: str, tree: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (code root, RLS3_ALLOCATOR)."""
+    return {f"before ({before}, {before_alloc})": (tree, before_alloc),
+            "after (tcmalloc)": (ROOT, "tcmalloc"),
+            "after (system malloc)": (ROOT, "system")}
+
+
+def _run(code: Path, allocator_name: str, cfg_file: Path, run_dir: Path) -> dict:
+    """One `rls3 run` of the code at `code` (LD_PRELOAD is set here too, for code that predates
+    rls3.runtime)."""
+    from rls3 import runtime
+
+    extra = {"PYTHONPATH": str(code)}
+    if allocator_name == "tcmalloc":
+        lib = runtime.find_tcmalloc()
+        if lib is None:
+            raise SystemExit("tcmalloc is not installed here; run setup.sh as root")
+        extra["LD_PRELOAD"] = lib
+    cmd = [sys.executable, "-m", "rls3.cli", "run", "--config", str(cfg_file), "--run-dir",
+           str(run_dir), "--no-report", "-q"]
+    proc = run_child(cmd, allocator_name, cwd=code, extra_env=extra)
+    recs = _metrics(run_dir)
+    return {"process": proc, "records": recs,
+            "iteration_time_s": [r["time_s"] for r in recs if r.get("iteration", 0) >= 1]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", required=True, help="git revision of the 'before' code")
+    ap.add_argument("--before-allocator", default="system", choices=("system", "tcmalloc"))
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--iterations", type=int, default=2)
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "iteration.json")
+    a = ap.parse_args()
+    import yaml
+
+    from rls3.config import preset
+
+    overrides = {"loop.iterations": a.iterations, "early_stopping.enabled": False,
+                 "progress": False, "seed": a.seed}
+    for s in a.sets:
+        k, v = s.split("=", 1)
+        overrides[k] = yaml.safe_load(v)
+    cfg = preset(a.preset).override(overrides).resolved()
+    res: dict = {"benchmark": "iteration", "before": a.before, "preset": a.preset,
+                 "overrides": overrides, "machine": machine_info(), "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="rls3-bench-iter-") as tmp:
+        tmp = Path(tmp)
+        tree = tmp / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), a.before],
+                       cwd=ROOT, check=True)
+        try:
+            cfg_file = tmp / "config.yaml"
+            cfg.override({"runs_dir": str(tmp / "runs")}).to_yaml(cfg_file)
+            variants = _variants(a.before, a.before_allocator, tree)
+            for rep in range(a.repeats):
+                order = list(variants) if rep % 2 == 0 else list(reversed(variants))
+                for name in order:
+                    code, alloc = variants[name]
+                    print(f"[{rep + 1}/{a.repeats}] {name} ...", flush=True)
+                    out = _run(code, alloc, cfg_file, tmp / f"run-{rep}-{len(res['runs'])}")
+                    res["runs"].setdefault(name, []).append(out)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
+                           check=False)
+    names = list(res["runs"])
+    ref = _comparable(res["runs"][names[0]][0]["records"])
+    res["identical_metrics"] = {n: all(_comparable(r["records"]) == ref for r in runs)
+                                for n, runs in res["runs"].items()}
+    res["iteration_s"] = {n: statistics.median(sum(t["total"] for t in r["iteration_time_s"])
+                                               for r in runs)
+                          for n, runs in res["runs"].items()}
+    base = res["iteration_s"][names[0]]
+    res["speedup"] = {n: base / v for n, v in res["iteration_s"].items()}
+    res["machine_after"] = machine_info()
+    res["command"] = command_line()
+    write_json(a.out, res)
+    print("\n".join(markdown(res)))
+    print(f"wrote {a.out}")
+
+
+def markdown(res: dict) -> list[str]:
+    lines = [f"`{res['preset']}`, {res['overrides']['loop.iterations']} iterations, seed "
+             f"{res['overrides']['seed']}, each a child process, side by side:", "",
+             "| code | iterations s | speed-up | identical metrics | process user s | system s | "
+             "minor faults | phases (s, first repeat) |", "|---|---|---|---|---|---|---|---|"]
+    for n, runs in res["runs"].items():
+        p = runs[0]["process"]
+        phases: dict[str, float] = {}
+        for t in runs[0]["iteration_time_s"]:
+            for k, v in t.items():
+                if k != "total":
+                    phases[k] = phases.get(k, 0.0) + v
+        lines.append(f"| {n} | {res['iteration_s'][n]:.1f} | ×{res['speedup'][n]:.2f} | "
+                     f"{res['identical_metrics'][n]} | {p['user_s']:.0f} | {p['sys_s']:.0f} | "
+                     f"{p['minflt'] / 1e6:.2f} M | "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + " |")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
