@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -135,6 +136,10 @@ def make_workers(backend: BackendConfig, env: EnvConfig, n: int,
     applies `hooks` (the collector's `env_hooks()`: `feedback` or `step_feedback`)."""
     if n < 2:
         raise ValueError(f"make_workers is for 2 or more workers, got {n} (1: use Rls3Env)")
+    cores = os.cpu_count() or 1
+    if n > cores:
+        log.warning("%d scene workers on %d CPU cores: they will time-share (slower, not "
+                    "wrong)", n, cores)
     log.info("starting %d scene workers (%s)", n, START_METHOD)
     venv = SubprocVecEnv([WorkerFactory(backend, env, w) for w in range(n)],
                          start_method=START_METHOD)
