@@ -507,7 +507,8 @@ def test_two_scene_workers_count_e_episodes_across_workers(workers_run):
     with its own feedback and eta * T0 batch samples; the other worker's unfinished episode is
     abandoned at the boundary (its steps count as generated samples)."""
     recs = read_metrics(workers_run.run_dir)
-    assert [r["iteration"] for r in recs] == [0, 1, 2] and workers_run.stop_reason == "max_iterations"
+    assert [r["iteration"] for r in recs] == [0, 1, 2]
+    assert workers_run.stop_reason == "max_iterations"
     for r in recs[1:]:
         assert r["workers"] == 2 and r["episodes"] == 3
         assert len(r["feedback_j2_episodes"]) == 3 and r["batch_size"] == 3 * 4
