@@ -19,6 +19,11 @@ One iteration:
   4. Stop on early stopping (validation, SAC runs), on the sample budget (random runs with
      `--budget-from`) or after `loop.iterations`.
 
+With scene workers (`env.workers` = N > 1, `rls3.workers`) the agent steps N env processes; the
+hooks above run in this process for each worker in turn, an iteration takes E completed episodes
+across workers, and the other workers' unfinished episodes are abandoned at its end (their steps
+count; no feedback, no batch samples; recorded as `abandoned_episodes`).
+
 "Generated samples" (the paper's x-axis and the budget) are env steps, valid or not: every step
 proposes a layout, as every Unity step produced a frame to check; `cum_valid` counts valid frames.
 Iteration 0 is the untouched VLM (validation and test before any fine-tuning).

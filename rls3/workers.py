@@ -42,8 +42,15 @@ log = logging.getLogger(__name__)
 #: process that holds torch and an EGL context is unsafe)
 START_METHOD = "spawn"
 
+#: what a dead worker process looks like from the main process's end of its pipe
+_PIPE_ERRORS = (EOFError, ConnectionError)
+
 EpisodeFeedback = Callable[[Sequence[Frame]], float]
 WorkerStepFeedback = Callable[[Frame, int], float]
+
+
+class WorkerError(RuntimeError):
+    """A scene worker process failed (its own traceback is on stderr, above)."""
 
 
 def worker_backend_config(cfg: BackendConfig, index: int) -> BackendConfig:
@@ -100,7 +107,12 @@ class FeedbackVecEnv(VecEnvWrapper):
         return obs
 
     def step_wait(self) -> VecEnvStepReturn:
-        obs, rewards, dones, infos = self.venv.step_wait()
+        try:
+            obs, rewards, dones, infos = self.venv.step_wait()
+        except _PIPE_ERRORS as e:
+            raise WorkerError(f"a scene worker process died during collection ({type(e).__name__}"
+                              f": {e}); its traceback is above. The run keeps its last finished "
+                              f"iteration: continue it with `rls3 run --resume`") from e
         rewards = np.asarray(rewards, dtype=np.float64).copy()
         for w, info in enumerate(infos):
             rewards[w] += self._apply(w, info, bool(dones[w]))
@@ -136,13 +148,24 @@ def make_workers(backend: BackendConfig, env: EnvConfig, n: int,
     applies `hooks` (the collector's `env_hooks()`: `feedback` or `step_feedback`)."""
     if n < 2:
         raise ValueError(f"make_workers is for 2 or more workers, got {n} (1: use Rls3Env)")
+    from rls3.config import BACKEND_WORKER_CHECKS
+
+    check = BACKEND_WORKER_CHECKS.get(backend.name)
+    if check is not None:  # a resumed run was checked when it started; ports may be taken now
+        check(backend, n)
     cores = os.cpu_count() or 1
     if n > cores:
         log.warning("%d scene workers on %d CPU cores: they will time-share (slower, not "
                     "wrong)", n, cores)
     log.info("starting %d scene workers (%s)", n, START_METHOD)
-    venv = SubprocVecEnv([WorkerFactory(backend, env, w) for w in range(n)],
-                         start_method=START_METHOD)
+    try:
+        venv = SubprocVecEnv([WorkerFactory(backend, env, w) for w in range(n)],
+                             start_method=START_METHOD)
+    except _PIPE_ERRORS as e:
+        raise WorkerError(f"a scene worker process failed to start its backend ({type(e).__name__}"
+                          f": {e}); its traceback is above. A script that starts a run with "
+                          f"workers needs an `if __name__ == '__main__':` guard (workers are "
+                          f"started with {START_METHOD!r})") from e
     try:
         return FeedbackVecEnv(venv, env.t0, **hooks)
     except BaseException:

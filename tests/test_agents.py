@@ -252,3 +252,16 @@ def test_pretrained_buffer_is_laid_out_for_n_envs():
     np.testing.assert_array_equal(new.observations[:2, :, 0], [[3, 4], [5, 6]])
     np.testing.assert_array_equal(new.next_observations[:2, :, 0], [[3.5, 4.5], [5.5, 6.5]])
     np.testing.assert_array_equal(new.dones[:2], [[0, 1], [0, 1]])
+
+
+def test_a_worker_that_cannot_start_is_a_named_error():
+    """A worker process whose backend fails to build ends in one WorkerError, not a bare pipe
+    error."""
+    from rls3.config import BackendConfig
+    from rls3.workers import WorkerError, make_workers
+
+    with pytest.raises(WorkerError, match="scene worker process failed to start"):
+        make_workers(BackendConfig(train_scenes=("no_such_room",)),
+                     EnvConfig(t0=3, image_size=16, render=False), 2, {})
+    with pytest.raises(ValueError, match="2 or more workers"):
+        make_workers(BackendConfig(), EnvConfig(), 1, {})

@@ -534,6 +534,18 @@ def test_two_scene_workers_reproduce_and_resume_bit_identically(workers_run, roo
     _same_weights(d, workers_run.run_dir)
 
 
+def test_two_scene_workers_through_the_unity_bridge(workers_run, root, tmp_path):
+    """Each worker runs its own Unity player (the test peer) on its own port; the collection is
+    the embedded backend's, step for step."""
+    cfg = tiny_config(root, **{"env.workers": 2, "loop.episodes": 3, "loop.iterations": 1,
+                               "data.dir": str(tmp_path / "data"), "backend.name": "unity",
+                               "backend.options": {"build": "testpeer"}})
+    got = read_metrics(run(cfg, run_dir=tmp_path / "unity_workers").run_dir)[1]
+    ref = read_metrics(workers_run.run_dir)[1]
+    for key in ("steps", "valid", "episodes", "abandoned_episodes", "workers"):
+        assert got[key] == ref[key], key
+
+
 def test_one_worker_records_stay_as_before(sac_run):
     """N = 1 keeps the in-process path: its records carry no worker fields."""
     last = read_metrics(sac_run.run_dir)[-1]
