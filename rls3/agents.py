@@ -335,24 +335,25 @@ def _relayout_buffer(old: ReplayBuffer, new: ReplayBuffer) -> ReplayBuffer:
     """`old`'s transitions (oldest first) copied into `new`, laid out for `new.n_envs` envs: row
     r holds transitions r * n ... r * n + n - 1. The oldest len % n (< n) transitions, and any
     beyond `new`'s capacity, are dropped. Every transition keeps its own next observation."""
-    n_old = old.buffer_size if old.full else old.pos
-    order = np.arange(n_old)
+    rows_old = old.buffer_size if old.full else old.pos
+    order = np.arange(rows_old)
     if old.full:
         order = (order + old.pos) % old.buffer_size
+    flat = (order[:, None] * old.n_envs + np.arange(old.n_envs)).reshape(-1)  # oldest first
     n = new.n_envs
-    rows = min(n_old // n, new.buffer_size)
-    take = order[len(order) - rows * n:]
+    rows = min(len(flat) // n, new.buffer_size)
+    take = flat[len(flat) - rows * n:]
     for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
         src = getattr(old, name, None)
         dst = getattr(new, name, None)
         if src is None or dst is None:
             continue
-        flat = src.reshape(old.buffer_size * old.n_envs, *src.shape[2:])[take]
-        dst[:rows] = flat.reshape(rows, n, *src.shape[2:])
+        picked = src.reshape(old.buffer_size * old.n_envs, *src.shape[2:])[take]
+        dst[:rows] = picked.reshape(rows, n, *src.shape[2:])
     new.pos = rows % new.buffer_size
     new.full = rows == new.buffer_size
     log.info("replay buffer of %d transitions (%d env(s)) laid out for %d envs: %d kept",
-             n_old * old.n_envs, old.n_envs, n, rows * n)
+             len(flat), old.n_envs, n, rows * n)
     return new
 
 

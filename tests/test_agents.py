@@ -252,6 +252,9 @@ def test_pretrained_buffer_is_laid_out_for_n_envs():
     np.testing.assert_array_equal(new.observations[:2, :, 0], [[3, 4], [5, 6]])
     np.testing.assert_array_equal(new.next_observations[:2, :, 0], [[3.5, 4.5], [5.5, 6.5]])
     np.testing.assert_array_equal(new.dones[:2], [[0, 1], [0, 1]])
+    back = _relayout_buffer(new, ReplayBuffer(3, obs_space, act_space, n_envs=1))
+    assert back.full and back.pos == 0   # capacity 3: the newest three, oldest first
+    np.testing.assert_array_equal(back.rewards[:, 0], [4, 5, 6])
 
 
 def test_a_worker_that_cannot_start_is_a_named_error():
