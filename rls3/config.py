@@ -225,7 +225,9 @@ class AgentConfig:
     the result is cached under `pretrained_dir` (None: `<runs_dir>/_pretrained`) keyed by scenes,
     env settings, SAC settings and seed and reused by later runs. `torch_threads` is torch's
     thread count while SAC collects and trains (small MLPs gain nothing from more and lose a lot
-    under CPU contention). The other fields are SAC's constructor arguments.
+    under CPU contention). The other fields are SAC's constructor arguments; with scene workers
+    (`env.workers` = N > 1) SAC runs N envs and takes N * `gradient_steps` gradient steps per
+    vectorised step, keeping `gradient_steps` per `train_freq` env steps.
     """
 
     name: str = "sac"
