@@ -30,7 +30,7 @@ from _common import machine_info, stamp_figure, stamp_markdown, write_json  # no
 
 PY = sys.executable
 ORDER = ["yield", "agent_settings", "throughput", "learning", "replay", "loop", "scaling",
-         "data_efficiency"]
+         "workers", "data_efficiency"]
 
 
 def commands(out: Path, fast: bool) -> dict[str, list[str]]:
@@ -59,6 +59,7 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
                 "--out", str(out / "replay.json")],
             "loop": b("bench_loop.py") + tiny + ["--out", str(out / "loop.json")],
             "scaling": b("bench_scaling.py") + ["--fast", "--out", str(out / "scaling.json")],
+            "workers": b("bench_workers.py") + ["--fast", "--out", str(out / "workers.json")],
             "data_efficiency": b("bench_data_efficiency.py") + [
                 "--seeds", "0", "--parallel", "1", "--runs-dir", str(ROOT / "runs" / "bench-fast"),
                 "--out", str(out / "comparison")] + tiny + ["--set", "loop.iterations=2"],
@@ -74,6 +75,7 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
         "replay": b("bench_replay.py") + ["--out", str(out / "replay.json")],
         "loop": b("bench_loop.py") + ["--out", str(out / "loop.json")],
         "scaling": b("bench_scaling.py") + ["--out", str(out / "scaling.json")],
+        "workers": b("bench_workers.py") + ["--repeats", "2", "--out", str(out / "workers.json")],
         "data_efficiency": b("bench_data_efficiency.py") + ["--out", str(out / "comparison")],
     }
 
@@ -185,6 +187,7 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
     import bench_replay
     import bench_scaling
     import bench_throughput
+    import bench_workers
     import bench_yield
 
     plots = _plots(out, res)
@@ -209,6 +212,8 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
                 ("loop", "Loop breakdown (one iteration, cProfile)", bench_loop.markdown,
                  "loop.json", ["loop_breakdown.png"]),
                 ("scaling", "Scaling", bench_scaling.markdown, "scaling.json", ["scaling.png"]),
+                ("workers", "Parallel scene workers (`--workers N`)", bench_workers.markdown,
+                 "workers.json", []),
                 ("data_efficiency", "Data efficiency: random vs SAC (episode feedback) vs SAC "
                  "(per-sample feedback)",
                  lambda r: bench_data_efficiency.markdown_table(r)
@@ -251,7 +256,8 @@ def collect(out: Path) -> dict[str, dict]:
     files = {"yield": "yield.json", "agent_settings": "agent_settings.json",
              "throughput": "throughput.json",
              "learning": "learning.json", "replay": "replay.json", "loop": "loop.json",
-             "scaling": "scaling.json", "data_efficiency": "comparison/comparison.json"}
+             "scaling": "scaling.json", "workers": "workers.json",
+             "data_efficiency": "comparison/comparison.json"}
     return {k: r for k, f in files.items() if (r := _load(out / f)) is not None}
 
 

@@ -11,6 +11,13 @@ not by returning False from `_on_step`: in SB3 (2.x, `OffPolicyAlgorithm.collect
 False return skips storing the current transition, which here is the episode-completing one that
 carries the VLM reward beta * J2, and skips its gradient step. Stopping one hook later keeps the
 replay buffer and the update schedule exactly as in one uninterrupted `learn` call.
+
+With scene workers (`env.workers` = N > 1, `rls3.workers`) both agents drive a `FeedbackVecEnv`
+of N envs instead: SAC with `n_envs = N` and N * `gradient_steps` gradient steps per vec step
+(the same gradient steps per env step as N = 1), the random agent with N actions per step. An
+iteration counts E completed episodes across the workers (see `rls3.workers` for the boundary
+rule). Pre-training always runs in one in-process env; its replay buffer is laid out for N envs
+when loaded (`_relayout_buffer`), so the cache is shared by every N.
 """
 
 from __future__ import annotations
@@ -30,12 +37,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from stable_baselines3 import SAC
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rls3.config import AgentConfig
 from rls3.env import Rls3Env
 from rls3.manifest import manifest_problems, write_manifest
 from rls3.progress import progress_bar
+from rls3.workers import FeedbackVecEnv
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +62,7 @@ class Agent(Protocol):
     """What the loop needs from a data-generation agent."""
 
     name: str
-    env: Rls3Env
+    env: Rls3Env | FeedbackVecEnv
 
     def collect(self, episodes: int, seed: int, on_step: StepHook | None = None) -> int:
         """Reset the env with `seed`, run until `episodes` episodes completed; returns env steps."""
@@ -68,8 +77,18 @@ class Agent(Protocol):
         ...
 
 
+def _t0(env: Rls3Env | FeedbackVecEnv) -> int:
+    return env.t0 if isinstance(env, FeedbackVecEnv) else env.config.t0
+
+
+def _counted(t0: int, info: Mapping[str, Any], done: bool) -> bool:
+    """An episode that completed (T0 valid frames) and counts towards the iteration's E."""
+    return (bool(done) and int(info.get("n_valid", 0)) >= t0
+            and not info.get("abandoned", False))
+
+
 def _completed(env: Rls3Env, info: Mapping[str, Any], done: bool) -> bool:
-    return bool(done) and int(info.get("n_valid", 0)) >= env.config.t0
+    return _counted(env.config.t0, info, done)
 
 
 # ------------------------------------------------------------------------------------ random
@@ -78,7 +97,7 @@ class RandomAgent:
 
     name = "random"
 
-    def __init__(self, env: Rls3Env, seed: int = 0) -> None:
+    def __init__(self, env: Rls3Env | FeedbackVecEnv, seed: int = 0) -> None:
         self.env = env
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x52414E44]))
         self.num_timesteps = 0
@@ -86,6 +105,8 @@ class RandomAgent:
     def collect(self, episodes: int, seed: int, on_step: StepHook | None = None) -> int:
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
+        if isinstance(self.env, FeedbackVecEnv):
+            return self._collect_workers(self.env, episodes, seed, on_step)
         env = self.env
         env.reset(seed=int(seed))
         done_eps = steps = 0
@@ -99,6 +120,24 @@ class RandomAgent:
             if done:
                 done_eps += _completed(env, info, done)
                 env.reset()
+        self.num_timesteps += steps
+        return steps
+
+    def _collect_workers(self, vec: FeedbackVecEnv, episodes: int, seed: int,
+                         on_step: StepHook | None) -> int:
+        """`collect` over N scene workers: N actions per step, hooks in worker order."""
+        vec.begin(episodes)
+        vec.seed(int(seed))
+        vec.reset()
+        done_eps = steps = 0
+        while done_eps < episodes:
+            actions = self.rng.uniform(-1.0, 1.0, size=(vec.num_envs, 3)).astype(np.float32)
+            _, rewards, dones, infos = vec.step(actions)
+            for w, info in enumerate(infos):
+                steps += 1
+                if on_step is not None:
+                    on_step(info, float(rewards[w]), bool(dones[w]))
+                done_eps += _counted(vec.t0, info, bool(dones[w]))
         self.num_timesteps += steps
         return steps
 
@@ -126,12 +165,13 @@ class _IterationDone(Exception):
 
 
 class _EpisodeCounter(BaseCallback):
-    """Counts completed episodes, forwards each step to `on_step` and ends `learn` once
-    `episodes` completed episodes are stored (see the module docstring for why not earlier)."""
+    """Counts completed episodes, forwards each env step (each worker's, in worker order) to
+    `on_step` and ends `learn` once `episodes` completed episodes are stored (see the module
+    docstring for why not earlier)."""
 
-    def __init__(self, env: Rls3Env, episodes: int, on_step: StepHook | None) -> None:
+    def __init__(self, t0: int, episodes: int, on_step: StepHook | None) -> None:
         super().__init__(verbose=0)
-        self.rls3_env = env
+        self.t0 = t0
         self.episodes = episodes
         self.hook = on_step
         self.completed = 0
@@ -142,13 +182,14 @@ class _EpisodeCounter(BaseCallback):
             raise _IterationDone
 
     def _on_step(self) -> bool:
-        info = self.locals["infos"][0]
-        done = bool(self.locals["dones"][0])
-        self.steps += 1
-        if self.hook is not None:
-            self.hook(info, float(self.locals["rewards"][0]), done)
-        if _completed(self.rls3_env, info, done):
-            self.completed += 1
+        dones, rewards = self.locals["dones"], self.locals["rewards"]
+        for w, info in enumerate(self.locals["infos"]):
+            done = bool(dones[w])
+            self.steps += 1
+            if self.hook is not None:
+                self.hook(info, float(rewards[w]), done)
+            if _counted(self.t0, info, done):
+                self.completed += 1
         return True
 
 
@@ -195,35 +236,43 @@ class SACAgent:
 
     name = "sac"
 
-    def __init__(self, env: Rls3Env, model: SAC, threads: int = 1) -> None:
+    def __init__(self, env: Rls3Env | FeedbackVecEnv, model: SAC, threads: int = 1) -> None:
         self.env = env
         self.model = model
         self.threads = threads
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def new(cls, env: Rls3Env, cfg: AgentConfig, seed: int) -> SACAgent:
+    def new(cls, env: Rls3Env | FeedbackVecEnv, cfg: AgentConfig, seed: int) -> SACAgent:
         """A fresh, untrained SAC on `env`."""
         with torch_threads(cfg.torch_threads):
             model = SAC("MlpPolicy", env, seed=int(seed), verbose=0, **_sac_kwargs(cfg))
+        _scale_gradient_steps(model, cfg)
         return cls(env, model, cfg.torch_threads)
 
     @classmethod
-    def from_folder(cls, env: Rls3Env, folder: str | Path, cfg: AgentConfig) -> SACAgent:
-        """Load a model (and its replay buffer, when saved) written by `save`."""
+    def from_folder(cls, env: Rls3Env | FeedbackVecEnv, folder: str | Path,
+                    cfg: AgentConfig) -> SACAgent:
+        """Load a model (and its replay buffer, when saved) written by `save`; a model saved with
+        another number of envs (the pre-training cache, one env) is loaded for `env`'s."""
         folder = Path(folder)
         f = folder / MODEL_FILE
         if not f.is_file():
             raise FileNotFoundError(f"{str(folder)!r} holds no SAC model ({MODEL_FILE})")
         with torch_threads(cfg.torch_threads):
             model = SAC.load(f, env=env, device=cfg.device)
+        _scale_gradient_steps(model, cfg)
         agent = cls(env, model, cfg.torch_threads)
         agent._load_extras(folder)
         return agent
 
     def _load_extras(self, folder: Path) -> None:
         if (folder / BUFFER_FILE).is_file():
+            fresh = self.model.replay_buffer
             self.model.load_replay_buffer(folder / BUFFER_FILE)
+            loaded = self.model.replay_buffer
+            if fresh is not None and loaded is not None and loaded.n_envs != fresh.n_envs:
+                self.model.replay_buffer = _relayout_buffer(loaded, fresh)
         state_file = folder / STATE_FILE
         if state_file.is_file():
             state = json.loads(state_file.read_text())
@@ -242,9 +291,11 @@ class SACAgent:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
         vec = self.model.get_env()
         assert vec is not None
+        if isinstance(vec, FeedbackVecEnv):
+            vec.begin(episodes)
         vec.seed(int(seed))  # applied by the reset `learn` performs because _last_obs is None
         self.model._last_obs = None  # start a fresh episode: iterations are self-contained
-        counter = _EpisodeCounter(self.env, episodes, on_step)
+        counter = _EpisodeCounter(_t0(self.env), episodes, on_step)
         try:
             with torch_threads(self.threads):
                 self.model.learn(total_timesteps=2**62, callback=counter,
@@ -274,13 +325,47 @@ class SACAgent:
         self._load_extras(folder)
 
 
+def _scale_gradient_steps(model: SAC, cfg: AgentConfig) -> None:
+    """N envs add N transitions per vec step: N * `gradient_steps` gradient steps per vec step
+    keep `gradient_steps` per `train_freq` env steps, as with one env."""
+    model.gradient_steps = cfg.gradient_steps * model.n_envs
+
+
+def _relayout_buffer(old: ReplayBuffer, new: ReplayBuffer) -> ReplayBuffer:
+    """`old`'s transitions (oldest first) copied into `new`, laid out for `new.n_envs` envs: row
+    r holds transitions r * n ... r * n + n - 1. The oldest len % n (< n) transitions, and any
+    beyond `new`'s capacity, are dropped. Every transition keeps its own next observation."""
+    rows_old = old.buffer_size if old.full else old.pos
+    order = np.arange(rows_old)
+    if old.full:
+        order = (order + old.pos) % old.buffer_size
+    flat = (order[:, None] * old.n_envs + np.arange(old.n_envs)).reshape(-1)  # oldest first
+    n = new.n_envs
+    rows = min(len(flat) // n, new.buffer_size)
+    take = flat[len(flat) - rows * n:]
+    for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+        src = getattr(old, name, None)
+        dst = getattr(new, name, None)
+        if src is None or dst is None:
+            continue
+        picked = src.reshape(old.buffer_size * old.n_envs, *src.shape[2:])[take]
+        dst[:rows] = picked.reshape(rows, n, *src.shape[2:])
+    new.pos = rows % new.buffer_size
+    new.full = rows == new.buffer_size
+    log.info("replay buffer of %d transitions (%d env(s)) laid out for %d envs: %d kept",
+             len(flat), old.n_envs, n, rows * n)
+    return new
+
+
 # ------------------------------------------------------------------------------------ pretraining
 def pretrain_key(cfg: AgentConfig, env: Rls3Env, seed: int, backend_name: str) -> dict[str, Any]:
     """What determines a pre-trained SAC: scenes, object pool, env dynamics, SAC settings, seed.
-    (Rendering and image size do not: pretraining runs without images.)"""
+    (Rendering and image size do not: pretraining runs without images; nor does the number of
+    scene workers: pretraining always runs in one in-process env.)"""
     import stable_baselines3
 
-    env_cfg = {k: v for k, v in asdict(env.config).items() if k not in ("render", "image_size")}
+    env_cfg = {k: v for k, v in asdict(env.config).items()
+               if k not in ("render", "image_size", "workers")}
     agent = {k: v for k, v in asdict(cfg).items()
              if k not in ("name", "pretrained_dir", "device", "torch_threads")}
     agent["net_arch"] = list(cfg.net_arch)
@@ -297,10 +382,11 @@ def pretrained_folder(cfg: AgentConfig, key: Mapping[str, Any]) -> Path:
 
 
 def pretrained_sac(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
-                   progress: bool = False) -> SACAgent:
+                   progress: bool = False, workers: FeedbackVecEnv | None = None) -> SACAgent:
     """SAC pre-trained for `cfg.pretrain_steps` on the intrinsic reward (rendering off), loaded
-    onto `env`. The pre-trained model and replay buffer are cached under `cfg.pretrained_dir` and
-    reused by any run with the same scenes, env dynamics, SAC settings and seed."""
+    onto `env` (or onto `workers`, with N envs). The pre-trained model and replay buffer are cached
+    under `cfg.pretrained_dir` and reused by any run with the same scenes, env dynamics, SAC
+    settings and seed, whatever its number of workers (pre-training runs in `env`)."""
     key = pretrain_key(cfg, env, seed, backend_name)
     folder = pretrained_folder(cfg, key)
     bad = manifest_problems(folder) if folder.is_dir() else []
@@ -319,7 +405,7 @@ def pretrained_sac(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
         log.info("reusing the pre-trained SAC in %s", folder)
     else:
         _pretrain(env, cfg, seed, key, folder, progress)
-    return SACAgent.from_folder(env, folder, cfg)
+    return SACAgent.from_folder(workers if workers is not None else env, folder, cfg)
 
 
 def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any], folder: Path,
@@ -356,10 +442,11 @@ def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any],
 
 
 def build_agent(name: str, env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
-                progress: bool = False) -> Agent:
-    """The loop's agent at the start of a run: pre-trained SAC or a seeded random agent."""
+                progress: bool = False, workers: FeedbackVecEnv | None = None) -> Agent:
+    """The loop's agent at the start of a run: pre-trained SAC or a seeded random agent, driving
+    `workers` when given (scene workers), else `env`."""
     if name == "sac":
-        return pretrained_sac(env, cfg, seed, backend_name, progress)
+        return pretrained_sac(env, cfg, seed, backend_name, progress, workers)
     if name == "random":
-        return RandomAgent(env, seed)
+        return RandomAgent(workers if workers is not None else env, seed)
     raise ValueError(f"unknown agent {name!r}; allowed: ['sac', 'random']")

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--agent", help=f"data-generation agent ({', '.join(AGENTS)})")
     p.add_argument("--vlm", help="VLM adapter name (see rls3.vlm.available_vlms)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="scene worker processes collecting in parallel (env.workers; default 1: "
+                        "in this process)")
     p.add_argument("--budget-from", type=Path, metavar="RUN_DIR",
                    help="stop once as many samples were generated as RUN_DIR generated")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run directory")
@@ -147,6 +150,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         flags["agent.name"] = args.agent
     if getattr(args, "vlm", None):
         flags["vlm.name"] = args.vlm
+    if getattr(args, "workers", None) is not None:
+        flags["env.workers"] = args.workers
     if flags:
         cfg = cfg.override(flags)
     if args.overrides:
@@ -196,6 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                 ("--set", args.overrides), ("--seed", args.seed),
                                 ("--backend", args.backend), ("--agent", args.agent),
                                 ("--vlm", args.vlm), ("--budget-from", args.budget_from),
+                                ("--workers", args.workers is not None),
                                 ("--run-dir", args.run_dir)) if v]
         if given:
             raise UsageError(f"--resume continues a run with its own config; drop "

@@ -225,7 +225,9 @@ class AgentConfig:
     the result is cached under `pretrained_dir` (None: `<runs_dir>/_pretrained`) keyed by scenes,
     env settings, SAC settings and seed and reused by later runs. `torch_threads` is torch's
     thread count while SAC collects and trains (small MLPs gain nothing from more and lose a lot
-    under CPU contention). The other fields are SAC's constructor arguments.
+    under CPU contention). The other fields are SAC's constructor arguments; with scene workers
+    (`env.workers` = N > 1) SAC runs N envs and takes N * `gradient_steps` gradient steps per
+    vectorised step, keeping `gradient_steps` per `train_freq` env steps.
     """
 
     name: str = "sac"
@@ -505,19 +507,23 @@ BACKEND_IMAGE_OPTIONS: dict[str, str] = {}
 BACKEND_LOG_OPTIONS: dict[str, str] = {}
 #: Backends whose scenes come from an artefact outside rls3: name -> identity(backend_config).
 BACKEND_IDENTITIES: dict[str, Callable[[BackendConfig], str]] = {}
+#: Checks that a backend can serve N scene workers (`env.workers`): name -> check(cfg, n).
+BACKEND_WORKER_CHECKS: dict[str, Callable[[BackendConfig, int], None]] = {}
 
 
 def register_backend(name: str, factory: BackendFactory, check: BackendCheck | None = None,
                      image_option: str | None = None,
                      identity: Callable[[BackendConfig], str] | None = None,
-                     log_option: str | None = None) -> None:
+                     log_option: str | None = None,
+                     workers_check: Callable[[BackendConfig, int], None] | None = None) -> None:
     """Make `backend.name: <name>` (and `rls3 run --backend <name>`) build backends with
     `factory(backend_config, split)`; `check(backend_config)` (raising ConfigError) vets scene,
     object and option names up front; `image_option` names the option that sets the rendered
     image size (a run fills it with `env.image_size`); `identity(backend_config)` names what the
     scenes come from (a build file), so cached data sets and pre-trained agents of another build
     are not reused; `log_option` names a folder option for the backend's own logs (a run points
-    it into its run directory)."""
+    it into its run directory); `workers_check(backend_config, n)` (raising ConfigError) says
+    whether the backend can serve `env.workers` = n > 1 worker processes."""
     BACKENDS[name] = factory
     if check is not None:
         BACKEND_CHECKS[name] = check
@@ -527,6 +533,8 @@ def register_backend(name: str, factory: BackendFactory, check: BackendCheck | N
         BACKEND_IDENTITIES[name] = identity
     if log_option is not None:
         BACKEND_LOG_OPTIONS[name] = log_option
+    if workers_check is not None:
+        BACKEND_WORKER_CHECKS[name] = workers_check
 
 
 def backend_identity(cfg: BackendConfig) -> str:
@@ -615,9 +623,45 @@ def _unity_identity(cfg: BackendConfig) -> str:
     return hashlib.sha256(what.encode()).hexdigest()[:8]
 
 
+def _unity_workers_check(cfg: BackendConfig, n: int) -> None:
+    """N scene workers need N Unity players, each on its own port: worker w takes worker id
+    k + 1 + w (k: `backend.options.worker_id`, kept by the main process's player), i.e. port
+    base_port + k + 1 + w. The Editor serves one; ports in use are named before anything starts
+    (the test peer without a base port picks free ports itself)."""
+    import socket
+
+    opts = cfg.options
+    if opts.get("editor"):
+        raise ConfigError(f"invalid env.workers={n}: the Unity Editor serves one scene (port "
+                          f"{opts.get('base_port', 5004)}); scene workers need a player build "
+                          f"(backend.options.build), or use env.workers=1")
+    build = str(opts.get("build") or "")
+    if opts.get("base_port") is None and (build == "testpeer" or build.startswith("testpeer:")):
+        return
+    base_port, worker_id = int(opts.get("base_port") or 5005), int(opts.get("worker_id", 0))
+    ports = [base_port + worker_id + 1 + w for w in range(n)]
+    if ports[-1] > 65535:
+        raise ConfigError(f"invalid env.workers={n}: worker ports {ports[0]}-{ports[-1]} run past "
+                          f"65535; lower backend.options.base_port / worker_id or the workers")
+    busy = []
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(port)
+    if busy:
+        raise ConfigError(f"invalid env.workers={n}: the workers' Unity players need ports "
+                          f"{ports[0]}-{ports[-1]} (base port {base_port} + worker ids "
+                          f"{worker_id + 1}-{worker_id + n}) but {busy} are in use; free them, "
+                          f"choose another backend.options.base_port / worker_id, or use fewer "
+                          f"workers")
+
+
 register_backend("sim", _sim_backend, _sim_check)
 register_backend("unity", _unity_backend, _unity_check, image_option="image_size",
-                 identity=_unity_identity, log_option="log_folder")
+                 identity=_unity_identity, log_option="log_folder",
+                 workers_check=_unity_workers_check)
 
 
 #: share of the available memory SAC's replay buffer may take before a run is refused
@@ -654,6 +698,9 @@ def check_runnable(cfg: Config) -> None:
     check = BACKEND_CHECKS.get(cfg.backend.name)
     if check is not None:
         check(cfg.backend)
+    workers_check = BACKEND_WORKER_CHECKS.get(cfg.backend.name)
+    if cfg.env.workers > 1 and workers_check is not None:
+        workers_check(cfg.backend, cfg.env.workers)
     from rls3.vlm import check_vlm_options, get_vlm_config
 
     kw = cfg.vlm.build_kwargs()

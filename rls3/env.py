@@ -81,6 +81,8 @@ class EnvConfig:
     swap_prob: float = 0.25  # chance that the next object to move is first swapped with the pool
     render: bool = True
     observation: str = "paper"  # "paper" (32 absolute values) or "relative" (see RELATIVE_LAYOUT)
+    #: scene worker processes the loop collects with (`rls3.workers`); `Rls3Env` ignores it
+    workers: int = 1
 
     def __post_init__(self) -> None:
         _check(self.t0 >= 1, "t0", self.t0, "an integer >= 1")
@@ -91,6 +93,9 @@ class EnvConfig:
                (self.max_step_xy, self.max_step_z), "positive metres")
         _check(self.scene_every >= 0, "scene_every", self.scene_every, ">= 0")
         _check(0.0 <= self.swap_prob <= 1.0, "swap_prob", self.swap_prob, "in [0, 1]")
+        _check(isinstance(self.workers, int) and not isinstance(self.workers, bool)
+               and self.workers >= 1, "workers", self.workers,
+               "an integer >= 1 (1: collect in this process; N > 1: N worker processes)")
         _check(self.observation in OBSERVATIONS, "observation", self.observation,
                f"one of {list(OBSERVATIONS)}")
 

@@ -19,6 +19,11 @@ One iteration:
   4. Stop on early stopping (validation, SAC runs), on the sample budget (random runs with
      `--budget-from`) or after `loop.iterations`.
 
+With scene workers (`env.workers` = N > 1, `rls3.workers`) the agent steps N env processes; the
+hooks above run in this process for each worker in turn, an iteration takes E completed episodes
+across workers, and the other workers' unfinished episodes are abandoned at its end (their steps
+count; no feedback, no batch samples; recorded as `abandoned_episodes`).
+
 "Generated samples" (the paper's x-axis and the budget) are env steps, valid or not: every step
 proposes a layout, as every Unity step produced a frame to check; `cum_valid` counts valid frames.
 Iteration 0 is the untouched VLM (validation and test before any fine-tuning).
@@ -71,6 +76,7 @@ from rls3.manifest import MANIFEST_FILE, manifest_problems, write_manifest
 from rls3.progress import progress_bar
 from rls3.replay import ReplayError, SampleReplay
 from rls3.sample import Sample
+from rls3.workers import FeedbackVecEnv, make_workers
 
 log = logging.getLogger(__name__)
 
@@ -413,9 +419,11 @@ class EpisodeCollector:
         self.extrinsic: list[float] = []  # per step that received one
         self.moves: list[float] = []      # per valid step, metres
         self.steps = self.valid = self.distinct = self.episodes = self.truncated = 0
+        self.abandoned = 0  # completed beyond E on the last step (scene workers only)
         self.feedback_s = 0.0
         self.scenes: dict[str, int] = {}
-        self._pending: list[Sample] = []  # sample mode: the current episode's samples
+        self._pending: dict[int, list[Sample]] = {}  # sample mode: each worker's episode so far
+        self._open: set[int] = set()  # workers whose current episode has not ended
 
     def env_hooks(self) -> dict[str, Any]:
         """Keyword arguments for `Rls3Env`: the episode or the per-sample feedback hook."""
@@ -443,10 +451,11 @@ class EpisodeCollector:
         self._episode_done(samples)
         return reward
 
-    def score_step(self, frame: Frame) -> float:
-        """Per-sample feedback (`mode="sample"`): called by the env on every valid step."""
+    def score_step(self, frame: Frame, worker: int = 0) -> float:
+        """Per-sample feedback (`mode="sample"`): called on every valid step, by the env (N = 1)
+        or by `rls3.workers.FeedbackVecEnv` with the worker's index."""
         sample = make_sample(frame.image, frame.state, self.rng)
-        self._pending.append(sample)
+        self._pending.setdefault(worker, []).append(sample)
         if not self.feedback_enabled:
             return 0.0
         t = time.perf_counter()
@@ -469,8 +478,11 @@ class EpisodeCollector:
 
     def on_step(self, info: dict[str, Any], reward: float, done: bool) -> None:
         self.steps += 1
+        worker = int(info.get("worker", 0))
         completed = int(info.get("n_valid", 0)) >= self.t0
-        scored = info.get("valid") if self.mode == "sample" else done and completed
+        abandoned = bool(info.get("abandoned", False))
+        scored = (info.get("valid") if self.mode == "sample"
+                  else done and completed and not abandoned)
         if self.feedback_enabled and scored:
             self.extrinsic.append(float(info.get("extrinsic", 0.0)))
         if info.get("valid"):
@@ -483,11 +495,23 @@ class EpisodeCollector:
                 self.bar.set_postfix(self.postfix(), refresh=False)
                 self.bar.update(1)
         if done and self.mode == "sample":
-            if completed:
-                self._episode_done(self._pending)
-            self._pending = []
+            pending = self._pending.pop(worker, [])
+            if completed and not abandoned:
+                self._episode_done(pending)
         if done and not completed:
             self.truncated += 1
+        if done and abandoned:
+            self.abandoned += 1
+        if done:
+            self._open.discard(worker)
+        else:
+            self._open.add(worker)
+
+    @property
+    def abandoned_episodes(self) -> int:
+        """Episodes left at the iteration boundary (scene workers): completed beyond E on the
+        last step, or unfinished; their steps count, they give no feedback or batch samples."""
+        return self.abandoned + len(self._open)
 
     def postfix(self) -> dict[str, str]:
         d = {"ep": str(self.episodes), "yield": f"{self.valid / max(self.steps, 1):.2f}"}
@@ -690,17 +714,21 @@ class Loop:
                 self.state.replay = self.replay.state()
         backend = make_backend(self.backend_cfg, "train")
         writer = None
+        workers: FeedbackVecEnv | None = None
         try:
             env = Rls3Env(backend, cfg.env_config, **collector.env_hooks())
+            if cfg.env.workers > 1:  # the main process's env then only pre-trains SAC
+                workers = make_workers(self.backend_cfg, cfg.env_config, cfg.env.workers,
+                                       collector.env_hooks())
             agent: Agent
             if self.ckpt is None:
                 agent = build_agent(cfg.agent.name, env, cfg.agent, cfg.seed, self.backend_key,
-                                    progress=cfg.progress)
+                                    progress=cfg.progress, workers=workers)
                 # whatever setup consumed (pretraining or a cache hit, data generation), the
                 # first iteration starts from the same seeded RNG states
                 _seed_everything(cfg.seed)
             else:
-                agent = self._restore(env, vlm, collector)
+                agent = self._restore(env, vlm, collector, workers)
             # metrics of a half-finished iteration are dropped (it is redone identically)
             self._truncate_metrics()
             if cfg.tensorboard:
@@ -725,12 +753,15 @@ class Loop:
         finally:
             if writer is not None:
                 writer.close()
+            if workers is not None:
+                workers.close()
             backend.close()
         return RunResult(self.run_dir, self.state.iteration, self.state.stop_reason,
                          read_metrics(self.run_dir))
 
     # -- pieces ------------------------------------------------------------------------------
-    def _restore(self, env: Rls3Env, vlm: Any, collector: EpisodeCollector) -> Agent:
+    def _restore(self, env: Rls3Env, vlm: Any, collector: EpisodeCollector,
+                 workers: FeedbackVecEnv | None = None) -> Agent:
         assert self.ckpt is not None
         cfg = self.cfg
         log.info("resuming %s from %s (iteration %d)", self.run_dir, self.ckpt.name,
@@ -738,10 +769,11 @@ class Loop:
         try:
             vlm.load(self.ckpt / "vlm")
             agent: Agent
+            driven = workers if workers is not None else env
             if cfg.agent.name == "sac":
-                agent = SACAgent.from_folder(env, self.ckpt / "agent", cfg.agent)
+                agent = SACAgent.from_folder(driven, self.ckpt / "agent", cfg.agent)
             else:
-                agent = RandomAgent(env, cfg.seed)
+                agent = RandomAgent(driven, cfg.seed)
                 agent.load(self.ckpt / "agent")
             with open(self.ckpt / RNG_FILE, "rb") as f:
                 rngs = pickle.load(f)
@@ -909,6 +941,8 @@ class Loop:
             "samples_per_s": collector.steps / times["generate"] if times["generate"] > 0 else None,
             "time_s": times, "elapsed_s": None,
         })
+        if cfg.env.workers > 1:  # (absent at N = 1: its records stay as they were)
+            rec.update(workers=cfg.env.workers, abandoned_episodes=collector.abandoned_episodes)
         hard = rec["hardness_mean"]
         log.info("iteration %d: %d steps, %d valid (yield %.2f), J2 %s, hardness %s, batch %d, "
                  "loss %s, val %.4f, test %.4f; %.1fs (%.1f steps/s)", i, collector.steps,

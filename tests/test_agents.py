@@ -178,3 +178,93 @@ def test_sample_feedback_reaches_the_buffer_before_the_next_gradient_step(backen
         assert len(snap) == n
         np.testing.assert_allclose(snap, expected[:n], rtol=1e-6)
     assert sum(1 for e in expected if e > 1.0) == 6
+
+
+def test_sample_feedback_reaches_the_buffer_before_the_next_gradient_step_with_two_workers(
+        backend, tmp_path):
+    """Issue 14: with two scene workers the main process scores each worker's valid frames
+    (FeedbackVecEnv) and the reward is in SAC's replay buffer (one row per vec step, one column
+    per worker) when the next gradient steps run; SAC trains 2 x gradient_steps per vec step."""
+    from rls3.config import BackendConfig
+    from rls3.workers import make_workers
+
+    scores, workers_seen = [], []
+
+    def score(frame, worker):
+        workers_seen.append(worker)
+        scores.append(0.1 * (len(scores) + 1))
+        return scores[-1]
+
+    env_cfg = EnvConfig(t0=3, image_size=16, render=False, max_steps=200)
+    vec = make_workers(BackendConfig(train_scenes=("kitchen",)), env_cfg, 2,
+                       {"step_feedback": score})
+    try:
+        agent = build_agent("sac", make_env(backend), agent_cfg(tmp_path), 0, "sim", workers=vec)
+        rb, model = agent.model.replay_buffer, agent.model
+        assert model.n_envs == 2 and model.gradient_steps == 2 and rb.n_envs == 2
+        before = rb.pos
+        assert before == 60  # the 120 pre-training transitions, two per row
+        expected: list[float] = []
+        counted = Recorder()
+
+        def on_step(info, reward, done):
+            counted(info, reward, done)
+            expected.append(1.0 + info["extrinsic"] if info["valid"] else -1.0)
+            assert reward == pytest.approx(expected[-1])
+
+        snapshots = []
+        train = model.train
+
+        def spy(*args, **kwargs):
+            snapshots.append(rb.rewards[before:rb.pos].copy())
+            return train(*args, **kwargs)
+
+        model.train = spy
+        steps = agent.collect(2, seed=3, on_step=on_step)
+    finally:
+        vec.close()
+    assert steps == 2 * len(snapshots) == counted.steps
+    for n, snap in enumerate(snapshots, 1):   # the n-th vec step's gradient steps see n rows
+        assert snap.shape == (n, 2)
+        np.testing.assert_allclose(snap.reshape(-1), expected[:2 * n], rtol=1e-6)
+    assert sum(1 for e in expected if e > 1.0) == len(scores) >= 6
+    assert set(workers_seen) == {0, 1}
+    assert counted.completed >= 2   # a third completion on the last step is abandoned
+
+
+def test_pretrained_buffer_is_laid_out_for_n_envs():
+    """The one-env pre-training buffer loaded for N envs: the newest len // N * N transitions,
+    oldest first, N per row (each with its own next observation)."""
+    from gymnasium import spaces
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    from rls3.agents import _relayout_buffer
+
+    obs_space = spaces.Box(-1, 1, (2,), np.float32)
+    act_space = spaces.Box(-1, 1, (3,), np.float32)
+    old = ReplayBuffer(4, obs_space, act_space, n_envs=1)
+    for t in range(7):   # wraps: holds transitions 3..6
+        old.add(np.full((1, 2), t), np.full((1, 2), t + 0.5), np.full((1, 3), t / 10),
+                np.array([t]), np.array([t % 2 == 0]), [{}])
+    new = _relayout_buffer(old, ReplayBuffer(10, obs_space, act_space, n_envs=2))
+    assert new.pos == 2 and not new.full
+    np.testing.assert_array_equal(new.rewards[:2], [[3, 4], [5, 6]])
+    np.testing.assert_array_equal(new.observations[:2, :, 0], [[3, 4], [5, 6]])
+    np.testing.assert_array_equal(new.next_observations[:2, :, 0], [[3.5, 4.5], [5.5, 6.5]])
+    np.testing.assert_array_equal(new.dones[:2], [[0, 1], [0, 1]])
+    back = _relayout_buffer(new, ReplayBuffer(3, obs_space, act_space, n_envs=1))
+    assert back.full and back.pos == 0   # capacity 3: the newest three, oldest first
+    np.testing.assert_array_equal(back.rewards[:, 0], [4, 5, 6])
+
+
+def test_a_worker_that_cannot_start_is_a_named_error():
+    """A worker process whose backend fails to build ends in one WorkerError, not a bare pipe
+    error."""
+    from rls3.config import BackendConfig
+    from rls3.workers import WorkerError, make_workers
+
+    with pytest.raises(WorkerError, match="scene worker process failed to start"):
+        make_workers(BackendConfig(train_scenes=("no_such_room",)),
+                     EnvConfig(t0=3, image_size=16, render=False), 2, {})
+    with pytest.raises(ValueError, match="2 or more workers"):
+        make_workers(BackendConfig(), EnvConfig(), 1, {})

@@ -102,6 +102,9 @@ def test_overrides():
     ("agent.ent_coef=-1", ["agent.ent_coef", "auto"]),
     ("env.t0=abc", ["env.t0='abc'", "integer"]),
     ("progress=maybe", ["progress='maybe'", "true or false"]),
+    ("env.workers=0", ["env.workers=0", "integer >= 1"]),
+    ("env.workers=-2", ["env.workers=-2", "integer >= 1"]),
+    ("env.workers=1.5", ["env.workers=1.5", "integer"]),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(override, words):
     with pytest.raises(ConfigError) as e:
@@ -196,3 +199,30 @@ def test_backend_options_merge_and_unity_runs_get_size_logs_and_build_identity(t
     build.write_bytes(b"v2, rebuilt")
     os.utime(build, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert backend_identity(plain.backend) != first
+
+
+def test_workers_the_backend_cannot_serve_are_named_before_anything_starts():
+    """Issue 14: N Unity workers need a player build and N free ports (base_port + worker_id +
+    1..N); the Editor serves one. Named by `check_runnable`, before a run directory exists."""
+    import socket
+
+    from rls3.config import check_runnable
+
+    editor = preset("quick").override({"backend.name": "unity", "env.workers": 2,
+                                       "backend.options": {"editor": True}})
+    with pytest.raises(ConfigError, match="env.workers=2: the Unity Editor serves one"):
+        check_runnable(editor)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        cfg = preset("quick").override({"backend.name": "unity", "env.workers": 3,
+                                        "backend.options": {"build": "/nonexistent/player",
+                                                            "base_port": busy - 2}})
+        with pytest.raises(ConfigError) as e:
+            check_runnable(cfg)
+    msg = str(e.value)
+    assert "env.workers=3" in msg and f"[{busy}] are in use" in msg
+    assert f"{busy - 1}-{busy + 1}" in msg and "worker ids 1-3" in msg
+    # the main process keeps worker id 0; one worker needs no extra port
+    check_runnable(cfg.override({"env.workers": 1}))

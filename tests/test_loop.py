@@ -493,3 +493,72 @@ def test_relative_paths_are_recorded_absolute_and_resume_from_anywhere(root, tmp
     monkeypatch.chdir(elsewhere)
     assert resume(here / "r" / "one").iterations == 1
     assert list(elsewhere.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------ scene workers
+@pytest.fixture(scope="module")
+def workers_run(root):
+    return run(tiny_config(root, **{"env.workers": 2, "loop.episodes": 3}),
+               run_dir=root / "runs" / "workers2")
+
+
+def test_two_scene_workers_count_e_episodes_across_workers(workers_run):
+    """Issue 14: with env.workers=2 an iteration ends after E completed episodes in total, each
+    with its own feedback and eta * T0 batch samples; the other worker's unfinished episode is
+    abandoned at the boundary (its steps count as generated samples)."""
+    recs = read_metrics(workers_run.run_dir)
+    assert [r["iteration"] for r in recs] == [0, 1, 2]
+    assert workers_run.stop_reason == "max_iterations"
+    for r in recs[1:]:
+        assert r["workers"] == 2 and r["episodes"] == 3
+        assert len(r["feedback_j2_episodes"]) == 3 and r["batch_size"] == 3 * 4
+        assert r["abandoned_episodes"] >= 1   # the other worker was mid-episode
+        assert r["steps"] >= r["valid"] >= 3 * 4
+    assert recs[-1]["cum_steps"] == recs[1]["steps"] + recs[2]["steps"]
+    assert recs[-1]["cum_episodes"] == 6
+    assert load_run_config(workers_run.run_dir).env.workers == 2
+
+
+def test_two_scene_workers_reproduce_and_resume_bit_identically(workers_run, root):
+    """Same (N, seed) -> the same metrics; Ctrl-C in iteration 2 at N=2 and resume -> the
+    uninterrupted run's metrics and weights (iteration 1 is recomputed from scratch here)."""
+    d = root / "runs" / "workers2_interrupted"
+    cfg = tiny_config(root, **{"env.workers": 2, "loop.episodes": 3})
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, run_dir=d, on_phase=interrupt_at(2, "finetune"))
+    ref = comparable(read_metrics(workers_run.run_dir))
+    assert comparable(read_metrics(d)) == ref[:2]
+    res = resume(d)
+    assert res.iterations == 2
+    assert comparable(read_metrics(d)) == ref
+    _same_weights(d, workers_run.run_dir)
+
+
+def test_two_scene_workers_through_the_unity_bridge(workers_run, root, tmp_path):
+    """Each worker runs its own Unity player (the test peer) on its own port; the collection is
+    the embedded backend's, step for step."""
+    cfg = tiny_config(root, **{"env.workers": 2, "loop.episodes": 3, "loop.iterations": 1,
+                               "data.dir": str(tmp_path / "data"), "backend.name": "unity",
+                               "backend.options": {"build": "testpeer"}})
+    got = read_metrics(run(cfg, run_dir=tmp_path / "unity_workers").run_dir)[1]
+    ref = read_metrics(workers_run.run_dir)[1]
+    for key in ("steps", "valid", "episodes", "abandoned_episodes", "workers"):
+        assert got[key] == ref[key], key
+
+
+def test_one_worker_records_stay_as_before(sac_run):
+    """N = 1 keeps the in-process path: its records carry no worker fields."""
+    last = read_metrics(sac_run.run_dir)[-1]
+    assert "workers" not in last and "abandoned_episodes" not in last
+    assert load_run_config(sac_run.run_dir).env.workers == 1
+
+
+def test_random_agent_with_two_scene_workers(root):
+    """The random agent drives the workers too: E episodes across them, per-sample feedback
+    scored in the main process for every valid frame."""
+    cfg = tiny_config(root, **{"env.workers": 2, "agent.name": "random", "loop.iterations": 1,
+                               "loop.feedback": "sample"})
+    recs = read_metrics(run(cfg, run_dir=root / "runs" / "workers2_random").run_dir)
+    last = recs[-1]
+    assert last["episodes"] == 2 and last["batch_size"] == 8 and last["workers"] == 2
+    assert last["hardness_n"] == last["valid"]

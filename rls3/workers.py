@@ -1,0 +1,180 @@
+"""Parallel scene workers (`env.workers` = N > 1): N env processes through stable-baselines3's
+`SubprocVecEnv`, with Algorithm 1's feedback applied in the main process, where the VLM lives.
+
+Each worker process builds its own backend (an embedded simulator with its own GL context, or a
+Unity player with its own worker id / port) and steps an `Rls3Env` without feedback hooks; every
+valid step's `Frame` (image + ground truth) comes back pickled in `info["frame"]`. `FeedbackVecEnv`
+wraps the workers and, in `step_wait`, calls the collector's hooks for each worker in index order
+(per-sample feedback on each valid frame; episode feedback on the completing step, with that
+worker's T0 frames) and adds the result to that worker's reward before SAC's `collect_rollouts`
+stores the transition: what `Rls3Env` does in process at N = 1.
+
+Iteration boundary (the discard rule): an iteration ends once E episodes completed across the
+workers, taken in (vec step, worker index) order. Completions beyond E on that same vec step and
+the other workers' unfinished episodes are *abandoned*: their steps count as generated samples (the
+budget), their transitions stay in SAC's replay buffer, but they get no episode feedback and give no
+fine-tuning samples (as episodes cut by the step cap). The next iteration resets every worker with
+a fresh seed, so no worker state crosses the boundary and a checkpoint needs nothing more.
+
+Seeds: in iteration i worker w is reset with `iteration_seed(seed, i) + w` (SB3's `VecEnv.seed`
+convention): worker 0 gets the N = 1 seed, and results are reproducible for a fixed (N, seed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
+
+from rls3.config import BackendConfig, make_backend
+from rls3.env import EnvConfig, Frame, Rls3Env
+
+log = logging.getLogger(__name__)
+
+#: how worker processes start: a fresh interpreter each (one GL context per process; forking a
+#: process that holds torch and an EGL context is unsafe)
+START_METHOD = "spawn"
+
+#: what a dead worker process looks like from the main process's end of its pipe
+_PIPE_ERRORS = (EOFError, ConnectionError)
+
+EpisodeFeedback = Callable[[Sequence[Frame]], float]
+WorkerStepFeedback = Callable[[Frame, int], float]
+
+
+class WorkerError(RuntimeError):
+    """A scene worker process failed (its own traceback is on stderr, above)."""
+
+
+def worker_backend_config(cfg: BackendConfig, index: int) -> BackendConfig:
+    """Worker `index`'s backend settings: the run's, except that a Unity player gets its own
+    worker id (the main process's backend keeps `worker_id` k; worker w takes k + 1 + w)."""
+    if cfg.name != "unity":
+        return cfg
+    options = dict(cfg.options)
+    options["worker_id"] = int(options.get("worker_id", 0)) + 1 + index
+    return replace(cfg, options=options)
+
+
+@dataclass(frozen=True)
+class WorkerFactory:
+    """Builds worker `index`'s env inside its own process (picklable, for `SubprocVecEnv`)."""
+
+    backend: BackendConfig
+    env: EnvConfig
+    index: int
+
+    def __call__(self) -> Rls3Env:
+        backend = make_backend(worker_backend_config(self.backend, self.index), "train")
+        return Rls3Env(backend, self.env)
+
+
+class FeedbackVecEnv(VecEnvWrapper):
+    """The loop's feedback hooks over N worker envs, applied in the main process in worker order.
+
+    `feedback(frames)` is called on an episode's completing step with that worker's frames;
+    `step_feedback(frame, worker)` on every valid step. Either return value is that worker's
+    extrinsic reward on that step (added to its reward, reported as `info["extrinsic"]`).
+    `begin(episodes)` sets how many completed episodes the iteration still takes; completions
+    beyond it are marked `info["abandoned"] = True` and get no feedback. Every info gets
+    `info["worker"]`."""
+
+    def __init__(self, venv: VecEnv, t0: int, feedback: EpisodeFeedback | None = None,
+                 step_feedback: WorkerStepFeedback | None = None) -> None:
+        if feedback is not None and step_feedback is not None:
+            raise ValueError("give feedback (per episode) or step_feedback (per sample), not both")
+        super().__init__(venv)
+        self.t0 = int(t0)
+        self.feedback = feedback
+        self.step_feedback = step_feedback
+        self.quota: int | None = None
+        self._frames: list[list[Frame]] = [[] for _ in range(self.num_envs)]
+
+    def begin(self, episodes: int) -> None:
+        """Start an iteration that ends after `episodes` completed episodes."""
+        self.quota = int(episodes)
+
+    def reset(self) -> Any:
+        obs = self.venv.reset()
+        self._frames = [[] for _ in range(self.num_envs)]
+        return obs
+
+    def step_wait(self) -> VecEnvStepReturn:
+        try:
+            obs, rewards, dones, infos = self.venv.step_wait()
+        except _PIPE_ERRORS as e:
+            raise WorkerError(f"a scene worker process died during collection ({type(e).__name__}"
+                              f": {e}); its traceback is above. The run keeps its last finished "
+                              f"iteration: continue it with `rls3 run --resume`") from e
+        rewards = np.asarray(rewards, dtype=np.float64).copy()
+        for w, info in enumerate(infos):
+            rewards[w] += self._apply(w, info, bool(dones[w]))
+        return obs, rewards, dones, infos
+
+    def _apply(self, w: int, info: dict[str, Any], done: bool) -> float:
+        """One worker's step: its feedback (the extrinsic reward) and the boundary bookkeeping."""
+        info["worker"] = w
+        frame = info.get("frame")
+        extrinsic = 0.0
+        if frame is not None:
+            if self.feedback is not None:
+                self._frames[w].append(frame)
+            if self.step_feedback is not None:
+                extrinsic = _finite(self.step_feedback(frame, w))
+        if done and int(info.get("n_valid", 0)) >= self.t0:
+            if self.quota is None or self.quota > 0:
+                if self.quota is not None:
+                    self.quota -= 1
+                if self.feedback is not None:
+                    extrinsic = _finite(self.feedback(tuple(self._frames[w])))
+            else:
+                info["abandoned"] = True
+        if done:
+            self._frames[w] = []
+        info["extrinsic"] = extrinsic
+        return extrinsic
+
+
+def make_workers(backend: BackendConfig, env: EnvConfig, n: int,
+                 hooks: dict[str, Any]) -> FeedbackVecEnv:
+    """Start `n` worker processes (each builds its own backend) behind a `FeedbackVecEnv` that
+    applies `hooks` (the collector's `env_hooks()`: `feedback` or `step_feedback`)."""
+    if n < 2:
+        raise ValueError(f"make_workers is for 2 or more workers, got {n} (1: use Rls3Env)")
+    from rls3.config import BACKEND_WORKER_CHECKS
+
+    check = BACKEND_WORKER_CHECKS.get(backend.name)
+    if check is not None:  # a resumed run was checked when it started; ports may be taken now
+        check(backend, n)
+    cores = os.cpu_count() or 1
+    if n > cores:
+        log.warning("%d scene workers on %d CPU cores: they will time-share (slower, not "
+                    "wrong)", n, cores)
+    log.info("starting %d scene workers (%s)", n, START_METHOD)
+    try:
+        venv = SubprocVecEnv([WorkerFactory(backend, env, w) for w in range(n)],
+                             start_method=START_METHOD)
+    except _PIPE_ERRORS as e:
+        raise WorkerError(f"a scene worker process failed to start its backend ({type(e).__name__}"
+                          f": {e}); its traceback is above. A script that starts a run with "
+                          f"workers needs an `if __name__ == '__main__':` guard (workers are "
+                          f"started with {START_METHOD!r})") from e
+    try:
+        return FeedbackVecEnv(venv, env.t0, **hooks)
+    except BaseException:
+        venv.close()
+        raise
+
+
+def _finite(x: float) -> float:
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"feedback returned a non-finite reward {x!r}")
+    return x
