@@ -1,0 +1,134 @@
+"""Data-parallel VLM (rls3.vlm.distributed): 2 CPU processes (gloo, launched by torchrun) give the
+same losses, feedback, metrics and weights as 1 process on the same global batch; the pieces
+(shards, gradient scaling, round-robin reassembly, the sample codec, the launch checks)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rls3.vlm.contrastive import _interleave
+from rls3.vlm.distributed import (SampleCodec, Shards, check_processes, launched_world_size,
+                                  scale_grad)
+
+WORKER = Path(__file__).with_name("_dp_worker.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(out: Path, nproc: int) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dp")
+    env_backup = {k: os.environ.pop(k) for k in ("WORLD_SIZE",) if k in os.environ}
+    try:
+        sys.path.insert(0, str(WORKER.parent))
+        import _dp_worker
+
+        one = {case[0]: _dp_worker.run(*case) for case in _dp_worker.CASES}
+    finally:
+        sys.path.remove(str(WORKER.parent))
+        os.environ.update(env_backup)
+    _launch(d / "two.pt", 2)
+    two = torch.load(d / "two.pt", weights_only=False)
+    return one, two
+
+
+@pytest.mark.parametrize("name", ["clip-tiny", "lite"])
+def test_two_processes_match_one(one_and_two, name):
+    one, two = one_and_two[0][name], one_and_two[1][name]
+    assert one["world"] == 1 and two["world"] == 2
+    # feedback and evaluation: the same groups computed the same way, gathered in order
+    np.testing.assert_allclose(two["feedback"][0], one["feedback"][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(two["feedback"][2], one["feedback"][2], rtol=1e-5, atol=1e-6)
+    assert two["feedback"][1] == pytest.approx(one["feedback"][1], rel=1e-5)
+    # fine-tuning: every step's loss over the global mini-batch, and the weights after epoch 1
+    assert len(one["losses"]) == {"clip-tiny": 6, "lite": 3}[name]
+    assert len(one["group_losses"]) == {"clip-tiny": 3, "lite": 1}[name]
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5, atol=1e-6)
+    for g1, g2 in zip(one["group_losses"], two["group_losses"]):
+        assert g1.keys() == g2.keys()
+        np.testing.assert_allclose(list(g2.values()), list(g1.values()), rtol=1e-5, atol=1e-6)
+    moved = max(float((one["weights"][k] - one["before"][k]).abs().max())
+                for k in one["weights"])
+    assert moved > 1e-3       # the comparison below is not of untouched weights
+    for k, w in one["weights"].items():
+        torch.testing.assert_close(two["weights"][k], w, rtol=1e-5, atol=1e-5, msg=k)
+    m1, m2 = one["metrics"], two["metrics"]
+    assert m2["score"] == m1["score"] and m2["per_term"] == m1["per_term"]
+    assert m2["n"] == m1["n"] and m2["loss"] == pytest.approx(m1["loss"], rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------ pieces
+def test_shards_split_contiguously():
+    s = Shards.of(7, 3)
+    assert s.sizes == (3, 2, 2) and s.starts == (0, 3, 5) and s.widest == 3
+    assert Shards.of(1, 2).sizes == (1, 0)
+
+
+def test_scale_grad_keeps_value_scales_gradient():
+    x = torch.tensor([1.5, -2.0], requires_grad=True)
+    y = scale_grad(x, 3.0)
+    assert torch.equal(y, x.detach())
+    y.sum().backward()
+    assert x.grad.tolist() == [3.0, 3.0]
+
+
+def test_interleave_restores_sample_order():
+    # 7 samples in groups of 2 -> groups 0,1,2,3 (sizes 2,2,2,1); process 0 has 0 and 2
+    def arrays(ids):
+        a = np.array(ids, dtype=float)
+        return [a, a > 2, -a]
+    parts = [arrays([0, 1, 4, 5]), arrays([2, 3, 6])]
+    losses, correct, hard = _interleave(parts, 7, 2)
+    assert losses.tolist() == list(range(7))
+    assert correct.tolist() == [i > 2 for i in range(7)] and hard.tolist() == [-i for i in range(7)]
+
+
+def test_sample_codec_sends_each_sample_once_and_forgets_in_step():
+    send, recv = SampleCodec(capacity=2), SampleCodec()
+    a, b, c = object(), object(), object()
+    wire, dropped = send.encode([a, b])
+    assert all(isinstance(w, tuple) for w in wire) and dropped == []
+    got = recv.decode(wire, dropped)
+    assert got == [a, b]
+    wire, dropped = send.encode([a, c])           # a known, c new; b falls out (capacity 2)
+    assert wire[0] == 0 and isinstance(wire[1], tuple) and dropped == [1]
+    got2 = recv.decode(wire, dropped)
+    assert got2[0] is got[0] and 1 not in recv._held
+
+
+def test_launch_checks(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launched_world_size() == 2
+    monkeypatch.setenv("WORLD_SIZE", "zwei")
+    with pytest.raises(ValueError, match="WORLD_SIZE"):
+        launched_world_size()
+    monkeypatch.delenv("WORLD_SIZE")
+    assert launched_world_size() == 1
+    check_processes(None, 2)
+    check_processes(2, 2)
+    with pytest.raises(ValueError, match=r"vlm.processes is 4 but 2 process\(es\) were launched"):
+        check_processes(4, 2)
