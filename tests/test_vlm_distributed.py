@@ -132,3 +132,63 @@ def test_launch_checks(monkeypatch):
     check_processes(2, 2)
     with pytest.raises(ValueError, match=r"vlm.processes is 4 but 2 process\(es\) were launched"):
         check_processes(4, 2)
+
+
+# ------------------------------------------------------------------------ `rls3 run` on 2 processes
+def _tiny_run_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    sets = {"env.t0": 4, "env.image_size": 32, "loop.episodes": 2, "loop.iterations": 1,
+            "loop.k": 1, "vlm.name": "clip-tiny", "data.dir": root / "data",
+            "data.val_size": 6, "data.test_size": 6, "runs_dir": root / "runs",
+            "backend.train_scenes": "[kitchen, bedroom]", "backend.test_scenes": "[test_kitchen]",
+            "loop.feedback": "episode", "loop.reward_norm": "none"}
+    args = ["run", "-q", "--preset", "quick", "--agent", "random", "--no-report",
+            "--run-dir", str(run_dir)]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    return args + list(extra)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_rls3_run_on_two_processes_matches_one(tmp_path):
+    """`torchrun --nproc_per_node 2 -m rls3 run`: the main process alone writes the run directory
+    and the metrics equal a one-process run's within float tolerance."""
+    from rls3.cli import main
+
+    assert main(_tiny_run_args(tmp_path, tmp_path / "one")) == 0
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "rls3",
+           *_tiny_run_args(tmp_path, tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("run ") == 1            # one summary line: the main process's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "one", "two"]
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [r["iteration"] for r in two] == [r["iteration"] for r in one] == [0, 1]
+    for a, b in zip(one, two):
+        for split in ("val", "test"):
+            assert b[split]["score"] == a[split]["score"]
+            assert b[split]["loss"] == pytest.approx(a[split]["loss"], rel=1e-5)
+    np.testing.assert_allclose(two[1]["finetune_losses"], one[1]["finetune_losses"], rtol=1e-5)
+
+
+def test_processes_that_disagree_with_the_launch_are_refused(tmp_path, capsys, monkeypatch):
+    from rls3.cli import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    code = main(_tiny_run_args(tmp_path, tmp_path / "r", "--set", "vlm.processes=2"))
+    assert code == 2 and not (tmp_path / "r").exists()
+    err = capsys.readouterr().err
+    assert "vlm.processes is 2 but 1 process(es) were launched" in err
+    assert "torchrun --nproc_per_node 2" in err
+    code = main(_tiny_run_args(tmp_path, tmp_path / "r", "--set", "vlm.processes=0"))
+    assert code == 2 and "vlm.processes" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["scenes", "--out", str(tmp_path / "s.png")]) == 2
+    assert "`rls3 scenes` runs in one process, but 2 were launched" in capsys.readouterr().err
