@@ -460,19 +460,26 @@ class ContrastiveVLM:
     def _prefix_cache(self, images: Sequence[np.ndarray], table: TextTable,
                       known: Sequence[Any | None] | None = None) -> tuple[Any, Any]:
         """Frozen-prefix outputs of `images` (in order; rows given in `known` are reused, not
-        recomputed) and of the table's texts."""
+        recomputed) and of the table's texts. With several processes each computes its share
+        and the shares are all-gathered."""
+        tok = self.text_inputs(list(table.texts))        # one padding length for all texts
+        if self.parallel is not None:
+            return (self._gathered(len(images), lambda idx: self._image_prefix_rows(
+                        [images[i] for i in idx],
+                        None if known is None else [known[i] for i in idx])),
+                    self._gathered(len(table.texts), lambda idx: self._text_prefix_rows(
+                        _select_rows(tok, torch.tensor(idx, dtype=torch.long)))))
+        return self._image_prefix_rows(images, known), self._text_prefix_rows(tok)
+
+    def _image_prefix_rows(self, images: Sequence[np.ndarray],
+                           known: Sequence[Any | None] | None) -> Any:
+        """Frozen image-prefix outputs of `images`, in order, reusing the rows in `known`."""
         todo = [i for i in range(len(images)) if known is None or known[i] is None]
         img_parts = [] if known is None else [k for k in known if k is not None]
         for sl in batches(len(todo), self.batch_size):
             x = _to(self.image_inputs([images[i] for i in todo[sl]]), self.device)
             with autocast(self.device, self.dtype):
                 img_parts.append(self.image_prefix(x))
-        tok = self.text_inputs(list(table.texts))        # one padding length for all texts
-        txt_parts = []
-        for sl in batches(len(table.texts), self.batch_size * 3):
-            with autocast(self.device, self.dtype):
-                txt_parts.append(self.text_prefix(_to(_select_rows(tok, torch.arange(
-                    sl.start, sl.stop)), self.device)))
         img = _concat(img_parts)
         if len(todo) < len(images):     # reused rows came first: put every row in its place
             computed = set(todo)
@@ -480,7 +487,33 @@ class ContrastiveVLM:
             where = torch.empty(len(images), dtype=torch.long)
             where[torch.tensor(done + todo, dtype=torch.long)] = torch.arange(len(images))
             img = _select_rows(img, where.to(self.device))
-        return img, _concat(txt_parts)
+        return img
+
+    def _text_prefix_rows(self, tok: dict[str, torch.Tensor]) -> Any:
+        """Frozen text-prefix outputs of the tokenised texts `tok`, in batches."""
+        n = len(next(iter(tok.values())))
+        txt_parts = []
+        for sl in batches(n, self.batch_size * 3):
+            with autocast(self.device, self.dtype):
+                txt_parts.append(self.text_prefix(_to(_select_rows(tok, torch.arange(
+                    sl.start, sl.stop)), self.device)))
+        return _concat(txt_parts)
+
+    def _gathered(self, n: int, compute: Any) -> Any:
+        """`compute(rows)` over rows 0..n-1 with each process computing its contiguous share
+        (padded with row 0 to equal shapes), all-gathered into every process, in row order."""
+        group = self.parallel
+        assert group is not None
+        shards = Shards.of(n, group.world_size)
+        start, size = shards.starts[group.rank], shards.sizes[group.rank]
+        local = compute(list(range(start, start + size)) + [0] * (shards.widest - size))
+
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat(group.gather_rows(t, shards))
+
+        if isinstance(local, torch.Tensor):
+            return gather(local)
+        return {k: gather(v) for k, v in local.items()}
 
     def _parallel_suffix(self, suffix: Any, cache: Any, rows: torch.Tensor) -> torch.Tensor:
         """`suffix` of the cached prefix `rows`, this process computing only its share: the
