@@ -12,13 +12,15 @@ from rls3.vlm import build_vlm
 from rls3.vlm.distributed import init_data_parallel
 from rls3.vlm.synthetic import make_samples
 
-#: adapter, options, fine-tuning batch size, epochs. Samples: 11, scored in groups of 4 (4, 4, 3:
-#: round-robin over 2 processes); fine-tuning batches of 4 give uneven, padded shards (2 + 1). For
-#: `lite` at 64 px the image top sees a 2x2 map through ReLU6 kinks: after a few steps a
-#: rounding-size weight difference can flip a unit and change a gradient outright, so its
-#: weights are compared after one fine-tuning step over the whole global batch (its losses
-#: over 3 epochs).
-CASES = (("clip-tiny", {}, 4, 2), ("lite", {"image_size": 64}, 11, 3))
+#: adapter, options, fine-tuning batch size, fine-tuning calls' steps. Samples: 11, scored in
+#: groups of 4 (4, 4, 3: round-robin over 2 processes). Contrastive adapters: K epochs; batches of
+#: 4 give uneven, padded shards (2 + 1). For `lite` at 64 px the image top sees a 2x2 map through
+#: ReLU6 kinks: after a few steps a rounding-size weight difference can flip a unit and change a
+#: gradient outright, so its weights are compared after one step over the whole global batch (its
+#: losses over 3 epochs). PaliGemma: K optimizer steps on batches of 3 (shards 2 + 1).
+CASES = (("clip-tiny", {"mirror_augment": True}, 4, 2),
+         ("lite", {"image_size": 64, "mirror_augment": True}, 11, 3),
+         ("paligemma-tiny", {}, 3, 3))
 N_SAMPLES, EVAL_BATCH = 11, 4
 #: plain SGD makes the weights a linear function of the gradients, so equal gradients show as
 #: equal weights (AdamW's first steps are ~lr * sign(g): rounding noise in a gradient that is
@@ -30,8 +32,7 @@ def run(name: str, options: dict, ft_batch: int, epochs: int) -> dict:
     """Everything one process observes: step losses, feedback, metrics, trained weights."""
     group = init_data_parallel()
     samples = make_samples(N_SAMPLES, seed=4, size=48)
-    vlm = build_vlm(name, batch_size=EVAL_BATCH, seed=0, progress=False, mirror_augment=True,
-                    **options)
+    vlm = build_vlm(name, batch_size=EVAL_BATCH, seed=0, progress=False, **options)
     vlm.distribute(group)
     vlm._optimizer = torch.optim.SGD([p for _, p in vlm.trainable_parameters()], lr=SGD_LR)
     before = {k: v.detach().clone() for k, v in vlm.module.state_dict().items()}

@@ -56,7 +56,7 @@ def one_and_two(tmp_path_factory):
     return one, two
 
 
-@pytest.mark.parametrize("name", ["clip-tiny", "lite"])
+@pytest.mark.parametrize("name", ["clip-tiny", "lite", "paligemma-tiny"])
 def test_two_processes_match_one(one_and_two, name):
     one, two = one_and_two[0][name], one_and_two[1][name]
     assert one["world"] == 1 and two["world"] == 2
@@ -65,15 +65,15 @@ def test_two_processes_match_one(one_and_two, name):
     np.testing.assert_allclose(two["feedback"][2], one["feedback"][2], rtol=1e-5, atol=1e-6)
     assert two["feedback"][1] == pytest.approx(one["feedback"][1], rel=1e-5)
     # fine-tuning: every step's loss over the global mini-batch, and the weights after epoch 1
-    assert len(one["losses"]) == {"clip-tiny": 6, "lite": 3}[name]
-    assert len(one["group_losses"]) == {"clip-tiny": 3, "lite": 1}[name]
+    assert len(one["losses"]) == {"clip-tiny": 6, "lite": 3, "paligemma-tiny": 3}[name]
+    assert len(one["group_losses"]) == {"clip-tiny": 3, "lite": 1, "paligemma-tiny": 1}[name]
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5, atol=1e-6)
     for g1, g2 in zip(one["group_losses"], two["group_losses"]):
         assert g1.keys() == g2.keys()
         np.testing.assert_allclose(list(g2.values()), list(g1.values()), rtol=1e-5, atol=1e-6)
     moved = max(float((one["weights"][k] - one["before"][k]).abs().max())
                 for k in one["weights"])
-    assert moved > 1e-3       # the comparison below is not of untouched weights
+    assert moved > 1e-4       # the comparison below is not of untouched weights
     for k, w in one["weights"].items():
         torch.testing.assert_close(two["weights"][k], w, rtol=1e-5, atol=1e-5, msg=k)
     m1, m2 = one["metrics"], two["metrics"]
