@@ -202,18 +202,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
     parallel = _data_parallel()
+    if parallel is not None:
+        # every process checks the launch against the config, so a mismatch ends them all with
+        # the same clear error before any of them waits for another
+        cfg = (loop.load_run_config(args.resume, resume=True) if args.resume is not None
+               and args.resume.is_dir() else resolve_config(args))
+        loop.check_launch(cfg, parallel)
     if parallel is not None and not parallel.is_main:
         # the scene, the agent and the run directory belong to the main process; this one runs
         # the main process's VLM calls on its share of each batch
         loop.serve_vlm(parallel)
         return 0
-    try:
-        result = _start_or_resume(args, loop, parallel)
-    finally:
-        if parallel is not None:
-            from rls3.vlm.distributed import stop_serving
+    # on an error the main process exits non-zero and the launcher ends the others (they may be
+    # inside a collective call the main process abandoned: a stop message could not reach them)
+    result = _start_or_resume(args, loop, parallel)
+    if parallel is not None:
+        from rls3.vlm.distributed import stop_serving
 
-            stop_serving(parallel)
+        stop_serving(parallel)
     from rls3.report import run_answer, summary_line
 
     final = result.final

@@ -324,6 +324,8 @@ def build_vlm_from_config(cfg: Config, weights: str | Path | None = None,
         return build_vlm_replica(cfg, None if weights is None else str(weights))
     from rls3.vlm.distributed import build_remote
 
+    log.info("VLM data-parallel over %d processes (%s); this main process alone runs the scene, "
+             "the agent and the run directory", parallel.world_size, parallel.device)
     return build_remote(parallel, partial(build_vlm_replica, parallel=parallel), cfg,
                         None if weights is None else str(weights))
 

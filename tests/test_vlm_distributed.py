@@ -160,12 +160,7 @@ def test_rls3_run_on_two_processes_matches_one(tmp_path):
     from rls3.cli import main
 
     assert main(_tiny_run_args(tmp_path, tmp_path / "one")) == 0
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "rls3",
-           *_tiny_run_args(tmp_path, tmp_path / "two")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = _torchrun(_tiny_run_args(tmp_path, tmp_path / "two"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("run ") == 1            # one summary line: the main process's
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "one", "two"]
@@ -176,6 +171,23 @@ def test_rls3_run_on_two_processes_matches_one(tmp_path):
             assert b[split]["score"] == a[split]["score"]
             assert b[split]["loss"] == pytest.approx(a[split]["loss"], rel=1e-5)
     np.testing.assert_allclose(two[1]["finetune_losses"], one[1]["finetune_losses"], rtol=1e-5)
+
+
+def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "rls3", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_launch_that_disagrees_with_the_config_stops_every_process(tmp_path):
+    proc = _torchrun(_tiny_run_args(tmp_path, tmp_path / "r", "--set", "vlm.processes=3"))
+    assert proc.returncode != 0 and not (tmp_path / "r").exists()
+    want = "vlm.processes is 3 but 2 process(es) were launched (WORLD_SIZE=2)"
+    assert proc.stderr.count(want) == 2          # both processes stop with the same error
 
 
 def test_processes_that_disagree_with_the_launch_are_refused(tmp_path, capsys, monkeypatch):
