@@ -6,11 +6,11 @@
 
 Each layout PxT (P processes, T torch threads each; default 1x1, 1x2 and 2x1, i.e. one core,
 then both cores used by threads or by processes) runs as its own `torchrun --nproc_per_node P`
-launch of this script (1 process takes the plain single-process path). Timed on every launch, after building the model and an
-untimed warm-up call on other samples: `finetune` on n samples for K epochs from a cold cache
-(frozen prefix + K epochs, as the loop's first call on a new batch), the same call again (prefix
-cached: the trainable part only), and `evaluate` on the n samples. Launches are interleaved over `--repeats` and the median is
-reported. Writes benchmarks/results/dp.json (or --out).
+launch of this script (1 process takes the plain single-process path). Timed on every launch,
+after building the model and an untimed warm-up call on other samples: `finetune` on n samples
+for K epochs from a cold cache (frozen prefix + K epochs, as the loop's first call on a new
+batch), the same call again (prefix cached: the trainable part only), and `evaluate` on the n
+samples. Launches are interleaved over `--repeats` and the median is reported. Writes benchmarks/results/dp.json (or --out).
 """
 
 from __future__ import annotations

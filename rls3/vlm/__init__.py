@@ -96,7 +96,8 @@ for _cfg in (
     VLMConfig("siglip-base-random", "clip", None,
               {"tiny": "siglip-base", "lr": 1e-5, "batch_size": 32},
               "SigLIP base-size model with random weights, built offline (GPU benchmarks)"),
-    VLMConfig("paligemma-3b-random", "paligemma", None, {"tiny": "3b", "lr": 1e-5, "batch_size": 4},
+    VLMConfig("paligemma-3b-random", "paligemma", None,
+              {"tiny": "3b", "lr": 1e-5, "batch_size": 4},
               "PaliGemma-3B-size model with random weights, built offline (GPU benchmarks)"),
 ):
     register_vlm(_cfg)

@@ -265,8 +265,9 @@ class PaliGemmaVLM:
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step's loss with each process running its contiguous share of `rows`: returns
         the batch loss, this process's share of it (with gradient), and every row's summed loss
-        and token count (gathered, no gradient, in the order of `rows`). A process whose share is empty runs one row at weight 0, so that every
-        process has the same gradients to average."""
+        and token count (gathered, no gradient, in the order of `rows`). A process whose share
+        is empty runs one row at weight 0, so that every process has the same gradients to
+        average."""
         group = self.parallel
         assert group is not None
         shards = Shards.of(len(rows), group.world_size)
