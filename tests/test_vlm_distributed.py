@@ -171,6 +171,19 @@ def test_rls3_run_on_two_processes_matches_one(tmp_path):
             assert b[split]["score"] == a[split]["score"]
             assert b[split]["loss"] == pytest.approx(a[split]["loss"], rel=1e-5)
     np.testing.assert_allclose(two[1]["finetune_losses"], one[1]["finetune_losses"], rtol=1e-5)
+    # `rls3 eval` on 2 processes: the same metrics, printed and written once
+    import json
+
+    dataset = next((tmp_path / "data").rglob("metadata.jsonl")).parent
+    assert main(["eval", str(tmp_path / "two"), str(dataset), "-q",
+                 "--json", str(tmp_path / "e1.json")]) == 0
+    proc = _torchrun(["eval", str(tmp_path / "two"), str(dataset), "-q",
+                      "--json", str(tmp_path / "e2.json")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("score") == 1
+    e1, e2 = (json.loads((tmp_path / f).read_text()) for f in ("e1.json", "e2.json"))
+    assert e2["score"] == e1["score"] and e2["per_term"] == e1["per_term"]
+    assert e2["loss"] == pytest.approx(e1["loss"], rel=1e-6)
 
 
 def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
