@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -93,13 +92,10 @@ def worker(args: argparse.Namespace) -> None:
 
 def launch(args: argparse.Namespace, nproc: int, threads: int, out: Path) -> dict:
     """Run this script as `worker` under torchrun: `nproc` processes, `threads` threads each."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={port}", __file__, "--worker", str(out),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", __file__, "--worker", str(out),
            "--vlm", args.vlm, "--image-size", str(args.image_size), "--samples", str(args.samples),
            "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
            "--seed", str(args.seed)]
