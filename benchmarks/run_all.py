@@ -29,8 +29,11 @@ sys.path.insert(0, str(HERE))
 from _common import machine_info, stamp_figure, stamp_markdown, write_json  # noqa: E402
 
 PY = sys.executable
+#: why a section has no results yet, where that is known in advance
+NOT_RUN = {"gpu": "no GPU was available where these results were made; on a GPU machine run "
+                  "`python benchmarks/bench_gpu.py` (about 5-8 minutes on an H100)"}
 ORDER = ["yield", "agent_settings", "throughput", "learning", "replay", "loop", "scaling",
-         "workers", "data_efficiency"]
+         "workers", "data_efficiency", "dp"]
 
 
 def commands(out: Path, fast: bool) -> dict[str, list[str]]:
@@ -63,6 +66,8 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
             "data_efficiency": b("bench_data_efficiency.py") + [
                 "--seeds", "0", "--parallel", "1", "--runs-dir", str(ROOT / "runs" / "bench-fast"),
                 "--out", str(out / "comparison")] + tiny + ["--set", "loop.iterations=2"],
+            "dp": b("bench_dp.py") + ["--vlm", "clip-tiny", "--samples", "16", "--epochs", "1",
+                                      "--out", str(out / "dp.json")],
         }
     return {
         "yield": b("bench_yield.py") + ["--out", str(out / "yield.json")],
@@ -77,6 +82,7 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
         "scaling": b("bench_scaling.py") + ["--out", str(out / "scaling.json")],
         "workers": b("bench_workers.py") + ["--repeats", "2", "--out", str(out / "workers.json")],
         "data_efficiency": b("bench_data_efficiency.py") + ["--out", str(out / "comparison")],
+        "dp": b("bench_dp.py") + ["--repeats", "2", "--out", str(out / "dp.json")],
     }
 
 
@@ -182,6 +188,8 @@ def _plots(out: Path, res: dict[str, dict]) -> dict[str, Path]:
 def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], command: str) -> Path:
     import bench_agent_settings
     import bench_data_efficiency
+    import bench_dp
+    import bench_gpu
     import bench_learning
     import bench_loop
     import bench_replay
@@ -219,12 +227,16 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
                  lambda r: bench_data_efficiency.markdown_table(r)
                  + ["", "Full report with all figures: [comparison/report.md]"
                         "(comparison/report.md)."],
-                 "comparison/comparison.json", ["data_efficiency.png", "comparison_yield.png"])]
+                 "comparison/comparison.json", ["data_efficiency.png", "comparison_yield.png"]),
+                ("dp", "Data-parallel VLM fine-tuning on CPUs (1 vs 2 processes, accelerate)",
+                 bench_dp.markdown, "dp.json", []),
+                ("gpu", "Paper-size VLMs on one GPU (`benchmarks/bench_gpu.py`, not in "
+                 "run_all: needs CUDA)", bench_gpu.markdown, "gpu.json", [])]
     for key, title, md, js, pngs in sections:
         lines += [f"## {title}", ""]
         r = res.get(key)
         if r is None:
-            lines += [f"_not run_ ({status.get(key, 'no results')})", ""]
+            lines += [f"_not run_ ({status.get(key, NOT_RUN.get(key, 'no results'))})", ""]
             continue
         lines += [f"`{r.get('command', '?')}` → [{js}]({js})", ""]
         lines += md(r) + [""]
@@ -257,7 +269,7 @@ def collect(out: Path) -> dict[str, dict]:
              "throughput": "throughput.json",
              "learning": "learning.json", "replay": "replay.json", "loop": "loop.json",
              "scaling": "scaling.json", "workers": "workers.json",
-             "data_efficiency": "comparison/comparison.json"}
+             "data_efficiency": "comparison/comparison.json", "dp": "dp.json", "gpu": "gpu.json"}
     return {k: r for k, f in files.items() if (r := _load(out / f)) is not None}
 
 

@@ -188,6 +188,16 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _data_parallel() -> Any:
+    """The process group of a multi-process launch (torchrun / accelerate launch), or None."""
+    from rls3.vlm.distributed import init_data_parallel
+
+    try:
+        return init_data_parallel()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
@@ -196,32 +206,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     # `kill` ends a run like Ctrl-C: the last finished iteration stays resumable either way
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
-    if args.resume is not None:
-        given = [f for f, v in (("--preset", args.preset), ("--config", args.config),
-                                ("--set", args.overrides), ("--seed", args.seed),
-                                ("--backend", args.backend), ("--agent", args.agent),
-                                ("--vlm", args.vlm), ("--budget-from", args.budget_from),
-                                ("--workers", args.workers is not None),
-                                ("--run-dir", args.run_dir)) if v]
-        if given:
-            raise UsageError(f"--resume continues a run with its own config; drop "
-                             f"{', '.join(given)}")
-        if not args.resume.is_dir():
-            raise UsageError(f"run directory {str(args.resume)!r} does not exist")
-        result = loop.resume(args.resume, progress=False if args.quiet else None)
-    else:
-        cfg = resolve_config(args)
-        if args.budget_from is not None:
-            if not args.budget_from.is_dir():
-                raise UsageError(f"--budget-from: run directory {str(args.budget_from)!r} "
-                                 f"does not exist")
-            budget = loop.budget_from_run(args.budget_from, cfg.loop.budget_unit)
-            cfg = cfg.override({"loop.budget": budget, "loop.budget_from": str(args.budget_from)})
-            print(f"budget: {budget} generated samples ({cfg.loop.budget_unit}) from "
-                  f"{args.budget_from}")
-        if args.quiet:
-            cfg = cfg.override({"progress": False})
-        result = loop.run(cfg, run_dir=args.run_dir)
+    parallel = _data_parallel()
+    if parallel is not None:
+        # every process checks the launch against the config, so a mismatch ends them all with
+        # the same clear error before any of them waits for another
+        cfg = (loop.load_run_config(args.resume, resume=True) if args.resume is not None
+               and args.resume.is_dir() else resolve_config(args))
+        loop.check_launch(cfg, parallel)
+    if parallel is not None and not parallel.is_main:
+        # the scene, the agent and the run directory belong to the main process; this one runs
+        # the main process's VLM calls on its share of each batch
+        loop.serve_vlm(parallel)
+        return 0
+    # on an error the main process exits non-zero and the launcher ends the others (they may be
+    # inside a collective call the main process abandoned: a stop message could not reach them)
+    result = _start_or_resume(args, loop, parallel)
+    if parallel is not None:
+        from rls3.vlm.distributed import stop_serving
+
+        stop_serving(parallel)
     from rls3.report import run_answer, summary_line
 
     final = result.final
@@ -234,6 +237,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         path = write_report([result.run_dir], result.run_dir / "report")
         print(f"report: {path}")
     return 0
+
+
+def _start_or_resume(args: argparse.Namespace, loop: Any, parallel: Any) -> Any:
+    """`rls3 run`'s loop (on the main process of a multi-process launch)."""
+    if args.resume is not None:
+        given = [f for f, v in (("--preset", args.preset), ("--config", args.config),
+                                ("--set", args.overrides), ("--seed", args.seed),
+                                ("--backend", args.backend), ("--agent", args.agent),
+                                ("--vlm", args.vlm), ("--budget-from", args.budget_from),
+                                ("--workers", args.workers is not None),
+                                ("--run-dir", args.run_dir)) if v]
+        if given:
+            raise UsageError(f"--resume continues a run with its own config; drop "
+                             f"{', '.join(given)}")
+        if not args.resume.is_dir():
+            raise UsageError(f"run directory {str(args.resume)!r} does not exist")
+        return loop.resume(args.resume, progress=False if args.quiet else None,
+                           parallel=parallel)
+    cfg = resolve_config(args)
+    if args.budget_from is not None:
+        if not args.budget_from.is_dir():
+            raise UsageError(f"--budget-from: run directory {str(args.budget_from)!r} "
+                             f"does not exist")
+        budget = loop.budget_from_run(args.budget_from, cfg.loop.budget_unit)
+        cfg = cfg.override({"loop.budget": budget, "loop.budget_from": str(args.budget_from)})
+        print(f"budget: {budget} generated samples ({cfg.loop.budget_unit}) from "
+              f"{args.budget_from}")
+    if args.quiet:
+        cfg = cfg.override({"progress": False})
+    return loop.run(cfg, run_dir=args.run_dir, parallel=parallel)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -280,11 +313,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         kw["device"] = args.device
     if args.batch_size:
         kw["batch_size"] = args.batch_size
+    parallel = _data_parallel()    # every process evaluates its share; the main one prints
+    if parallel is not None and parallel.device.type == "cuda" and not args.device:
+        kw["device"] = str(parallel.device)
     try:
         vlm = build_vlm(name, weights=str(folder), progress=not args.quiet, **kw)
     except (ValueError, OSError) as e:
         raise UsageError(f"cannot load VLM {name!r} from {str(folder)!r}: {e}") from e
+    if parallel is not None and hasattr(vlm, "distribute"):
+        vlm.distribute(parallel)
     m = vlm.evaluate(samples).to_dict()
+    if parallel is not None and not parallel.is_main:
+        return 0
     print(f"{name} ({folder}) on {args.dataset} ({m['n']} samples)")
     print(f"  score  {m['score']:.4f}" + (f"   loss {m['loss']:.4f}" if m.get("loss") is not None
                                           else ""))
@@ -330,6 +370,24 @@ COMMANDS = {"run": cmd_run, "generate": cmd_generate, "eval": cmd_eval, "report"
             "scenes": cmd_scenes}
 
 
+#: commands that take part in a multi-process launch (the others would run N times over)
+MULTI_PROCESS_COMMANDS = ("run", "eval")
+
+
+def _check_multi_process(command: str) -> None:
+    """UsageError when a command that is not data-parallel is launched as several processes."""
+    from rls3.vlm.distributed import launched_world_size
+
+    try:
+        world = launched_world_size()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if world > 1 and command not in MULTI_PROCESS_COMMANDS:
+        raise UsageError(f"`rls3 {command}` runs in one process, but {world} were launched "
+                         f"(WORLD_SIZE={world}); only {' and '.join(MULTI_PROCESS_COMMANDS)} "
+                         f"take part in torchrun / accelerate launch")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The `rls3` console entry; run as a program (argv None) it first re-executes under tcmalloc."""
     from rls3 import runtime
@@ -354,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rls3.loop import RunDirError
 
     try:
+        _check_multi_process(args.command)
         return COMMANDS[args.command](args)
     except (UsageError, ConfigError, DatasetError, RunDirError) as e:
         print(f"rls3 {args.command}: error: {e}", file=sys.stderr)

@@ -199,9 +199,15 @@ class VLMConfig:
     batch_size: int | None = None
     lr: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: data-parallel VLM processes the run must be launched with (torchrun / accelerate launch);
+    #: None accepts whatever was launched (1 without a launcher)
+    processes: int | None = None
 
     def __post_init__(self) -> None:
         known = known_vlms()
+        _require(self.processes is None or (isinstance(self.processes, int)
+                                            and self.processes >= 1), "vlm.processes",
+                 self.processes, "null or an integer >= 1")
         _require(self.name in known, "vlm.name", self.name, f"one of {sorted(known)}")
         _require(self.batch_size is None or self.batch_size >= 1, "vlm.batch_size",
                  self.batch_size, "null or an integer >= 1")

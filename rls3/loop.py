@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ from rls3.manifest import MANIFEST_FILE, manifest_problems, write_manifest
 from rls3.progress import progress_bar
 from rls3.replay import ReplayError, SampleReplay
 from rls3.sample import Sample
+from rls3.vlm.distributed import DataParallel
 from rls3.workers import FeedbackVecEnv, make_workers
 
 log = logging.getLogger(__name__)
@@ -321,17 +323,70 @@ def vlm_checkpoint(path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ VLM
-def build_vlm_from_config(cfg: Config, weights: str | Path | None = None) -> Any:
-    """The run's VLM adapter (seeded with the run seed)."""
+def build_vlm_from_config(cfg: Config, weights: str | Path | None = None,
+                          parallel: DataParallel | None = None) -> Any:
+    """The run's VLM adapter (seeded with the run seed). With `parallel` (a multi-process
+    launch, main process) every process builds its replica and the main process gets a
+    `RemoteVLM` that forwards each collective call to the others (see `serve_vlm`)."""
+    if parallel is None:
+        return build_vlm_replica(cfg, None if weights is None else str(weights))
+    from rls3.vlm.distributed import build_remote
+
+    log.info("VLM data-parallel over %d processes (%s); this main process alone runs the scene, "
+             "the agent and the run directory", parallel.world_size, parallel.device)
+    return build_remote(parallel, partial(build_vlm_replica, parallel=parallel), cfg,
+                        None if weights is None else str(weights))
+
+
+def build_vlm_replica(cfg: Config, weights: str | None = None,
+                      parallel: DataParallel | None = None) -> Any:
+    """This process's adapter: on a multi-GPU launch each process takes its own GPU; the
+    adapter splits its work over the processes when it has a data-parallel path."""
     from rls3.vlm import build_vlm
 
     kw = cfg.vlm.build_kwargs()
     if weights is not None:
-        kw["weights"] = str(weights)
+        kw["weights"] = weights
+    progress = cfg.progress
+    if parallel is not None:
+        progress = progress and parallel.is_main
+        if parallel.device.type == "cuda" and kw.get("device") in (None, "cuda"):
+            kw["device"] = str(parallel.device)
     try:
-        return build_vlm(cfg.vlm.name, seed=cfg.seed, progress=cfg.progress, **kw)
+        vlm = build_vlm(cfg.vlm.name, seed=cfg.seed, progress=progress, **kw)
     except (ValueError, OSError) as e:
         raise ConfigError(f"cannot build VLM {cfg.vlm.name!r}: {e}") from e
+    if parallel is not None:
+        if hasattr(vlm, "distribute"):
+            vlm.distribute(parallel)
+        elif parallel.is_main:
+            log.warning("VLM %r has no data-parallel path: each of the %d processes computes "
+                        "every call in full (same results, no speed-up)", cfg.vlm.name,
+                        parallel.world_size)
+    return vlm
+
+
+def serve_vlm(parallel: DataParallel) -> int:
+    """A non-main process of a multi-process run: build the VLM replica and run the main
+    process's VLM calls, in its order, until it stops; returns the number of calls."""
+    from rls3.vlm.distributed import serve
+
+    return serve(parallel, partial(build_vlm_replica, parallel=parallel))
+
+
+def check_launch(cfg: Config, parallel: DataParallel | None) -> None:
+    """ConfigError when `vlm.processes` disagrees with the processes actually launched."""
+    from rls3.vlm.distributed import check_processes
+
+    world = 1 if parallel is None else parallel.world_size
+    try:
+        check_processes(cfg.vlm.processes, world)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    workers = getattr(cfg.env, "workers", 1)
+    if world > 1 and isinstance(workers, int) and workers > 1:
+        log.info("%d scene workers run for the main process only; the %d VLM processes share "
+                 "the fine-tuning, feedback and evaluation", workers, world)
 
 
 def _vlm_rng_get(vlm: Any) -> Any:
@@ -599,11 +654,14 @@ class Loop:
     """One run of Algorithm 1 in a run directory (fresh, or continuing its last checkpoint)."""
 
     def __init__(self, run_dir: str | Path, on_phase: PhaseHook | None = None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, parallel: DataParallel | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.cfg = load_run_config(self.run_dir, resume=True)
         if progress is not None:  # display only: does not change results
             self.cfg = replace(self.cfg, progress=progress)
+        #: the process group of a multi-process launch (this is its main process), or None
+        self.parallel = parallel
+        check_launch(self.cfg, parallel)
         self.on_phase = on_phase
         self.ckpt = latest_checkpoint(self.run_dir)  # verified before anything is written
         self.state = RunState()
@@ -700,7 +758,7 @@ class Loop:
             log.warning("env.render is off: the VLM sees blank images (use it for timing only)")
         _seed_everything(cfg.seed)
         val, test = self._datasets()
-        vlm = build_vlm_from_config(cfg)
+        vlm = build_vlm_from_config(cfg, parallel=self.parallel)
         self.vlm = vlm
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xC0FFEE]))
         use_feedback = cfg.agent.name == "sac" or cfg.loop.random_feedback
@@ -1090,20 +1148,23 @@ def _jsonable(x: Any) -> Any:
 
 # ------------------------------------------------------------------------------------ entry points
 def run(cfg: Config, run_dir: str | Path | None = None,
-        on_phase: PhaseHook | None = None) -> RunResult:
-    """Start a new run of `cfg` (resolving `loop.budget_from`) and run it to the end."""
+        on_phase: PhaseHook | None = None, parallel: DataParallel | None = None) -> RunResult:
+    """Start a new run of `cfg` (resolving `loop.budget_from`) and run it to the end.
+    `parallel`: the process group when this is the main process of a multi-process launch (the
+    others run `serve_vlm`); only this process writes the run directory."""
     if cfg.loop.budget_from and cfg.loop.budget == 0:
         cfg = cfg.override({"loop.budget": budget_from_run(cfg.loop.budget_from,
                                                             cfg.loop.budget_unit)})
     cfg = cfg.resolved()  # the run records absolute paths: it resumes the same from anywhere
     check_runnable(cfg)   # nothing is written for a config that cannot run
+    check_launch(cfg, parallel)
     d = create_run(cfg, run_dir)
     log.info("run directory %s", d)
-    return Loop(d, on_phase=on_phase).run()
+    return Loop(d, on_phase=on_phase, parallel=parallel).run()
 
 
 def resume(run_dir: str | Path, on_phase: PhaseHook | None = None,
-           progress: bool | None = None) -> RunResult:
+           progress: bool | None = None, parallel: DataParallel | None = None) -> RunResult:
     """Continue a run from its last committed checkpoint (or start it, if it has none)."""
-    return Loop(run_dir, on_phase=on_phase, progress=progress).run()
+    return Loop(run_dir, on_phase=on_phase, progress=progress, parallel=parallel).run()
 

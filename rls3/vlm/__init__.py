@@ -91,6 +91,14 @@ for _cfg in (
               "tiny random SiglipModel built offline (tests)"),
     VLMConfig("paligemma-tiny", "paligemma", None, {"tiny": True, "max_new_tokens": 8},
               "tiny random PaliGemma built offline (tests)"),
+    VLMConfig("clip-b32-random", "clip", None, {"tiny": "clip-b32", "lr": 1e-5, "batch_size": 32},
+              "CLIP ViT-B/32-size model with random weights, built offline (GPU benchmarks)"),
+    VLMConfig("siglip-base-random", "clip", None,
+              {"tiny": "siglip-base", "lr": 1e-5, "batch_size": 32},
+              "SigLIP base-size model with random weights, built offline (GPU benchmarks)"),
+    VLMConfig("paligemma-3b-random", "paligemma", None,
+              {"tiny": "3b", "lr": 1e-5, "batch_size": 4},
+              "PaliGemma-3B-size model with random weights, built offline (GPU benchmarks)"),
 ):
     register_vlm(_cfg)
 

@@ -56,7 +56,8 @@ class ClipVLM(ContrastiveVLM):
     """A transformers CLIP/SigLIP dual encoder behind the `VLM` Protocol; all weights train.
 
     `weights`: hub name or folder (see `load_dual_encoder`); `tiny`: 'clip' or 'siglip' builds a
-    tiny random model offline instead (tests). The frozen prefix of the contrastive base class is
+    tiny random model offline instead (tests), 'clip-b32' or 'siglip-base' a random one of the
+    paper's size (GPU benchmarks). The frozen prefix of the contrastive base class is
     just the resized uint8 pixels, so fine-tuning preprocesses each image once per call.
     """
 

@@ -48,6 +48,7 @@ from rls3.sample import Sample
 from rls3.vlm.base import Feedback, Metrics
 from rls3.vlm.common import (autocast, batches, breakdown, check_positive, progress,
                              resolve_device, resolve_dtype, seeded_generator)
+from rls3.vlm.distributed import DataParallel, Shards, scale_grad
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,23 @@ def _group_means(values: torch.Tensor, labels: torch.Tensor) -> dict[int, float]
     return {int(g): float(values[labels == g].mean()) for g in torch.unique(labels)}
 
 
+def _interleave(parts: list[list[np.ndarray]], n: int,
+                size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample arrays of n samples from each process's round-robin groups of `size`
+    (process q scored groups q, q + W, ...), in sample order."""
+    world = len(parts)
+    out = []
+    for field_ in range(3):
+        pieces: list[np.ndarray] = []
+        offsets = [0] * world
+        for g, sl in enumerate(batches(n, size)):
+            q, m = g % world, sl.stop - sl.start
+            pieces.append(parts[q][field_][offsets[q]:offsets[q] + m])
+            offsets[q] += m
+        out.append(np.concatenate(pieces))
+    return out[0], out[1], out[2]
+
+
 def _mirrored(sample: Sample) -> tuple[np.ndarray, Description]:
     """The horizontally flipped image and mirrored description of `sample`, or the sample itself
     when its captions are not ones `rls3.captions.mirror` can mirror (e.g. hand-written)."""
@@ -238,6 +256,13 @@ class ContrastiveVLM:
         #: per optimizer step of the last `finetune` call given `groups`: group -> mean loss of
         #: that group's samples in the step's mini-batch (groups absent from it are left out)
         self.last_group_losses: list[dict[int, float]] = []
+        #: the process group of a multi-process launch (`distribute`); None: one process
+        self.parallel: DataParallel | None = None
+
+    def distribute(self, group: DataParallel | None) -> None:
+        """Split fine-tuning, feedback and evaluation over `group`'s processes (every process
+        must then make the same calls with the same samples); None: one process again."""
+        self.parallel = group if group is not None and group.world_size > 1 else None
 
     # ----------------------------------------------------------------- hooks (subclasses)
     def image_inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -332,8 +357,11 @@ class ContrastiveVLM:
         self.module.eval()
         losses, correct, hard = [], [], []
         t0 = time.perf_counter()
-        with progress(len(samples), desc, self.progress) as bar:
-            for sl in batches(len(samples), self.batch_size):
+        groups = list(batches(len(samples), self.batch_size))
+        if self.parallel is not None:   # this process's groups, round-robin
+            groups = groups[self.parallel.rank::self.parallel.world_size]
+        with progress(sum(g.stop - g.start for g in groups), desc, self.progress) as bar:
+            for sl in groups:
                 chunk = samples[sl]
                 table, img_h, txt_h = self._chunk_prefix(chunk, memo)
                 if keep:
@@ -349,8 +377,11 @@ class ContrastiveVLM:
         dt = time.perf_counter() - t0
         log.debug("%s: %d samples in %.2fs (%.1f samples/s)", desc, len(samples), dt,
                   len(samples) / max(dt, 1e-9))
-        return (torch.cat(losses).cpu().numpy(), torch.cat(correct).cpu().numpy(),
-                torch.cat(hard).cpu().numpy())
+        mine = [torch.cat(x).cpu().numpy() if x else np.zeros(0)
+                for x in (losses, correct, hard)]
+        if self.parallel is None:
+            return mine[0], mine[1], mine[2]
+        return _interleave(self.parallel.gather_objects(mine), len(samples), self.batch_size)
 
     def _keep_prefix(self, chunk: Sequence[Sample], img_h: Any) -> None:
         """Remember each sample's image-prefix row (up to `feedback_cache_samples`)."""
@@ -429,19 +460,26 @@ class ContrastiveVLM:
     def _prefix_cache(self, images: Sequence[np.ndarray], table: TextTable,
                       known: Sequence[Any | None] | None = None) -> tuple[Any, Any]:
         """Frozen-prefix outputs of `images` (in order; rows given in `known` are reused, not
-        recomputed) and of the table's texts."""
+        recomputed) and of the table's texts. With several processes each computes its share
+        and the shares are all-gathered."""
+        tok = self.text_inputs(list(table.texts))        # one padding length for all texts
+        if self.parallel is not None:
+            return (self._gathered(len(images), lambda idx: self._image_prefix_rows(
+                        [images[i] for i in idx],
+                        None if known is None else [known[i] for i in idx])),
+                    self._gathered(len(table.texts), lambda idx: self._text_prefix_rows(
+                        _select_rows(tok, torch.tensor(idx, dtype=torch.long)))))
+        return self._image_prefix_rows(images, known), self._text_prefix_rows(tok)
+
+    def _image_prefix_rows(self, images: Sequence[np.ndarray],
+                           known: Sequence[Any | None] | None) -> Any:
+        """Frozen image-prefix outputs of `images`, in order, reusing the rows in `known`."""
         todo = [i for i in range(len(images)) if known is None or known[i] is None]
         img_parts = [] if known is None else [k for k in known if k is not None]
         for sl in batches(len(todo), self.batch_size):
             x = _to(self.image_inputs([images[i] for i in todo[sl]]), self.device)
             with autocast(self.device, self.dtype):
                 img_parts.append(self.image_prefix(x))
-        tok = self.text_inputs(list(table.texts))        # one padding length for all texts
-        txt_parts = []
-        for sl in batches(len(table.texts), self.batch_size * 3):
-            with autocast(self.device, self.dtype):
-                txt_parts.append(self.text_prefix(_to(_select_rows(tok, torch.arange(
-                    sl.start, sl.stop)), self.device)))
         img = _concat(img_parts)
         if len(todo) < len(images):     # reused rows came first: put every row in its place
             computed = set(todo)
@@ -449,7 +487,51 @@ class ContrastiveVLM:
             where = torch.empty(len(images), dtype=torch.long)
             where[torch.tensor(done + todo, dtype=torch.long)] = torch.arange(len(images))
             img = _select_rows(img, where.to(self.device))
-        return img, _concat(txt_parts)
+        return img
+
+    def _text_prefix_rows(self, tok: dict[str, torch.Tensor]) -> Any:
+        """Frozen text-prefix outputs of the tokenised texts `tok`, in batches."""
+        n = len(next(iter(tok.values())))
+        txt_parts = []
+        for sl in batches(n, self.batch_size * 3):
+            with autocast(self.device, self.dtype):
+                txt_parts.append(self.text_prefix(_to(_select_rows(tok, torch.arange(
+                    sl.start, sl.stop)), self.device)))
+        return _concat(txt_parts)
+
+    def _gathered(self, n: int, compute: Any) -> Any:
+        """`compute(rows)` over rows 0..n-1 with each process computing its contiguous share
+        (padded with row 0 to equal shapes), all-gathered into every process, in row order."""
+        group = self.parallel
+        assert group is not None
+        shards = Shards.of(n, group.world_size)
+        start, size = shards.starts[group.rank], shards.sizes[group.rank]
+        local = compute(list(range(start, start + size)) + [0] * (shards.widest - size))
+
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat(group.gather_rows(t, shards))
+
+        if isinstance(local, torch.Tensor):
+            return gather(local)
+        return {k: gather(v) for k, v in local.items()}
+
+    def _parallel_suffix(self, suffix: Any, cache: Any, rows: torch.Tensor) -> torch.Tensor:
+        """`suffix` of the cached prefix `rows`, this process computing only its share: the
+        others' outputs arrive by all-gather (no gradient), this process's keep theirs, scaled by
+        the world size so that averaging gradients over processes gives the one-process
+        gradient (see rls3.vlm.distributed)."""
+        group = self.parallel
+        assert group is not None
+        shards = Shards.of(len(rows), group.world_size)
+        start, size = shards.starts[group.rank], shards.sizes[group.rank]
+        mine = rows[start:start + size]
+        if size < shards.widest:    # pad with a real row so every process sends equal shapes
+            mine = torch.cat([mine, rows[:shards.widest - size]])
+        with autocast(self.device, self.dtype):
+            local = suffix(_select_rows(cache, mine.to(self.device))).float()
+        parts = group.gather_rows(local, shards)
+        parts[group.rank] = scale_grad(local[:size], float(group.world_size))
+        return torch.cat(parts)
 
     def finetune(self, samples: Sequence[Sample], k: int,
                  groups: Sequence[int] | None = None) -> list[float]:
@@ -510,9 +592,15 @@ class ContrastiveVLM:
                     needed = torch.unique(sub[sub >= 0])
                     lut[needed] = torch.arange(len(needed))
                     local = torch.where(sub >= 0, lut[sub.clamp(min=0)], -1)
-                    with autocast(self.device, self.dtype):
-                        img = self.image_suffix(_select_rows(img_cache, rows.to(self.device)))
-                        txt = self.text_suffix(_select_rows(txt_cache, needed.to(self.device)))
+                    if self.parallel is None:
+                        with autocast(self.device, self.dtype):
+                            img = self.image_suffix(_select_rows(img_cache,
+                                                                 rows.to(self.device)))
+                            txt = self.text_suffix(_select_rows(txt_cache,
+                                                                needed.to(self.device)))
+                    else:
+                        img = self._parallel_suffix(self.image_suffix, img_cache, rows)
+                        txt = self._parallel_suffix(self.text_suffix, txt_cache, needed)
                     per_sample = contrastive_loss(img.float(), txt.float(), local,
                                                   self.logit_scale().float())
                     loss = per_sample.mean()
@@ -521,6 +609,8 @@ class ContrastiveVLM:
                             _group_means(per_sample.detach(), label[rows % n]))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    if self.parallel is not None:
+                        self.parallel.mean_gradients(params)
                     if self.grad_clip:
                         torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
                     opt.step()

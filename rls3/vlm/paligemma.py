@@ -29,6 +29,7 @@ from rls3.vlm.base import Feedback, Metrics
 from rls3.vlm.common import (META_FILE, batches, breakdown, check_positive, load_hf_config,
                              load_optimizer_state, progress, read_meta, resolve_device,
                              resolve_dtype, save_optimizer, seeded_generator, to_pil, write_meta)
+from rls3.vlm.distributed import DataParallel, Shards
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,15 @@ class PaliGemmaVLM:
     """PaliGemma behind the `VLM` Protocol (see the module docstring).
 
     `weights`: hub name or folder (`load_paligemma`); `tiny=True` builds a tiny random model with
-    an offline tokenizer instead (tests). The model stays in eval mode (no dropout) while
+    an offline tokenizer instead (tests), `tiny="3b"` a random one of PaliGemma-3B's size (GPU
+    benchmarks). The model stays in eval mode (no dropout) while
     fine-tuning; weights are held in `dtype` (bfloat16 on CUDA by default).
     """
 
     kind = "paligemma"
 
     def __init__(self, name: str = "paligemma", *, weights: str | Path | None = None,
-                 tiny: bool = False, device: str | torch.device | None = None,
+                 tiny: bool | str = False, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, batch_size: int = 4, lr: float = 1e-5,
                  weight_decay: float = 0.0, grad_clip: float | None = 1.0,
                  max_new_tokens: int = 24, prompt_template: str = "{question}",
@@ -110,11 +112,14 @@ class PaliGemmaVLM:
         self._generator = seeded_generator(seed)
         #: per optimizer step of the last `finetune` call given `groups`: group -> token-mean loss
         self.last_group_losses: list[dict[int, float]] = []
+        #: the process group of a multi-process launch (`distribute`); None: one process
+        self.parallel: DataParallel | None = None
         if weights is not None:
             model, processor = load_paligemma(weights, self.dtype)
         elif tiny:
             from rls3.vlm.tiny import tiny_paligemma
-            model, processor = tiny_paligemma(seed=seed)
+            model, processor = tiny_paligemma(seed=seed,
+                                              size="tiny" if tiny is True else str(tiny))
         else:
             raise ValueError("the paligemma adapter needs `weights` (a hub name such as "
                              "'google/paligemma-3b-pt-224' or a local folder)")
@@ -130,6 +135,14 @@ class PaliGemmaVLM:
         self.tokenizer = processor.tokenizer
         self.trainable_names = freeze_all_but_lm_attention(self.model)
         self._optimizer: torch.optim.Optimizer | None = None
+
+    def distribute(self, group: DataParallel | None) -> None:
+        """Split fine-tuning, feedback and evaluation over `group`'s processes (every process
+        must then make the same calls with the same samples); None: one process again. The
+        answer-token loss is a sum over samples divided by the batch's token count, so each
+        process back-propagates its samples' share and the averaged gradients equal one
+        process's."""
+        self.parallel = group if group is not None and group.world_size > 1 else None
 
     def rng_state(self) -> torch.Tensor:
         """State of the fine-tuning shuffle generator (for exact resumption)."""
@@ -205,16 +218,30 @@ class PaliGemmaVLM:
         scores: list[int] = []
         loss_sum, tokens = 0.0, 0
         t0 = time.perf_counter()
-        with progress(len(samples), desc, self.progress) as bar:
-            for sl in batches(len(samples), self.batch_size):
+        groups = list(batches(len(samples), self.batch_size))
+        if self.parallel is not None:   # this process's groups, round-robin
+            groups = groups[self.parallel.rank::self.parallel.world_size]
+        per_group: list[tuple[list[str], list[int], float, int]] = []
+        with progress(sum(g.stop - g.start for g in groups), desc, self.progress) as bar:
+            for sl in groups:
                 chunk = samples[sl]
                 got = self._generate(chunk)
-                answers += got
-                scores += [int(score(a, s.description.terms)) for a, s in zip(got, chunk)]
+                loss, n = 0.0, 0
                 if with_loss:
                     s, n = self._loss_sum(self.training_inputs(chunk))
-                    loss_sum, tokens = loss_sum + float(s), tokens + n
+                    loss = float(s)
+                per_group.append((got, [int(score(a, x.description.terms))
+                                        for a, x in zip(got, chunk)], loss, n))
                 bar.update(len(chunk))
+        if self.parallel is not None:   # every group, in order, on every process
+            parts = self.parallel.gather_objects(per_group)
+            world = self.parallel.world_size
+            per_group = [parts[g % world][g // world]
+                         for g in range(len(list(batches(len(samples), self.batch_size))))]
+        for got, sc, loss, n in per_group:
+            answers += got
+            scores += sc
+            loss_sum, tokens = loss_sum + loss, tokens + n
         log.debug("%s: %d samples in %.1fs", desc, len(samples), time.perf_counter() - t0)
         return answers, scores, (loss_sum / max(tokens, 1)) if with_loss else None
 
@@ -233,6 +260,27 @@ class PaliGemmaVLM:
                                           target.reshape(-1), ignore_index=-100,
                                           reduction="none").view(target.shape)
         return tok.sum(1), (target != -100).sum(1)
+
+    def _parallel_loss(self, samples: list[Sample], rows: list[int]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step's loss with each process running its contiguous share of `rows`: returns
+        the batch loss, this process's share of it (with gradient), and every row's summed loss
+        and token count (gathered, no gradient, in the order of `rows`). A process whose share
+        is empty runs one row at weight 0, so that every process has the same gradients to
+        average."""
+        group = self.parallel
+        assert group is not None
+        shards = Shards.of(len(rows), group.world_size)
+        start, size = shards.starts[group.rank], shards.sizes[group.rank]
+        mine = rows[start:start + size] or rows[:1]
+        row_sum, row_tok = self._loss_rows(self.training_inputs([samples[i] for i in mine]))
+        parts = group.gather_objects((row_sum.detach().float().cpu()[:size],
+                                      row_tok.cpu()[:size]))
+        all_sum = torch.cat([p[0] for p in parts])
+        all_tok = torch.cat([p[1] for p in parts])
+        total = all_tok.sum().clamp(min=1)
+        local = row_sum[:size].sum() / total.to(row_sum.device)
+        return all_sum.sum() / total, local, all_sum, all_tok
 
     # VLM Protocol ------------------------------------------------------------------------------
     def feedback(self, samples: Sequence[Sample]) -> Feedback:
@@ -286,9 +334,13 @@ class PaliGemmaVLM:
         with progress(k, f"{self.name} finetune", self.progress, unit="step") as bar:
             for _ in range(k):
                 rows = next(stream)
-                batch = self.training_inputs([samples[i] for i in rows])
-                row_sum, row_tok = self._loss_rows(batch)
-                loss = row_sum.sum() / row_tok.sum().clamp(min=1)
+                local_loss = None
+                if self.parallel is not None:
+                    loss, local_loss, row_sum, row_tok = self._parallel_loss(samples, rows)
+                else:
+                    batch = self.training_inputs([samples[i] for i in rows])
+                    row_sum, row_tok = self._loss_rows(batch)
+                    loss = row_sum.sum() / row_tok.sum().clamp(min=1)
                 if groups is not None:
                     per: dict[int, list[int]] = {}
                     for j, i in enumerate(rows):
@@ -297,7 +349,12 @@ class PaliGemmaVLM:
                         g: float(row_sum[js].sum().detach() / row_tok[js].sum().clamp(min=1))
                         for g, js in sorted(per.items())})
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if self.parallel is not None and local_loss is not None:
+                    # this process's share, scaled so that averaging gives the batch gradient
+                    (local_loss * self.parallel.world_size).backward()
+                    self.parallel.mean_gradients(params)
+                else:
+                    loss.backward()
                 if self.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
                 opt.step()

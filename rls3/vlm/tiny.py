@@ -61,48 +61,74 @@ def train_tokenizer(corpus: Iterable[str] = CORPUS, *, vocab_size: int = 256,
                                    **kwargs)
 
 
+#: Random dual encoders `tiny_clip` builds: tiny ones for tests, and the paper's sizes (the
+#: transformers config defaults are CLIP ViT-B/32 and SigLIP base patch16-224) for GPU benchmarks
+DUAL_ENCODER_KINDS = ("clip", "siglip", "clip-b32", "siglip-base")
+
+
 def tiny_clip(kind: str = "clip", *, seed: int = 0, image_size: int = 32) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, image processor) of a tiny random `CLIPModel` or `SiglipModel`."""
+    """(model, tokenizer, image processor) of a random `CLIPModel` or `SiglipModel`: tiny for
+    "clip" / "siglip"; for "clip-b32" / "siglip-base" the paper's sizes (224 px, the hub models'
+    layer sizes and vocabulary sizes; the tokenizer is still the small local one)."""
     from transformers import (CLIPConfig, CLIPModel, SiglipConfig, SiglipModel)
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "image_size": image_size, "patch_size": 8}
-    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "max_position_embeddings": 64}
-    if kind == "clip":
-        tok = train_tokenizer(single="<bos> $A <eos>", pair="<bos> $A <eos> $B <eos>")
-        text.update(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-        config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
+    if kind not in DUAL_ENCODER_KINDS:
+        raise ValueError(f"unknown tiny dual-encoder kind {kind!r}; allowed: "
+                         f"{', '.join(map(repr, DUAL_ENCODER_KINDS))}")
+    paper = kind in ("clip-b32", "siglip-base")
+    if paper:
+        vision: dict[str, Any] = {}
+        text: dict[str, Any] = {}
+        image_size = 224
+    else:
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                  "num_attention_heads": 2, "image_size": image_size, "patch_size": 8}
+        text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "max_position_embeddings": 64}
+    if kind.startswith("clip"):
+        tok = train_tokenizer(single="<bos> $A <eos>", pair="<bos> $A <eos> $B <eos>",
+                              model_max_length=77 if paper else 64)
+        text.update(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                    eos_token_id=tok.eos_token_id)
+        if not paper:
+            text["vocab_size"] = len(tok)
+        config = CLIPConfig(text_config=text, vision_config=vision,
+                            **({} if paper else {"projection_dim": 32}))
         proc = CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                      crop_size={"height": image_size, "width": image_size})
         cls = CLIPModel
-    elif kind == "siglip":
+    else:
+        length = 64 if paper else 16
         tok = train_tokenizer(single="$A <eos>", pair="$A <eos> $B <eos>",
-                              model_input_names=["input_ids"], model_max_length=16)
-        text.update(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                    max_position_embeddings=16)
+                              model_input_names=["input_ids"], model_max_length=length)
+        text.update(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                    eos_token_id=tok.eos_token_id, max_position_embeddings=length)
+        if not paper:
+            text["vocab_size"] = len(tok)
         config = SiglipConfig(text_config=text, vision_config=vision)
         proc = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
         cls = SiglipModel
-    else:
-        raise ValueError(f"unknown tiny dual-encoder kind {kind!r}; allowed: 'clip', 'siglip'")
     with seeded(seed):
         model = cls(config)
     return model.eval(), tok, proc
 
 
-def tiny_paligemma(*, seed: int = 0, image_size: int = 32, patch_size: int = 16
-                   ) -> tuple[Any, Any]:
-    """(model, processor) of a tiny random `PaliGemmaForConditionalGeneration`: SigLIP vision
-    tower, Gemma language model, BPE tokenizer with `<image>`, `<bos>`, `<eos>`, `<pad>`."""
+def tiny_paligemma(*, seed: int = 0, image_size: int = 32, patch_size: int = 16,
+                   size: str = "tiny") -> tuple[Any, Any]:
+    """(model, processor) of a random `PaliGemmaForConditionalGeneration`: SigLIP vision
+    tower, Gemma language model, BPE tokenizer with `<image>`, `<bos>`, `<eos>`, `<pad>`.
+    `size="3b"`: PaliGemma-3B's sizes (SigLIP so400m/14 at 224 px, Gemma-2B, its vocabulary
+    size) for GPU benchmarks; "tiny" for tests."""
     from transformers import (GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration,
                               PaliGemmaProcessor, SiglipVisionConfig)
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
+    if size not in ("tiny", "3b"):
+        raise ValueError(f"unknown PaliGemma size {size!r}; allowed: 'tiny', '3b'")
+    if size == "3b":
+        image_size, patch_size = 224, 14
     n_image_tokens = (image_size // patch_size) ** 2
     tok = train_tokenizer(extra_specials=("<image>",), padding_side="left",
                           model_max_length=256)
@@ -111,17 +137,30 @@ def tiny_paligemma(*, seed: int = 0, image_size: int = 32, patch_size: int = 16
                                          image_seq_length=n_image_tokens)
     processor = PaliGemmaProcessor(image_processor=image_proc, tokenizer=tok)
     vocab = len(processor.tokenizer)
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=2, image_size=image_size,
-                                patch_size=patch_size, vision_use_head=False)
-    text = GemmaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                       head_dim=16, max_position_embeddings=256,
-                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.eos_token_id)
+    if size == "3b":
+        vocab, width = 257216, 2048
+        vision = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304,
+                                    num_hidden_layers=27, num_attention_heads=16,
+                                    image_size=image_size, patch_size=patch_size,
+                                    vision_use_head=False)
+        text = GemmaConfig(vocab_size=vocab, hidden_size=width, intermediate_size=16384,
+                           num_hidden_layers=18, num_attention_heads=8, num_key_value_heads=1,
+                           head_dim=256, max_position_embeddings=8192,
+                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                           eos_token_id=tok.eos_token_id)
+    else:
+        width = 32
+        vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=2, image_size=image_size,
+                                    patch_size=patch_size, vision_use_head=False)
+        text = GemmaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                           head_dim=16, max_position_embeddings=256,
+                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                           eos_token_id=tok.eos_token_id)
     config = PaliGemmaConfig(vision_config=vision, text_config=text,
                              image_token_index=processor.image_token_id, vocab_size=vocab,
-                             projection_dim=32, hidden_size=32,
+                             projection_dim=width, hidden_size=width,
                              pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                              eos_token_id=tok.eos_token_id)
     with seeded(seed):
