@@ -45,6 +45,7 @@ def machine_info() -> dict[str, Any]:
         load = None
     return {"platform": platform.platform(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "loadavg": load, "allocator": runtime.active_allocator(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "versions": versions()}
 
 

@@ -216,7 +216,7 @@ def markdown(res: dict) -> list[str]:
     return lines
 
 
-_TIMING_KEYS = {"time_s", "elapsed_s", "samples_per_s"}
+_TIMING_KEYS = {"time", "time_s", "elapsed_s", "samples_per_s"}
 
 
 def comparable(rec: dict | None) -> dict:

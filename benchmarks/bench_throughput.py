@@ -34,7 +34,7 @@ def vlm(fast: bool, name: str = "lite", size: int = 224) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "vlm.json"
         cmd = [sys.executable, str(HERE / "bench_vlm.py"), "--vlm", name, "--out", str(out),
-               "--source-size", str(size)]
+               "--source-size", str(size), "--allocators", "tcmalloc"]  # side by side: allocator
         if fast:
             cmd += ["--n", "64", "--repeats", "1", "--epochs", "1"]
         subprocess.run(cmd, cwd=ROOT, check=True)

@@ -106,6 +106,33 @@ FIGURES = {"evaluate": ("eval_img_per_s", "evaluate"), "bare forward": ("bare_im
            "feedback 1-by-1": ("feedback_per_sample_img_per_s", "feedback_per_sample")}
 
 
+def markdown_allocators(res: dict) -> list[str]:
+    """The figures of each allocator side by side (images/s; per call user / system CPU seconds
+    and minor page faults), then each child process as a whole."""
+    names = res["allocators"]
+    by = res["by_allocator"]
+    a, b = names[:2]
+    lines = [f"`{res['vlm']}`, {res['n']} samples at {res['source_size']} px, each allocator in "
+             f"its own child process: images/s (user s / system s / minor faults per call).", "",
+             "| figure | " + " | ".join(names) + f" | {a} ÷ {b} |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for fig, (key, ukey) in FIGURES.items():
+        cells = []
+        for n in names:
+            u = by[n]["usage"][ukey]
+            cells.append(f"{by[n][key]:.1f} ({u['user_s']:.1f} / {u['sys_s']:.1f} / "
+                         f"{u['minflt'] / 1e3:.0f} k)")
+        lines.append(f"| {fig} | " + " | ".join(cells)
+                     + f" | ×{res['allocator_speedup'][fig]:.2f} |")
+    lines.append("")
+    for n in names:
+        p = res["process"][n]
+        lines.append(f"- whole child under {n}: wall {p['wall_s']:.1f} s, user {p['user_s']:.1f} s,"
+                     f" system {p['sys_s']:.1f} s, {p['minflt'] / 1e6:.2f} M minor faults, load "
+                     f"{p['loadavg_before'][0]:.1f} → {p['loadavg_after'][0]:.1f}")
+    return lines
+
+
 def compare_allocators(args: argparse.Namespace, allocators: list[str]) -> None:
     """Run this benchmark once per allocator in child processes; write and print them side by
     side (the first allocator's figures stay at the top level for older readers)."""
@@ -131,22 +158,7 @@ def compare_allocators(args: argparse.Namespace, allocators: list[str]) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(first, indent=2))
-    print(f"\n{args.vlm}, {first['n']} samples, side by side (images/s; per call: user s / "
-          f"system s / minor faults):")
-    print(f"  {'figure':<16}" + "".join(f"{n:>36}" for n in allocators) + f"{a + '/' + b:>18}")
-    for fig, (key, ukey) in FIGURES.items():
-        cells = []
-        for n in allocators:
-            u = by[n]["usage"][ukey]
-            cells.append(f"{by[n][key]:7.1f} ({u['user_s']:5.1f}/{u['sys_s']:5.1f}/"
-                         f"{u['minflt'] / 1e3:6.0f} k)")
-        print(f"  {fig:<16}" + "".join(f"{c:>36}" for c in cells)
-              + f"{first['allocator_speedup'][fig]:>17.2f}x")
-    for n in allocators:
-        p = process[n]
-        print(f"  whole child under {n}: wall {p['wall_s']:.1f} s, user {p['user_s']:.1f} s, "
-              f"system {p['sys_s']:.1f} s, {p['minflt'] / 1e6:.2f} M minor faults, load "
-              f"{p['loadavg_before'][0]:.1f} -> {p['loadavg_after'][0]:.1f}")
+    print("\n".join(markdown_allocators(first)))
     print(f"wrote {out}")
 
 
@@ -173,6 +185,12 @@ def main() -> None:
     if not args.child and len(allocators) > 1:
         compare_allocators(args, allocators)
         return
+    from rls3 import runtime
+
+    here = "tcmalloc" if runtime.active_allocator() == "tcmalloc" else "system"
+    if not args.child and allocators != [here]:
+        raise SystemExit(f"--allocators {args.allocators}: this process runs under {here}; give "
+                         f"two allocators (side by side) or set RLS3_ALLOCATOR")
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -32,8 +32,8 @@ PY = sys.executable
 #: why a section has no results yet, where that is known in advance
 NOT_RUN = {"gpu": "no GPU was available where these results were made; on a GPU machine run "
                   "`python benchmarks/bench_gpu.py` (about 5-8 minutes on an H100)"}
-ORDER = ["yield", "agent_settings", "throughput", "learning", "replay", "loop", "scaling",
-         "workers", "data_efficiency", "dp"]
+ORDER = ["yield", "agent_settings", "throughput", "allocator", "learning", "replay", "loop",
+         "scaling", "workers", "data_efficiency", "dp"]
 
 
 def commands(out: Path, fast: bool) -> dict[str, list[str]]:
@@ -60,6 +60,9 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
                 "--heldout", "16", "--test", "16",
                 "--data-dir", str(ROOT / "runs" / "bench-fast-learning-data"),
                 "--out", str(out / "replay.json")],
+            "allocator": b("bench_vlm.py") + ["--vlm", "clip-tiny", "--n", "16", "--repeats", "1",
+                                              "--epochs", "1", "--episode", "4", "--out",
+                                              str(out / "vlm_allocator.json")],
             "loop": b("bench_loop.py") + tiny + ["--out", str(out / "loop.json")],
             "scaling": b("bench_scaling.py") + ["--fast", "--out", str(out / "scaling.json")],
             "workers": b("bench_workers.py") + ["--fast", "--out", str(out / "workers.json")],
@@ -78,7 +81,9 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
             "--variants", "default,no-mirror,192px", "--epochs", "25",
             "--out", str(out / "learning.json")],
         "replay": b("bench_replay.py") + ["--out", str(out / "replay.json")],
-        "loop": b("bench_loop.py") + ["--out", str(out / "loop.json")],
+        "allocator": b("bench_vlm.py") + ["--n", "64", "--repeats", "2", "--epochs", "1",
+                                          "--out", str(out / "vlm_allocator.json")],
+        "loop": b("bench_loop.py") + ["--timer", "cpu", "--out", str(out / "loop.json")],
         "scaling": b("bench_scaling.py") + ["--out", str(out / "scaling.json")],
         "workers": b("bench_workers.py") + ["--repeats", "2", "--out", str(out / "workers.json")],
         "data_efficiency": b("bench_data_efficiency.py") + ["--out", str(out / "comparison")],
@@ -195,6 +200,7 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
     import bench_replay
     import bench_scaling
     import bench_throughput
+    import bench_vlm
     import bench_workers
     import bench_yield
 
@@ -212,6 +218,8 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
                  "pre-training)", bench_agent_settings.markdown, "agent_settings.json", []),
                 ("throughput", "Throughput against raw counterparts", bench_throughput.markdown,
                  "throughput.json", ["throughput.png"]),
+                ("allocator", "Memory allocator: the VLM under tcmalloc and glibc malloc",
+                 bench_vlm.markdown_allocators, "vlm_allocator.json", []),
                 ("learning", "Does the VLM learn from renders? (`lite`, fixed rendered sets)",
                  bench_learning.markdown, "learning.json", ["learning.png"]),
                 ("replay", "Does replay make the VLM learn inside the loop? (fine-tuning "
@@ -266,7 +274,7 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
 
 def collect(out: Path) -> dict[str, dict]:
     files = {"yield": "yield.json", "agent_settings": "agent_settings.json",
-             "throughput": "throughput.json",
+             "throughput": "throughput.json", "allocator": "vlm_allocator.json",
              "learning": "learning.json", "replay": "replay.json", "loop": "loop.json",
              "scaling": "scaling.json", "workers": "workers.json",
              "data_efficiency": "comparison/comparison.json", "dp": "dp.json", "gpu": "gpu.json"}

@@ -3,10 +3,10 @@ otherwise) and the OpenMP wait policy, both set once by the entry points.
 
 With glibc malloc every large activation of the VLM towers is a fresh mmap faulted in page by page
 and unmapped again, so the kernel spends more CPU than the model (lite evaluation: 2.95 M minor
-faults, 8.6 s system vs 6.1 s user for 64 images); tcmalloc keeps freed memory cached and makes the
-VLM phases ~1.8x faster. A preloaded allocator cannot be switched on from inside a running
-process, so the entry points (`rls3 ...`, the test suite, the benchmarks) re-execute themselves
-once with ``LD_PRELOAD`` set (`ensure`). ``RLS3_ALLOCATOR=system`` keeps glibc malloc;
+faults, 8.6 s system vs 6.1 s user for 64 images); tcmalloc keeps freed memory cached and makes
+evaluation ~1.6x and fine-tuning ~2.3x faster. A preloaded allocator cannot be switched on from
+inside a running process, so the entry points (`rls3 ...`, the test suite, the benchmarks)
+re-execute themselves once with ``LD_PRELOAD`` set (`ensure`). ``RLS3_ALLOCATOR=system`` keeps glibc malloc;
 ``RLS3_TCMALLOC=/path/libtcmalloc_minimal.so.4`` names a library outside the usual places.
 OpenMP threads (torch's CPU pool) are told to sleep rather than spin between parallel regions
 (``OMP_WAIT_POLICY=PASSIVE`` unless set): spinning threads took the cores from the renderer and
@@ -99,11 +99,12 @@ def status() -> AllocatorStatus:
     if want == "tcmalloc" and now != "tcmalloc":
         if lib is None:
             where = f" at {os.environ[LIB_VAR]}" if os.environ.get(LIB_VAR) else ""
-            note = (f"tcmalloc not found{where}, running with glibc malloc: the VLM phases run "
-                    f"~1.8x slower ({INSTALL_HINT}; {ENV_VAR}=system silences this)")
+            note = (f"tcmalloc not found{where}, running with glibc malloc: VLM fine-tuning and "
+                    f"evaluation run ~2x slower ({INSTALL_HINT}; {ENV_VAR}=system silences "
+                    f"this)")
         else:
-            note = (f"{lib} could not be preloaded, running with glibc malloc: the VLM phases run "
-                    f"~1.8x slower")
+            note = (f"{lib} could not be preloaded, running with glibc malloc: VLM fine-tuning "
+                    f"and evaluation run ~2x slower")
     return AllocatorStatus(active=now, wanted=want, library=lib, note=note)
 
 
