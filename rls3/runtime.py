@@ -41,7 +41,7 @@ class AllocatorError(ValueError):
 
 @dataclass(frozen=True)
 class AllocatorStatus:
-    """What `ensure` found: the allocator in use and, when it is not the wanted one, why."""
+    """The allocator in use, the one asked for, and (when they differ) why, for the log."""
 
     active: str            # "tcmalloc" or "glibc"
     wanted: str            # "tcmalloc" or "system"
@@ -140,11 +140,10 @@ def ensure(argv: Sequence[str] | None = None) -> AllocatorStatus:
     ``RLS3_ALLOCATOR`` asks for.
 
     Call it first thing in an entry point, before torch is imported and before threads or files
-    exist: `os.execve` replaces the
-    process (same pid, same open descriptors) and runs the same command line (``sys.orig_argv``)
-    again, with tcmalloc added to ``LD_PRELOAD`` (wanted, present, not loaded) or removed from it
-    (``system`` asked for while an inherited preload loaded it). Returns only when no re-execution
-    is needed or possible.
+    exist: `os.execve` replaces the process (same pid, same open descriptors) and runs the same
+    command line (``sys.orig_argv``) again, with tcmalloc added to ``LD_PRELOAD`` (wanted, present,
+    not loaded) or removed from it (``system`` asked for while an inherited preload loaded it).
+    Returns only when no re-execution is needed or possible.
     """
     set_env_defaults()
     st = status()
