@@ -35,6 +35,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from rls3 import ENV_ID
 from rls3.scene import SceneBackend, SceneState
 
 OBS_SIZE = 32  # the paper observation
@@ -111,7 +112,8 @@ class EnvConfig:
 class Rls3Env(gym.Env):
     """Move one object per step; +1 valid / -1 invalid; render every valid layout."""
 
-    metadata = {"render_modes": ["rgb_array"]}
+    # render_fps is nominal (one frame per step), for gymnasium's video wrappers
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(self, backend: SceneBackend, config: EnvConfig | None = None,
                  feedback: Feedback | None = None, render_mode: str | None = None,
@@ -306,6 +308,27 @@ class Rls3Env(gym.Env):
         onehot[len(self._pool) + s.scene_index % self._n_scenes] = 1.0
         obs = np.concatenate([np.asarray(v, dtype=np.float64), onehot]).astype(np.float32)
         return np.clip(obs, -1.0, 1.0)
+
+
+def make_env(scenes: Sequence[str] | str | None = None, *, backend: SceneBackend | None = None,
+             objects: Sequence[str] | None = None, render_mode: str | None = None,
+             **config: Any) -> Rls3Env:
+    """`gymnasium.make("rls3/ArrangeObjects-v0", ...)`'s entry point: an `Rls3Env` on `backend`
+    (any `SceneBackend`; default the embedded simulator over `scenes`, default the train rooms,
+    and `objects`), with `EnvConfig` fields (t0, image_size, observation, ...) by keyword."""
+    known = set(EnvConfig.__dataclass_fields__)
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise TypeError(f"{ENV_ID}: unknown keyword(s) {unknown}; allowed: scenes, backend, "
+                        f"objects, render_mode and the EnvConfig fields {sorted(known)}")
+    if backend is not None and (scenes is not None or objects is not None):
+        raise ValueError(f"{ENV_ID}: give scenes/objects (embedded simulator) or a backend, "
+                         f"not both")
+    if backend is None:
+        from rls3.sim import SimBackend  # pyrender/pybullet only when the simulator is used
+
+        backend = SimBackend("train" if scenes is None else scenes, objects)
+    return Rls3Env(backend, EnvConfig(**config), render_mode=render_mode)
 
 
 def relative_size(pool: int, scenes: int) -> int:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_cli_config
 
 from rls3.cli import main
 from rls3.config import preset
@@ -80,16 +81,8 @@ def test_console_entry_point_reports_errors_without_traceback():
 
 @pytest.fixture()
 def tiny_yaml(tmp_path):
-    cfg = preset("quick").override({
-        "env.t0": 4, "env.image_size": 32, "loop.episodes": 1, "loop.iterations": 1,
-        "loop.k": 1, "vlm.name": "clip-tiny", "agent.pretrain_steps": 100,
-        "agent.learning_starts": 50, "agent.batch_size": 16, "agent.buffer_size": 2000,
-        "agent.net_arch": [16, 16], "agent.pretrained_dir": str(tmp_path / "pre"),
-        "data.dir": str(tmp_path / "data"), "data.val_size": 3, "data.test_size": 3,
-        "runs_dir": str(tmp_path / "runs"), "backend.train_scenes": ["kitchen"],
-        "backend.test_scenes": ["test_study"]})
     f = tmp_path / "tiny.yaml"
-    cfg.to_yaml(f)
+    tiny_cli_config(tmp_path).to_yaml(f)
     return f
 
 

@@ -37,6 +37,35 @@ def test_checkers_pass(backend, observation, hook):
     assert env.action_space.shape == (3,)
 
 
+def test_gymnasium_make_builds_the_env_on_any_backend(backend):
+    """`gymnasium.make("rls3/ArrangeObjects-v0", ...)` after `import rls3`: the embedded simulator
+    over the named scenes by default, a given backend by keyword; checked through make."""
+    import rls3
+
+    env = gym.make(rls3.ENV_ID, scenes=["kitchen", "office"], t0=4, image_size=32,
+                   observation="relative", render_mode="rgb_array")
+    try:
+        assert isinstance(env.unwrapped, Rls3Env)
+        assert env.unwrapped.backend.scene_names == ("kitchen", "office")
+        assert env.unwrapped.config.observation == "relative"
+        gym_check_env(env.unwrapped)
+        obs, _ = env.reset(seed=0)
+        for _ in range(3):  # through gymnasium's wrappers (order enforcing, passive checker)
+            obs, reward, *_ = env.step(env.action_space.sample())
+            assert env.observation_space.contains(obs) and reward in (-1.0, 1.0)
+        assert env.render().shape == (32, 32, 3)
+    finally:
+        env.close()
+    on = gym.make(rls3.ENV_ID, backend=backend, t0=4, image_size=32).unwrapped
+    assert on.backend is backend and on.config.t0 == 4
+    with pytest.raises(TypeError, match=r"unknown keyword\(s\) \['t_0'\].*EnvConfig fields"):
+        gym.make(rls3.ENV_ID, scenes=["kitchen"], t_0=4)
+    with pytest.raises(ValueError, match="not both"):
+        gym.make(rls3.ENV_ID, scenes=["kitchen"], backend=backend)
+    with pytest.raises(ValueError, match="unknown scene"):
+        gym.make(rls3.ENV_ID, scenes=["attic"])
+
+
 def test_relative_observation_stays_in_its_box_and_tells_the_surface_interval(backend):
     """Fuzzed layouts (random and extreme actions, swaps, scene changes): every observation lies
     in the Box; the action interval it reports keeps the object on its surface."""
@@ -149,13 +178,19 @@ def test_episode_ends_with_t0_valid_frames_and_feedback(backend):
 
 
 def test_step_cap_truncates(backend):
-    env = make(backend, t0=50, max_steps=50)
+    """The step cap truncates (not terminates) an episode that never reached T0, on the cap's
+    step exactly."""
+    env = make(backend, t0=50, max_steps=60)
     env.reset(seed=1)
-    for i in range(50):
-        _, _, term, trunc, _ = env.step(np.ones(3, dtype=np.float32))  # mostly out of bounds
+    ends = []
+    for i in range(60):
+        _, _, term, trunc, info = env.step(np.ones(3, dtype=np.float32))  # mostly out of bounds
         if term or trunc:
+            ends.append((i + 1, term, trunc, info["n_valid"]))
             break
-    assert term or trunc
+    assert len(ends) == 1
+    steps, term, trunc, n_valid = ends[0]
+    assert (steps, term, trunc) == (60, False, True) and n_valid < 50
 
 
 def test_never_crashes_inside_action_space(backend):

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_cli_config
 
 from rls3 import runtime
-from rls3.config import preset
 from rls3.loop import RUN_FILE, read_metrics
 
 VOLATILE = {"time", "time_s", "elapsed_s", "samples_per_s"}
@@ -72,14 +72,10 @@ def runs_under_both(tmp_path_factory):
     out = {}
     for name in ("tcmalloc", "system"):
         root = tmp_path_factory.mktemp(name)
-        cfg = preset("quick").override({
-            "env.t0": 4, "env.image_size": 32, "loop.episodes": 2, "loop.iterations": 2,
-            "loop.k": 1, "vlm.name": "clip-tiny", "agent.pretrain_steps": 120,
-            "agent.learning_starts": 50, "agent.batch_size": 16, "agent.buffer_size": 2000,
-            "agent.net_arch": [16, 16], "agent.pretrained_dir": str(root / "pre"),
-            "data.dir": str(root / "data"), "data.val_size": 4, "data.test_size": 4,
-            "runs_dir": str(root / "runs"), "backend.train_scenes": ["kitchen", "office"],
-            "backend.test_scenes": ["test_study"]})
+        cfg = tiny_cli_config(root, **{"loop.episodes": 2, "loop.iterations": 2,
+                                       "agent.pretrain_steps": 120, "data.val_size": 4,
+                                       "data.test_size": 4,
+                                       "backend.train_scenes": ["kitchen", "office"]})
         cfg.to_yaml(root / "c.yaml")
         env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
         env["RLS3_ALLOCATOR"] = name
