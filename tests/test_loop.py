@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_cli_config
 
-from rls3.config import Config, ConfigError, preset
+from rls3.config import Config, ConfigError
 from rls3.data import read_dataset
 from rls3.loop import (CHECKPOINTS, CONFIG_FILE, LATEST_FILE, RUN_FILE, Loop,
                        RunDirError, budget_from_run, create_run, early_stopping, latest_checkpoint,
@@ -25,17 +26,14 @@ VOLATILE = {"time", "time_s", "elapsed_s", "samples_per_s"}
 
 def tiny_config(root: Path, **over) -> Config:
     values = {
-        "env.t0": 4, "env.image_size": 32, "loop.episodes": 2, "loop.iterations": 2,
-        "loop.k": 1, "vlm.name": "clip-tiny", "agent.pretrain_steps": 150,
-        "agent.learning_starts": 50, "agent.batch_size": 32, "agent.buffer_size": 4000,
-        "agent.net_arch": [32, 32], "agent.pretrained_dir": str(root / "pre"),
-        "data.dir": str(root / "data"), "data.val_size": 6, "data.test_size": 6,
-        "runs_dir": str(root / "runs"), "progress": False,
+        "loop.episodes": 2, "loop.iterations": 2, "agent.pretrain_steps": 150,
+        "agent.batch_size": 32, "agent.buffer_size": 4000, "agent.net_arch": [32, 32],
+        "data.val_size": 6, "data.test_size": 6, "progress": False,
         "backend.train_scenes": ["kitchen", "bedroom"], "backend.test_scenes": ["test_kitchen"],
         "loop.feedback": "episode", "loop.reward_norm": "none", "loop.beta": 10.0,
     }
     values.update(over)
-    return preset("quick").override(values)
+    return tiny_cli_config(root, **values)
 
 
 def interrupt_at(iteration: int, phase: str):
