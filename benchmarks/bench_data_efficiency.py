@@ -69,7 +69,7 @@ def _job(agent: str, seed: int, preset: str, sets: list[str], runs_dir: Path) ->
 
 
 def _label(d: Path) -> str:
-    from rls3.loop import load_run_config
+    from rls3.rundir import load_run_config
     from rls3.plots import agent_label
 
     cfg = load_run_config(d)
@@ -81,7 +81,7 @@ def summarize(run_dirs: list[Path]) -> dict:
     data-efficiency answer against random."""
     import numpy as np
 
-    from rls3.loop import load_run_config, read_metrics
+    from rls3.rundir import load_run_config, read_metrics
 
     per: dict[str, list[dict]] = {}
     for d in run_dirs:

@@ -201,7 +201,7 @@ def _data_parallel() -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
-    from rls3 import loop
+    from rls3 import loop, rundir
 
     # `kill` ends a run like Ctrl-C: the last finished iteration stays resumable either way
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -210,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if parallel is not None:
         # every process checks the launch against the config, so a mismatch ends them all with
         # the same clear error before any of them waits for another
-        cfg = (loop.load_run_config(args.resume, resume=True) if args.resume is not None
+        cfg = (rundir.load_run_config(args.resume, resume=True) if args.resume is not None
                and args.resume.is_dir() else resolve_config(args))
         loop.check_launch(cfg, parallel)
     if parallel is not None and not parallel.is_main:
@@ -260,7 +260,9 @@ def _start_or_resume(args: argparse.Namespace, loop: Any, parallel: Any) -> Any:
         if not args.budget_from.is_dir():
             raise UsageError(f"--budget-from: run directory {str(args.budget_from)!r} "
                              f"does not exist")
-        budget = loop.budget_from_run(args.budget_from, cfg.loop.budget_unit)
+        from rls3.rundir import budget_from_run
+
+        budget = budget_from_run(args.budget_from, cfg.loop.budget_unit)
         cfg = cfg.override({"loop.budget": budget, "loop.budget_from": str(args.budget_from)})
         print(f"budget: {budget} generated samples ({cfg.loop.budget_unit}) from "
               f"{args.budget_from}")
@@ -294,7 +296,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from rls3.data import read_dataset
-    from rls3.loop import vlm_checkpoint
+    from rls3.rundir import vlm_checkpoint
     from rls3.vlm import build_vlm
     from rls3.vlm.common import read_meta
 
@@ -338,7 +340,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rls3.loop import check_run_dir
+    from rls3.rundir import check_run_dir
     from rls3.report import write_report
 
     for d in args.runs:
@@ -376,7 +378,7 @@ MULTI_PROCESS_COMMANDS = ("run", "eval")
 
 def _check_multi_process(command: str) -> None:
     """UsageError when a command that is not data-parallel is launched as several processes."""
-    from rls3.vlm.distributed import launched_world_size
+    from rls3.runtime import launched_world_size  # torch-free: `rls3 report` never loads torch
 
     try:
         world = launched_world_size()
@@ -409,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from rls3.bridges.errors import UnityBridgeError
     from rls3.data import DatasetError
-    from rls3.loop import RunDirError
+    from rls3.rundir import RunDirError
 
     try:
         _check_multi_process(args.command)

@@ -1,5 +1,5 @@
-"""Algorithm 1 (RLS3): generate with an agent, score with the VLM, fine-tune, validate, test; run
-directories, checkpoints, resume and early stopping.
+"""Algorithm 1 (RLS3): generate with an agent, score with the VLM, fine-tune, validate, test;
+resume and early stopping.
 
 One iteration:
   1. E episodes, each until T0 valid frames. On an episode's completing step the env calls the
@@ -28,17 +28,7 @@ count; no feedback, no batch samples; recorded as `abandoned_episodes`).
 proposes a layout, as every Unity step produced a frame to check; `cum_valid` counts valid frames.
 Iteration 0 is the untouched VLM (validation and test before any fine-tuning).
 
-A run directory `runs/{preset}__{agent}__{seed}__{time}/` holds:
-  run.json          format marker (format, format_version, rls3 version, allocator, OpenMP policy)
-  config.yaml       the resolved config
-  metrics.jsonl     one JSON record per finished iteration (append-only)
-  tb/               TensorBoard scalars
-  data/iter_NNNN/   each iteration's fine-tuning batch (PNG + metadata.jsonl)
-  checkpoints/      LATEST.json -> iter_NNNN/ (VLM, agent + replay buffer, RNG states, counters,
-                    the fine-tuning replay's references into data/, manifest with sizes and
-                    SHA-256), committed atomically after each iteration
-  best_vlm/         the VLM at its best validation score
-  run.log           the log
+The run directory (format, metrics, checkpoints) is `rls3.rundir`.
 """
 
 from __future__ import annotations
@@ -52,8 +42,7 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
@@ -62,10 +51,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-import rls3
 from rls3 import runtime
 from rls3.agents import Agent, RandomAgent, SACAgent, build_agent
 from rls3.config import (FEEDBACK_MODES, Config, ConfigError, backend_identity, check_runnable,
@@ -73,35 +60,19 @@ from rls3.config import (FEEDBACK_MODES, Config, ConfigError, backend_identity, 
 from rls3.data import (DatasetError, complexity_counts, ensure_fixed_set, fixed_set_dir,
                        make_sample, read_dataset, replace_folder, term_counts, write_dataset)
 from rls3.env import Frame, Rls3Env
-from rls3.manifest import MANIFEST_FILE, manifest_problems, write_manifest
+from rls3.manifest import write_manifest
 from rls3.progress import progress_bar
 from rls3.replay import ReplayError, SampleReplay
+from rls3.rundir import (BEST_VLM, CHECKPOINTS, CONFIG_FILE, LATEST_FILE, LOG_FILE, METRICS_FILE,
+                         RNG_FILE, STATE_FILE, RunDirError, atomic_write, budget_from_run,
+                         create_run, latest_checkpoint, load_run_config, read_metrics, saving)
 from rls3.sample import Sample
 from rls3.vlm.distributed import DataParallel
 from rls3.workers import FeedbackVecEnv, make_workers
 
 log = logging.getLogger(__name__)
 
-RUN_FORMAT = "rls3-run"
-#: 2: checkpoints carry the fine-tuning replay state (`loop.replay`). Format-1 runs can still be
-#: read (reports, budgets) but not continued.
-RUN_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
-RUN_FILE = "run.json"
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "run.log"
-CHECKPOINTS = "checkpoints"
-LATEST_FILE = "LATEST.json"
-STATE_FILE = "state.json"
-RNG_FILE = "rng.pkl"
-BEST_VLM = "best_vlm"
-
 PhaseHook = Callable[[int, str], None]
-
-
-class RunDirError(ValueError):
-    """A run directory cannot be used (wrong format/version, corrupt checkpoint, ...)."""
 
 
 # ------------------------------------------------------------------------------------ early stop
@@ -142,184 +113,6 @@ def should_stop(scores: Sequence[float], patience: int, min_iterations: int,
                 min_delta: float = 0.0) -> bool:
     """True when `early_stopping(...)` says stop."""
     return early_stopping(scores, patience, min_iterations, min_delta).stop
-
-
-# ------------------------------------------------------------------------------------ run dirs
-def run_name(cfg: Config, when: datetime | None = None) -> str:
-    stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.preset}__{cfg.agent.name}__{cfg.seed}__{stamp}"
-
-
-def create_run(cfg: Config, run_dir: str | Path | None = None) -> Path:
-    """Make a new run directory (format marker + resolved config); nothing runs yet."""
-    if run_dir is None:
-        base = Path(cfg.runs_dir) / run_name(cfg)
-        run_dir, k = base, 1
-        while run_dir.exists():
-            k += 1
-            run_dir = base.with_name(f"{base.name}-{k}")
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirError(f"run directory {str(run_dir)!r} already exists and is not empty; "
-                          f"continue it with `rls3 run --resume {run_dir}`")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
-              "rls3_version": rls3.__version__,
-              "created": datetime.now().isoformat(timespec="seconds"),
-              **runtime.status().record()}
-    _atomic_write(run_dir / RUN_FILE, json.dumps(marker, indent=2))
-    _atomic_write(run_dir / CONFIG_FILE, cfg.to_yaml())
-    return run_dir
-
-
-def check_run_dir(run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Read and check a run directory's format marker; RunDirError if it is not a usable run
-    (for `resume`: one this version can continue)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"run directory {str(run_dir)!r} does not exist")
-    f = run_dir / RUN_FILE
-    if not f.is_file():
-        raise RunDirError(f"{str(run_dir)!r} is not an rls3 run directory (no {RUN_FILE})")
-    try:
-        marker = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunDirError(f"{str(f)!r} is corrupt: {e}") from e
-    if not isinstance(marker, dict) or marker.get("format") != RUN_FORMAT:
-        raise RunDirError(f"{str(run_dir)!r} is not an rls3 run directory ({RUN_FILE} has format "
-                          f"{marker.get('format') if isinstance(marker, dict) else marker!r})")
-    version = marker.get("format_version")
-    if version not in READABLE_FORMAT_VERSIONS:
-        raise RunDirError(f"{str(run_dir)!r} has run format version {version!r}; this rls3 "
-                          f"reads versions {list(READABLE_FORMAT_VERSIONS)}")
-    if resume and version != RUN_FORMAT_VERSION:
-        raise RunDirError(f"{str(run_dir)!r} was written in run format {version}, before "
-                          f"fine-tuning replay (loop.replay) existed, and cannot be continued "
-                          f"exactly by this rls3 (format {RUN_FORMAT_VERSION}); nothing was "
-                          f"changed. Its report and budget can still be read; start a new run "
-                          f"with `rls3 run`")
-    if marker.get("rls3_version") != rls3.__version__:
-        raise RunDirError(f"{str(run_dir)!r} was made by rls3 {marker.get('rls3_version')!r}; "
-                          f"this is rls3 {rls3.__version__} and cannot continue it exactly "
-                          f"(start a new run)")
-    return marker
-
-
-def load_run_config(run_dir: str | Path, resume: bool = False) -> Config:
-    check_run_dir(run_dir, resume=resume)
-    try:
-        return Config.from_yaml(Path(run_dir) / CONFIG_FILE, base=Config())
-    except ConfigError as e:
-        raise RunDirError(f"{str(run_dir)!r}: bad {CONFIG_FILE}: {e}") from e
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All metrics records of a run, in order (a torn last line from a crash is skipped)."""
-    f = Path(run_dir) / METRICS_FILE
-    if not f.is_file():
-        return []
-    out = []
-    lines = f.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                log.warning("%s: ignoring a torn last line", f)
-                continue
-            raise RunDirError(f"{str(f)!r} line {i + 1} is not valid JSON: {e}") from e
-    return out
-
-
-def budget_from_run(run_dir: str | Path, unit: str = "steps") -> int:
-    """Total generated samples (env steps, or valid frames for unit="valid") of a run."""
-    key = {"steps": "cum_steps", "valid": "cum_valid"}.get(unit)
-    if key is None:
-        raise ConfigError(f"invalid loop.budget_unit={unit!r}: must be one of ['steps', 'valid']")
-    check_run_dir(run_dir)
-    recs = [r for r in read_metrics(run_dir) if r.get("iteration", 0) > 0]
-    if not recs:
-        raise RunDirError(f"run {str(run_dir)!r} has no finished iteration to take a budget from")
-    if not recs[-1].get("stop_reason"):
-        log.warning("budget run %s has not finished; using its %d iterations so far", run_dir,
-                    recs[-1]["iteration"])
-    return int(recs[-1][key])
-
-
-# ------------------------------------------------------------------------------------ checkpoints
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def _saving(tmp: Path, run_dir: Path) -> Iterator[None]:
-    """Turn an OS error while writing the temporary folder `tmp` (disk full, permissions) into
-    a one-line RunDirError naming it; the half-written folder is removed, so the run continues
-    from its last committed checkpoint."""
-    try:
-        yield
-    except (OSError, SafetensorError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RunDirError(f"cannot write {str(tmp)!r}: {e}; nothing half-written was kept, and "
-                          f"the run continues from its last checkpoint once the cause is fixed: "
-                          f"rls3 run --resume {run_dir}") from e
-
-
-def _verify_manifest(folder: Path) -> None:
-    bad = manifest_problems(folder)
-    if bad:
-        raise RunDirError(f"checkpoint {str(folder)!r} is corrupt: {', '.join(bad)}")
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The committed checkpoint folder (verified), or None if the run has none yet."""
-    ck = Path(run_dir) / CHECKPOINTS
-    latest = ck / LATEST_FILE
-    if not latest.is_file():
-        return None
-    try:
-        ptr = json.loads(latest.read_text())
-        folder = ck / ptr["dir"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise RunDirError(f"{str(latest)!r} is corrupt: {e}") from e
-    if not folder.is_dir():
-        raise RunDirError(f"checkpoint {str(folder)!r} named by {LATEST_FILE} is missing")
-    _verify_manifest(folder)
-    return folder
-
-
-def vlm_checkpoint(path: str | Path) -> Path:
-    """A VLM weights folder from a run directory (its best VLM, else the latest checkpoint's),
-    a checkpoint folder, or a VLM folder itself; a folder whose manifest does not match is a
-    RunDirError naming the files."""
-    p = Path(path)
-    if (p / RUN_FILE).is_file():
-        check_run_dir(p)
-        if not (p / BEST_VLM).is_dir():
-            ck = latest_checkpoint(p)
-            if ck is None:
-                raise RunDirError(f"run {str(p)!r} has no checkpoint yet")
-            return ck / "vlm"
-        p = p / BEST_VLM
-    elif (p / STATE_FILE).is_file() and (p / "vlm").is_dir():
-        _verify_manifest(p)
-        return p / "vlm"
-    bad = manifest_problems(p) if (p / MANIFEST_FILE).is_file() else []
-    if bad:
-        raise RunDirError(f"VLM folder {str(p)!r} is corrupt: {', '.join(bad)} (a run's "
-                          f"checkpoints/iter_NNNN holds the weights of its last iteration)")
-    return p
 
 
 # ------------------------------------------------------------------------------------ VLM
@@ -1037,7 +830,7 @@ class Loop:
     def _save_best(self, vlm: Any) -> None:
         final = self.run_dir / BEST_VLM
         tmp = self.run_dir / f".{BEST_VLM}.tmp-{uuid.uuid4().hex[:8]}"
-        with _saving(tmp, self.run_dir):
+        with saving(tmp, self.run_dir):
             vlm.save(tmp)
             (tmp / "iteration.json").write_text(json.dumps({"iteration": self.state.iteration}))
             write_manifest(tmp)
@@ -1063,7 +856,7 @@ class Loop:
         tmp = ck / f".tmp-{uuid.uuid4().hex[:8]}"
         name = f"iter_{i:04d}"
         final = ck / name
-        with _saving(tmp, self.run_dir):
+        with saving(tmp, self.run_dir):
             tmp.mkdir()
             vlm.save(tmp / "vlm")
             agent.save(tmp / "agent")
@@ -1080,7 +873,7 @@ class Loop:
             if final.exists():  # left by a crash between rename and commit; LATEST is older
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _atomic_write(ck / LATEST_FILE, json.dumps({"dir": name, "iteration": i}))
+            atomic_write(ck / LATEST_FILE, json.dumps({"dir": name, "iteration": i}))
         for old in ck.glob("iter_*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)

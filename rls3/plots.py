@@ -57,7 +57,7 @@ def agent_label(agent: str, feedback: str | None) -> str:
 
 def load_runs(run_dirs: RunDirs) -> list[Run]:
     """Read every run's metrics; unreadable runs are skipped with a warning."""
-    from rls3.loop import RunDirError, load_run_config, read_metrics
+    from rls3.rundir import RunDirError, load_run_config, read_metrics
 
     runs = []
     for d in run_dirs:

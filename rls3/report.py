@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rls3.loop import load_run_config, read_metrics
+from rls3.rundir import load_run_config, read_metrics
 
 REPORT_FILE = "report.md"
 #: confidence level of every interval in the report

@@ -160,3 +160,16 @@ def ensure(argv: Sequence[str] | None = None) -> AllocatorStatus:
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *args[1:]], env)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def launched_world_size() -> int:
+    """Number of processes the launcher started (`WORLD_SIZE`, set by torchrun and by
+    `accelerate launch`); 1 when not launched that way."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE={raw!r} is not an integer") from None
+    if n < 1:
+        raise ValueError(f"WORLD_SIZE={raw!r} must be >= 1")
+    return n

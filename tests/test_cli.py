@@ -13,7 +13,7 @@ from conftest import tiny_cli_config
 from rls3.cli import main
 from rls3.config import preset
 from rls3.data import write_dataset
-from rls3.loop import METRICS_FILE, create_run
+from rls3.rundir import METRICS_FILE, create_run
 from rls3.vlm.synthetic import make_samples
 
 
@@ -165,7 +165,8 @@ def test_unity_bridge_errors_are_one_line_and_logged(tmp_path, capsys, monkeypat
     """A Unity failure mid-run: one line with the error and the resume hint (exit 3), and run.log
     records why the run stopped (issue 13, item 5)."""
     from rls3.bridges.errors import UnityDisconnectedError
-    from rls3.loop import LOG_FILE, Loop
+    from rls3.loop import Loop
+    from rls3.rundir import LOG_FILE
 
     def dropped(self):
         raise UnityDisconnectedError("the Unity player exited (code -9) during STEP on port 5005")

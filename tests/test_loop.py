@@ -17,9 +17,10 @@ from conftest import tiny_cli_config
 
 from rls3.config import Config, ConfigError
 from rls3.data import read_dataset
-from rls3.loop import (CHECKPOINTS, CONFIG_FILE, LATEST_FILE, RUN_FILE, Loop,
-                       RunDirError, budget_from_run, create_run, early_stopping, latest_checkpoint,
-                       load_run_config, read_metrics, resume, run, should_stop)
+from rls3.loop import Loop, early_stopping, resume, run, should_stop
+from rls3.rundir import (CHECKPOINTS, CONFIG_FILE, LATEST_FILE, RUN_FILE, RunDirError,
+                         budget_from_run, create_run, latest_checkpoint, load_run_config,
+                         read_metrics)
 
 VOLATILE = {"time", "time_s", "elapsed_s", "samples_per_s"}
 
@@ -225,7 +226,7 @@ def test_garbled_checkpoint_json_is_a_named_error(sac_run, tmp_path):
     UnicodeDecodeError traceback (issue 13, item 5)."""
     import shutil
 
-    from rls3.loop import MANIFEST_FILE
+    from rls3.manifest import MANIFEST_FILE
 
     for name in (MANIFEST_FILE, LATEST_FILE):
         d = tmp_path / name
@@ -242,7 +243,7 @@ def test_a_corrupt_best_vlm_is_named(sac_run, tmp_path, capsys):
     import shutil
 
     import rls3.cli
-    from rls3.loop import BEST_VLM, vlm_checkpoint
+    from rls3.rundir import BEST_VLM, vlm_checkpoint
 
     d = tmp_path / "run"
     shutil.copytree(sac_run.run_dir, d)
@@ -344,7 +345,7 @@ def test_resume_refuses_what_replay_cannot_restore(sac_run, root, tmp_path):
     and change nothing."""
     import shutil
 
-    from rls3.loop import STATE_FILE
+    from rls3.rundir import STATE_FILE
     from rls3.manifest import MANIFEST_FILE, write_manifest
     from rls3.report import write_report
 

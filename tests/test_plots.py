@@ -11,8 +11,8 @@ import pytest
 
 import rls3
 from rls3 import plots
-from rls3.loop import RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION
 from rls3.config import preset
+from rls3.rundir import RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION
 
 TERMS = ["above", "behind", "below", "in front", "left", "right"]
 
@@ -96,6 +96,21 @@ def test_single_iteration_and_missing_fields(tmp_path: Path) -> None:
         assert _is_png(p, 3000), name
     # no runs / unreadable runs: still a figure saying so
     assert _is_png(plots.plot_score_vs_data([tmp_path / "nope"], tmp_path / "fig2"), 3000)
+
+
+def test_report_command_loads_neither_torch_nor_stable_baselines3(runs: list[Path],
+                                                                   tmp_path: Path) -> None:
+    """`rls3 report` reads run directories through rls3.rundir: no deep-learning stack loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from rls3.cli import main; rc = main(['report', *sys.argv[1:], '-q']); "
+            "print(rc, sorted(m for m in ('torch', 'stable_baselines3') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *map(str, runs), "--out",
+                          str(tmp_path / "rep")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+    assert (tmp_path / "rep" / "report.md").is_file()
 
 
 def test_report_embeds_the_figures(runs: list[Path], tmp_path: Path) -> None:

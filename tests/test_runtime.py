@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_cli_config
 
 from rls3 import runtime
-from rls3.loop import RUN_FILE, read_metrics
+from rls3.rundir import RUN_FILE, read_metrics
 
 VOLATILE = {"time", "time_s", "elapsed_s", "samples_per_s"}
 needs_tcmalloc = pytest.mark.skipif(runtime.find_tcmalloc() is None,

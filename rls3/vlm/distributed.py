@@ -15,15 +15,14 @@ What is split and how (the contrastive adapters, `rls3.vlm.contrastive`):
   are dealt out to the processes round-robin and the per-sample results gathered, so every
   process returns exactly what one process would (the same groups, computed the same way).
 
-`DataParallel` wraps `accelerate.Accelerator`; `launched_world_size` reads the launcher's
-environment; `RemoteVLM` / `serve` let only the main process run the loop (scene, agent, run
-directory) while the others execute its VLM calls in the same order.
+`DataParallel` wraps `accelerate.Accelerator`; `launched_world_size` (in `rls3.runtime`) reads the
+launcher's environment; `RemoteVLM` / `serve` let only the main process run the loop (scene,
+agent, run directory) while the others execute its VLM calls in the same order.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,24 +30,13 @@ from typing import Any
 
 import torch
 
+from rls3.runtime import launched_world_size
+
 log = logging.getLogger(__name__)
 
 #: VLM methods the main process forwards to the other processes (they run collectives inside).
 COLLECTIVE_METHODS = ("feedback", "finetune", "evaluate", "load", "set_rng_state",
                       "clear_eval_cache")
-
-
-def launched_world_size() -> int:
-    """Number of processes the launcher started (`WORLD_SIZE`, set by torchrun and by
-    `accelerate launch`); 1 when not launched that way."""
-    raw = os.environ.get("WORLD_SIZE", "1")
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ValueError(f"WORLD_SIZE={raw!r} is not an integer") from None
-    if n < 1:
-        raise ValueError(f"WORLD_SIZE={raw!r} must be >= 1")
-    return n
 
 
 def check_processes(expected: int | None, world_size: int) -> None:

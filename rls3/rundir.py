@@ -1,0 +1,235 @@
+"""Run directories: their format, config and metrics, checkpoints and their manifests, atomic
+writes. Reading a run (reports, budgets) needs nothing heavier than this module.
+
+A run directory `runs/{preset}__{agent}__{seed}__{time}/` holds:
+  run.json          format marker (format, format_version, rls3 version, allocator, OpenMP policy)
+  config.yaml       the resolved config
+  metrics.jsonl     one JSON record per finished iteration (append-only)
+  tb/               TensorBoard scalars
+  data/iter_NNNN/   each iteration's fine-tuning batch (PNG + metadata.jsonl)
+  checkpoints/      LATEST.json -> iter_NNNN/ (VLM, agent + replay buffer, RNG states, counters,
+                    the fine-tuning replay's references into data/, manifest with sizes and
+                    SHA-256), committed atomically after each iteration
+  best_vlm/         the VLM at its best validation score
+  run.log           the log
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+
+import rls3
+from rls3 import runtime
+from rls3.config import Config, ConfigError
+from rls3.manifest import MANIFEST_FILE, manifest_problems
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = "rls3-run"
+#: 2: checkpoints carry the fine-tuning replay state (`loop.replay`). Format-1 runs can still be
+#: read (reports, budgets) but not continued.
+RUN_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "run.log"
+CHECKPOINTS = "checkpoints"
+LATEST_FILE = "LATEST.json"
+STATE_FILE = "state.json"
+RNG_FILE = "rng.pkl"
+BEST_VLM = "best_vlm"
+
+
+class RunDirError(ValueError):
+    """A run directory cannot be used (wrong format/version, corrupt checkpoint, ...)."""
+
+
+# ------------------------------------------------------------------------------------ run dirs
+def run_name(cfg: Config, when: datetime | None = None) -> str:
+    stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.preset}__{cfg.agent.name}__{cfg.seed}__{stamp}"
+
+
+def create_run(cfg: Config, run_dir: str | Path | None = None) -> Path:
+    """Make a new run directory (format marker + resolved config); nothing runs yet."""
+    if run_dir is None:
+        base = Path(cfg.runs_dir) / run_name(cfg)
+        run_dir, k = base, 1
+        while run_dir.exists():
+            k += 1
+            run_dir = base.with_name(f"{base.name}-{k}")
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirError(f"run directory {str(run_dir)!r} already exists and is not empty; "
+                          f"continue it with `rls3 run --resume {run_dir}`")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
+              "rls3_version": rls3.__version__,
+              "created": datetime.now().isoformat(timespec="seconds"),
+              **runtime.status().record()}
+    atomic_write(run_dir / RUN_FILE, json.dumps(marker, indent=2))
+    atomic_write(run_dir / CONFIG_FILE, cfg.to_yaml())
+    return run_dir
+
+
+def check_run_dir(run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Read and check a run directory's format marker; RunDirError if it is not a usable run
+    (for `resume`: one this version can continue)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {str(run_dir)!r} does not exist")
+    f = run_dir / RUN_FILE
+    if not f.is_file():
+        raise RunDirError(f"{str(run_dir)!r} is not an rls3 run directory (no {RUN_FILE})")
+    try:
+        marker = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{str(f)!r} is corrupt: {e}") from e
+    if not isinstance(marker, dict) or marker.get("format") != RUN_FORMAT:
+        raise RunDirError(f"{str(run_dir)!r} is not an rls3 run directory ({RUN_FILE} has format "
+                          f"{marker.get('format') if isinstance(marker, dict) else marker!r})")
+    version = marker.get("format_version")
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise RunDirError(f"{str(run_dir)!r} has run format version {version!r}; this rls3 "
+                          f"reads versions {list(READABLE_FORMAT_VERSIONS)}")
+    if resume and version != RUN_FORMAT_VERSION:
+        raise RunDirError(f"{str(run_dir)!r} was written in run format {version}, before "
+                          f"fine-tuning replay (loop.replay) existed, and cannot be continued "
+                          f"exactly by this rls3 (format {RUN_FORMAT_VERSION}); nothing was "
+                          f"changed. Its report and budget can still be read; start a new run "
+                          f"with `rls3 run`")
+    if marker.get("rls3_version") != rls3.__version__:
+        raise RunDirError(f"{str(run_dir)!r} was made by rls3 {marker.get('rls3_version')!r}; "
+                          f"this is rls3 {rls3.__version__} and cannot continue it exactly "
+                          f"(start a new run)")
+    return marker
+
+
+def load_run_config(run_dir: str | Path, resume: bool = False) -> Config:
+    check_run_dir(run_dir, resume=resume)
+    try:
+        return Config.from_yaml(Path(run_dir) / CONFIG_FILE, base=Config())
+    except ConfigError as e:
+        raise RunDirError(f"{str(run_dir)!r}: bad {CONFIG_FILE}: {e}") from e
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All metrics records of a run, in order (a torn last line from a crash is skipped)."""
+    f = Path(run_dir) / METRICS_FILE
+    if not f.is_file():
+        return []
+    out = []
+    lines = f.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                log.warning("%s: ignoring a torn last line", f)
+                continue
+            raise RunDirError(f"{str(f)!r} line {i + 1} is not valid JSON: {e}") from e
+    return out
+
+
+def budget_from_run(run_dir: str | Path, unit: str = "steps") -> int:
+    """Total generated samples (env steps, or valid frames for unit="valid") of a run."""
+    key = {"steps": "cum_steps", "valid": "cum_valid"}.get(unit)
+    if key is None:
+        raise ConfigError(f"invalid loop.budget_unit={unit!r}: must be one of ['steps', 'valid']")
+    check_run_dir(run_dir)
+    recs = [r for r in read_metrics(run_dir) if r.get("iteration", 0) > 0]
+    if not recs:
+        raise RunDirError(f"run {str(run_dir)!r} has no finished iteration to take a budget from")
+    if not recs[-1].get("stop_reason"):
+        log.warning("budget run %s has not finished; using its %d iterations so far", run_dir,
+                    recs[-1]["iteration"])
+    return int(recs[-1][key])
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def saving(tmp: Path, run_dir: Path) -> Iterator[None]:
+    """Turn an OS error while writing the temporary folder `tmp` (disk full, permissions) into
+    a one-line RunDirError naming it; the half-written folder is removed, so the run continues
+    from its last committed checkpoint."""
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunDirError(f"cannot write {str(tmp)!r}: {e}; nothing half-written was kept, and "
+                          f"the run continues from its last checkpoint once the cause is fixed: "
+                          f"rls3 run --resume {run_dir}") from e
+
+
+def verify_manifest(folder: Path) -> None:
+    bad = manifest_problems(folder)
+    if bad:
+        raise RunDirError(f"checkpoint {str(folder)!r} is corrupt: {', '.join(bad)}")
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The committed checkpoint folder (verified), or None if the run has none yet."""
+    ck = Path(run_dir) / CHECKPOINTS
+    latest = ck / LATEST_FILE
+    if not latest.is_file():
+        return None
+    try:
+        ptr = json.loads(latest.read_text())
+        folder = ck / ptr["dir"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise RunDirError(f"{str(latest)!r} is corrupt: {e}") from e
+    if not folder.is_dir():
+        raise RunDirError(f"checkpoint {str(folder)!r} named by {LATEST_FILE} is missing")
+    verify_manifest(folder)
+    return folder
+
+
+def vlm_checkpoint(path: str | Path) -> Path:
+    """A VLM weights folder from a run directory (its best VLM, else the latest checkpoint's),
+    a checkpoint folder, or a VLM folder itself; a folder whose manifest does not match is a
+    RunDirError naming the files."""
+    p = Path(path)
+    if (p / RUN_FILE).is_file():
+        check_run_dir(p)
+        if not (p / BEST_VLM).is_dir():
+            ck = latest_checkpoint(p)
+            if ck is None:
+                raise RunDirError(f"run {str(p)!r} has no checkpoint yet")
+            return ck / "vlm"
+        p = p / BEST_VLM
+    elif (p / STATE_FILE).is_file() and (p / "vlm").is_dir():
+        verify_manifest(p)
+        return p / "vlm"
+    bad = manifest_problems(p) if (p / MANIFEST_FILE).is_file() else []
+    if bad:
+        raise RunDirError(f"VLM folder {str(p)!r} is corrupt: {', '.join(bad)} (a run's "
+                          f"checkpoints/iter_NNNN holds the weights of its last iteration)")
+    return p
