@@ -391,7 +391,8 @@ def _check_multi_process(command: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The `rls3` console entry; run as a program (argv None) it first re-executes under tcmalloc."""
+    """The `rls3` console entry; run as a program (argv None) it first re-executes itself under
+    tcmalloc (`rls3.runtime`)."""
     from rls3 import runtime
 
     try:
