@@ -130,6 +130,23 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
+def run_per_allocator(child_cmd: Any, allocators: list[str]
+                      ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Run a benchmark's child once per allocator, one after the other: `child_cmd(name, out)` is
+    the command writing its JSON to `out`. Returns (each child's JSON, each child's
+    `run_child` usage), both by allocator."""
+    import tempfile
+
+    results: dict[str, dict[str, Any]] = {}
+    usage: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="rls3-bench-") as tmp:
+        for name in allocators:
+            out = Path(tmp) / f"{name}.json"
+            usage[name] = run_child(child_cmd(name, out), name)
+            results[name] = json.loads(out.read_text())
+    return results, usage
+
+
 def run_child(cmd: list[str], allocator_name: str, cwd: str | Path = ROOT,
               extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run a benchmark child with RLS3_ALLOCATOR set; its wall/user/system time and page faults.

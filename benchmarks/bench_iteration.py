@@ -16,7 +16,6 @@ from timings.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -27,15 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROOT, command_line, machine_info, run_child, write_json  # noqa: E402
 
-VOLATILE = {"time", "time_s", "elapsed_s", "samples_per_s"}
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln]
-
+from rls3.rundir import read_metrics, without_timings  # noqa: E402
 
 def _comparable(recs: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in recs]
+    return [without_timings(r) for r in recs]
 
 
 def _variants(before: str, before_alloc: str, tree: Path) -> dict[str, tuple[Path, str]]:
@@ -59,7 +53,7 @@ def _run(code: Path, allocator_name: str, cfg_file: Path, run_dir: Path) -> dict
     cmd = [sys.executable, "-m", "rls3.cli", "run", "--config", str(cfg_file), "--run-dir",
            str(run_dir), "--no-report", "-q"]
     proc = run_child(cmd, allocator_name, cwd=code, extra_env=extra)
-    recs = _metrics(run_dir)
+    recs = read_metrics(run_dir)
     return {"process": proc, "records": recs,
             "iteration_time_s": [r["time_s"] for r in recs if r.get("iteration", 0) >= 1]}
 

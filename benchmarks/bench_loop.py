@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import pstats
 import sys
 import tempfile
@@ -42,8 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (command_line, machine_info, run_child, rusage_now,  # noqa: E402
+from _common import (command_line, machine_info, run_per_allocator, rusage_now,  # noqa: E402
                      write_json)
+
+from rls3.rundir import without_timings  # noqa: E402
 
 TARGET_OVERHEAD = 0.05
 
@@ -216,14 +217,6 @@ def markdown(res: dict) -> list[str]:
     return lines
 
 
-_TIMING_KEYS = {"time", "time_s", "elapsed_s", "samples_per_s"}
-
-
-def comparable(rec: dict | None) -> dict:
-    """A metrics record without its timings (what must not depend on the allocator)."""
-    return {k: v for k, v in (rec or {}).items() if k not in _TIMING_KEYS}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="quick")
@@ -242,26 +235,24 @@ def main() -> None:
     if a.child:
         res = run(a.preset, a.agent, a.sets, a.pstats, profile=not a.no_profile, timer=a.timer)
     else:
-        runs: dict[str, dict] = {}
-        process: dict[str, dict] = {}
-        with tempfile.TemporaryDirectory(prefix="rls3-bench-loop-") as tmp:
-            for name in allocators:
-                out = Path(tmp) / f"{name}.json"
-                cmd = [sys.executable, __file__, "--child", "--preset", a.preset, "--agent",
-                       a.agent, "--out", str(out)] + [f"--set={x}" for x in a.sets]
-                cmd += ["--timer", a.timer] + (["--no-profile"] if a.no_profile else [])
-                if a.pstats:
-                    cmd += ["--pstats", str(a.pstats.with_suffix(f".{name}.pstats"))]
-                process[name] = run_child(cmd, name)
-                runs[name] = json.loads(out.read_text())
+        def child(name: str, out: Path) -> list[str]:
+            cmd = [sys.executable, __file__, "--child", "--preset", a.preset, "--agent",
+                   a.agent, "--out", str(out), "--timer", a.timer] + [f"--set={x}" for x in a.sets]
+            if a.no_profile:
+                cmd.append("--no-profile")
+            if a.pstats:
+                cmd += ["--pstats", str(a.pstats.with_suffix(f".{name}.pstats"))]
+            return cmd
+
+        runs, process = run_per_allocator(child, allocators)
         first = runs[allocators[0]]
-        res = dict(first)  # the first allocator's figures stay at the top level (run_all reads them)
+        res = dict(first)  # the first allocator's figures stay at the top level (run_all)
         res.update({"runs": runs, "process": process, "allocators": allocators})
         if len(allocators) > 1:
             second = runs[allocators[1]]
             res.update({"speedup": second["iteration_s"] / first["iteration_s"],
-                        "identical_metrics": (comparable(first.get("record"))
-                                              == comparable(second.get("record")))})
+                        "identical_metrics": (without_timings(first.get("record") or {})
+                                              == without_timings(second.get("record") or {}))})
     res["command"] = command_line()
     write_json(a.out, res)
     print("\n".join(markdown(res)))

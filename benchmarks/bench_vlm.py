@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, machine_info, run_child, rusage_now  # noqa: E402
+from _common import command_line, machine_info, run_per_allocator, rusage_now  # noqa: E402
 
 import torch  # noqa: E402  (after _common: the allocator is chosen before torch loads)
 
@@ -88,10 +88,11 @@ def timed(fn) -> float:
     its user/system CPU and page faults to USAGE."""
     r0, c0, t0 = rusage_now(), time.process_time(), time.perf_counter()
     fn()
+    wall = time.perf_counter() - t0
     CPU.append(time.process_time() - c0)
     r1 = rusage_now()
     USAGE.append({k: r1[k] - r0[k] for k in ("user_s", "sys_s", "minflt")})
-    return time.perf_counter() - t0
+    return wall
 
 
 def _median_usage(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -136,19 +137,12 @@ def markdown_allocators(res: dict) -> list[str]:
 def compare_allocators(args: argparse.Namespace, allocators: list[str]) -> None:
     """Run this benchmark once per allocator in child processes; write and print them side by
     side (the first allocator's figures stay at the top level for older readers)."""
-    import tempfile
-
-    by: dict[str, dict] = {}
-    process: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="rls3-bench-vlm-") as tmp:
-        for name in allocators:
-            out = Path(tmp) / f"{name}.json"
-            cmd = [sys.executable, __file__, "--child", "--out", str(out)]
-            for k, v in vars(args).items():
-                if k not in ("child", "out", "allocators") and v is not None:
-                    cmd += [f"--{k.replace('_', '-')}", str(v)]
-            process[name] = run_child(cmd, name)
-            by[name] = json.loads(out.read_text())
+    passed = [x for k, v in vars(args).items()
+              if k not in ("child", "out", "allocators") and v is not None
+              for x in (f"--{k.replace('_', '-')}", str(v))]
+    by, process = run_per_allocator(
+        lambda name, out: [sys.executable, __file__, "--child", "--out", str(out), *passed],
+        allocators)
     first = dict(by[allocators[0]])
     first.update({"by_allocator": by, "process": process, "allocators": allocators,
                   "command": command_line()})

@@ -50,6 +50,9 @@ LATEST_FILE = "LATEST.json"
 STATE_FILE = "state.json"
 RNG_FILE = "rng.pkl"
 BEST_VLM = "best_vlm"
+#: fields of a metrics record that time the run (a timestamp, seconds, rates): everything else is
+#: determined by the config and seed, so two runs compare equal on `without_timings`
+TIMING_FIELDS = frozenset({"time", "time_s", "elapsed_s", "samples_per_s"})
 
 
 class RunDirError(ValueError):
@@ -123,6 +126,11 @@ def load_run_config(run_dir: str | Path, resume: bool = False) -> Config:
         return Config.from_yaml(Path(run_dir) / CONFIG_FILE, base=Config())
     except ConfigError as e:
         raise RunDirError(f"{str(run_dir)!r}: bad {CONFIG_FILE}: {e}") from e
+
+
+def without_timings(record: dict[str, Any]) -> dict[str, Any]:
+    """A metrics record without its `TIMING_FIELDS` (what reproduces exactly)."""
+    return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

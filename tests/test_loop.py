@@ -20,10 +20,7 @@ from rls3.data import read_dataset
 from rls3.loop import Loop, early_stopping, resume, run, should_stop
 from rls3.rundir import (CHECKPOINTS, CONFIG_FILE, LATEST_FILE, RUN_FILE, RunDirError,
                          budget_from_run, create_run, latest_checkpoint, load_run_config,
-                         read_metrics)
-
-VOLATILE = {"time", "time_s", "elapsed_s", "samples_per_s"}
-
+                         read_metrics, without_timings)
 
 def tiny_config(root: Path, **over) -> Config:
     values = {
@@ -49,7 +46,7 @@ def interrupt_at(iteration: int, phase: str):
 
 
 def comparable(records):
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+    return [without_timings(r) for r in records]
 
 
 # ------------------------------------------------------------------------------------ pure logic

@@ -13,9 +13,8 @@ import pytest
 from conftest import tiny_cli_config
 
 from rls3 import runtime
-from rls3.rundir import RUN_FILE, read_metrics
+from rls3.rundir import RUN_FILE, read_metrics, without_timings
 
-VOLATILE = {"time", "time_s", "elapsed_s", "samples_per_s"}
 needs_tcmalloc = pytest.mark.skipif(runtime.find_tcmalloc() is None,
                                     reason="tcmalloc is not installed (setup.sh installs it)")
 
@@ -95,7 +94,7 @@ def test_results_do_not_depend_on_the_allocator(runs_under_both):
     assert marks["tcmalloc"]["allocator"] == "tcmalloc"
     assert marks["system"]["allocator"] == "glibc"
     assert marks["system"]["omp_wait_policy"] == "PASSIVE"
-    recs = {k: [{f: v for f, v in r.items() if f not in VOLATILE} for r in read_metrics(d)]
+    recs = {k: [without_timings(r) for r in read_metrics(d)]
             for k, d in runs_under_both.items()}
     assert len(recs["tcmalloc"]) == 3  # baseline + 2 iterations
     assert recs["tcmalloc"] == recs["system"]
