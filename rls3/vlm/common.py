@@ -78,8 +78,9 @@ def batches(n: int, size: int) -> Iterator[slice]:
 
 def progress(total: int, desc: str, enabled: bool, unit: str = "img") -> tqdm:
     """A progress bar (counting samples by default; `rls3.progress`); `enabled=False` makes it
-    silent."""
-    return progress_bar(total=total, desc=desc, unit=unit, enabled=enabled)
+    silent, and so does a single sample (per-sample feedback scores one frame per call: a bar
+    each time only filled the log, two lines per valid frame)."""
+    return progress_bar(total=total, desc=desc, unit=unit, enabled=enabled and total > 1)
 
 
 def resize_batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:
