@@ -54,11 +54,11 @@ CATEGORIES: dict[str, list[tuple[str, str]]] = {
     "physics/checks": [("rls3/sim/backend.py", "move_object"), ("rls3/sim/backend.py", "swap_object"),
                        ("rls3/sim/backend.py", "state"), ("rls3/sim/backend.py", "load_scene")],
     "RL updates": [("stable_baselines3/sac/sac.py", "train")],
-    "VLM feedback": [("rls3/loop.py", "__call__"), ("rls3/loop.py", "score_step")],
+    "VLM feedback": [("rls3/collector.py", "__call__"), ("rls3/collector.py", "score_step")],
     "fine-tuning": [("rls3/vlm/contrastive.py", "finetune"), ("rls3/vlm/paligemma.py", "finetune")],
     "evaluation": [("rls3/loop.py", "_evaluate")],
     "I/O": [("rls3/data.py", "write_dataset"), ("rls3/loop.py", "_checkpoint"),
-            ("rls3/loop.py", "_append_metrics"), ("rls3/loop.py", "_tb"),
+            ("rls3/rundir.py", "append_metrics"), ("rls3/loop.py", "_tb"),
             ("rls3/loop.py", "_save_best")],
 }
 ROLLOUT = ("stable_baselines3/common/off_policy_algorithm.py", "collect_rollouts")

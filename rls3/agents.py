@@ -26,9 +26,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -40,10 +38,12 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 
+from rls3.atomic import atomic_folder
 from rls3.config import AgentConfig
 from rls3.env import Rls3Env
 from rls3.manifest import manifest_problems, write_manifest
 from rls3.progress import progress_bar
+from rls3.seeding import stream_rng
 from rls3.workers import FeedbackVecEnv
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class RandomAgent:
 
     def __init__(self, env: Rls3Env | FeedbackVecEnv, seed: int = 0) -> None:
         self.env = env
-        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x52414E44]))
+        self.rng = stream_rng(seed, "random_agent")
         self.num_timesteps = 0
 
     def collect(self, episodes: int, seed: int, on_step: StepHook | None = None) -> int:
@@ -425,20 +425,10 @@ def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any],
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     log.info("pre-trained SAC for %d steps on the intrinsic reward in %.1fs (%.1f CPU s, %.0f "
              "steps/s)", cfg.pretrain_steps, dt, cpu, cfg.pretrain_steps / max(dt, 1e-9))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_folder(folder, keep_existing=True) as tmp:  # a concurrent run may win: use it
         agent.save(tmp)
         (tmp / KEY_FILE).write_text(json.dumps(key, indent=2, sort_keys=True))
         write_manifest(tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another run finished the same pretraining first: use theirs
-            if not (folder / MODEL_FILE).is_file():
-                raise
-            log.info("another process cached this pre-trained SAC first; using %s", folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_agent(name: str, env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,

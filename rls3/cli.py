@@ -24,8 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rls3.config import (AGENTS, BACKENDS, PRESETS, Config, ConfigError, backend_identity,
-                         preset)
+from rls3.config import AGENTS, BACKENDS, PRESETS, Config, ConfigError, preset
 
 log = logging.getLogger("rls3.cli")
 EXIT_USAGE = 2
@@ -202,6 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
     from rls3 import loop, rundir
+    from rls3.vlm import launch
 
     # `kill` ends a run like Ctrl-C: the last finished iteration stays resumable either way
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -212,11 +212,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         # the same clear error before any of them waits for another
         cfg = (rundir.load_run_config(args.resume, resume=True) if args.resume is not None
                and args.resume.is_dir() else resolve_config(args))
-        loop.check_launch(cfg, parallel)
+        launch.check_launch(cfg, parallel)
     if parallel is not None and not parallel.is_main:
         # the scene, the agent and the run directory belong to the main process; this one runs
         # the main process's VLM calls on its share of each batch
-        loop.serve_vlm(parallel)
+        launch.serve_vlm(parallel)
         return 0
     # on an error the main process exits non-zero and the launcher ends the others (they may be
     # inside a collective call the main process abandoned: a stop message could not reach them)
@@ -260,11 +260,11 @@ def _start_or_resume(args: argparse.Namespace, loop: Any, parallel: Any) -> Any:
         if not args.budget_from.is_dir():
             raise UsageError(f"--budget-from: run directory {str(args.budget_from)!r} "
                              f"does not exist")
-        from rls3.rundir import budget_from_run
+        from rls3.rundir import resolve_budget
 
-        budget = budget_from_run(args.budget_from, cfg.loop.budget_unit)
-        cfg = cfg.override({"loop.budget": budget, "loop.budget_from": str(args.budget_from)})
-        print(f"budget: {budget} generated samples ({cfg.loop.budget_unit}) from "
+        cfg = resolve_budget(cfg.override({"loop.budget": 0,
+                                           "loop.budget_from": str(args.budget_from)}))
+        print(f"budget: {cfg.loop.budget} generated samples ({cfg.loop.budget_unit}) from "
               f"{args.budget_from}")
     if args.quiet:
         cfg = cfg.override({"progress": False})
@@ -272,25 +272,14 @@ def _start_or_resume(args: argparse.Namespace, loop: Any, parallel: Any) -> Any:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from rls3.config import make_backend
-    from rls3.data import ensure_fixed_set, fixed_set_dir
+    from rls3.data import prepare_fixed_sets
 
     cfg = resolve_config(args)
-    jobs = [("val", "train", cfg.data.val_size), ("test", "test", cfg.data.test_size)]
-    for split, backend_split, n in jobs:
-        if args.split not in (split, "both"):
-            continue
-        backend = make_backend(cfg.backend_config(), backend_split)
-        key = backend_identity(cfg.backend)
-        try:
-            folder = fixed_set_dir(cfg.data.dir, split, key, backend.scene_names, n,
-                                   cfg.env.image_size, cfg.data.seed)
-            existed = folder.exists() and not args.force
-            ensure_fixed_set(folder, backend, split, n, cfg.env.image_size, cfg.data.seed,
-                             key, force=args.force, progress=not args.quiet)
-        finally:
-            backend.close()
-        print(f"{split}: {folder} ({n} samples{', already there' if existed else ''})")
+    splits = [s for s in ("val", "test") if args.split in (s, "both")]
+    sizes = {"val": cfg.data.val_size, "test": cfg.data.test_size}
+    for split, folder, existed in prepare_fixed_sets(cfg, splits, force=args.force,
+                                                     progress=not args.quiet):
+        print(f"{split}: {folder} ({sizes[split]} samples{', already there' if existed else ''})")
     return 0
 
 

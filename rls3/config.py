@@ -27,6 +27,7 @@ import yaml
 
 from rls3.env import EnvConfig
 from rls3.scene import SceneBackend
+from rls3.seeding import child_seed
 
 
 class ConfigError(ValueError):
@@ -338,8 +339,9 @@ class Config:
 
     def backend_config(self, log_folder: str | Path | None = None) -> BackendConfig:
         """The backend settings a run uses: a backend that renders at a size of its own (Unity)
-        is asked for the env's image size, and one that writes logs of its own writes them into
-        `log_folder`, unless its options say otherwise."""
+        is asked for the env's image size, one that writes logs of its own writes them into
+        `log_folder`, and one that draws random numbers of its own is seeded from the run seed
+        (`rls3.seeding`), unless its options say otherwise."""
         options = dict(self.backend.options)
         image = BACKEND_IMAGE_OPTIONS.get(self.backend.name)
         if image is not None:
@@ -347,6 +349,9 @@ class Config:
         logs = BACKEND_LOG_OPTIONS.get(self.backend.name)
         if logs is not None and log_folder is not None:
             options.setdefault(logs, str(log_folder))
+        seed = BACKEND_SEED_OPTIONS.get(self.backend.name)
+        if seed is not None:
+            options.setdefault(seed, child_seed(self.seed, "backend"))
         return replace(self.backend, options=options)
 
     @property
@@ -511,6 +516,8 @@ BACKEND_CHECKS: dict[str, BackendCheck] = {}
 BACKEND_IMAGE_OPTIONS: dict[str, str] = {}
 #: Backends that write logs of their own into a folder option: backend name -> option name.
 BACKEND_LOG_OPTIONS: dict[str, str] = {}
+#: Backends that draw random numbers of their own, seeded through an option: name -> option.
+BACKEND_SEED_OPTIONS: dict[str, str] = {}
 #: Backends whose scenes come from an artefact outside rls3: name -> identity(backend_config).
 BACKEND_IDENTITIES: dict[str, Callable[[BackendConfig], str]] = {}
 #: Checks that a backend can serve N scene workers (`env.workers`): name -> check(cfg, n).
@@ -521,7 +528,8 @@ def register_backend(name: str, factory: BackendFactory, check: BackendCheck | N
                      image_option: str | None = None,
                      identity: Callable[[BackendConfig], str] | None = None,
                      log_option: str | None = None,
-                     workers_check: Callable[[BackendConfig, int], None] | None = None) -> None:
+                     workers_check: Callable[[BackendConfig, int], None] | None = None,
+                     seed_option: str | None = None) -> None:
     """Make `backend.name: <name>` (and `rls3 run --backend <name>`) build backends with
     `factory(backend_config, split)`; `check(backend_config)` (raising ConfigError) vets scene,
     object and option names up front; `image_option` names the option that sets the rendered
@@ -529,7 +537,8 @@ def register_backend(name: str, factory: BackendFactory, check: BackendCheck | N
     scenes come from (a build file), so cached data sets and pre-trained agents of another build
     are not reused; `log_option` names a folder option for the backend's own logs (a run points
     it into its run directory); `workers_check(backend_config, n)` (raising ConfigError) says
-    whether the backend can serve `env.workers` = n > 1 worker processes."""
+    whether the backend can serve `env.workers` = n > 1 worker processes; `seed_option` names
+    the option seeding the backend's own random draws (a run fills it from its seed)."""
     BACKENDS[name] = factory
     if check is not None:
         BACKEND_CHECKS[name] = check
@@ -541,6 +550,8 @@ def register_backend(name: str, factory: BackendFactory, check: BackendCheck | N
         BACKEND_LOG_OPTIONS[name] = log_option
     if workers_check is not None:
         BACKEND_WORKER_CHECKS[name] = workers_check
+    if seed_option is not None:
+        BACKEND_SEED_OPTIONS[name] = seed_option
 
 
 def backend_identity(cfg: BackendConfig) -> str:
@@ -667,7 +678,7 @@ def _unity_workers_check(cfg: BackendConfig, n: int) -> None:
 register_backend("sim", _sim_backend, _sim_check)
 register_backend("unity", _unity_backend, _unity_check, image_option="image_size",
                  identity=_unity_identity, log_option="log_folder",
-                 workers_check=_unity_workers_check)
+                 workers_check=_unity_workers_check, seed_option="seed")
 
 
 #: share of the available memory SAC's replay buffer may take before a run is refused
@@ -707,10 +718,10 @@ def check_runnable(cfg: Config) -> None:
     workers_check = BACKEND_WORKER_CHECKS.get(cfg.backend.name)
     if cfg.env.workers > 1 and workers_check is not None:
         workers_check(cfg.backend, cfg.env.workers)
-    from rls3.vlm import check_vlm_options, get_vlm_config
+    from rls3.vlm import check_vlm_options, get_vlm_spec
 
     kw = cfg.vlm.build_kwargs()
-    options = {**get_vlm_config(cfg.vlm.name).options,
+    options = {**get_vlm_spec(cfg.vlm.name).options,
                **{k: v for k, v in kw.items() if k not in ("weights", "device", "dtype")}}
     try:
         check_vlm_options(cfg.vlm.name, options)
@@ -728,18 +739,11 @@ def check_runnable(cfg: Config) -> None:
 
 
 def known_vlms() -> tuple[str, ...]:
-    """Names `rls3.vlm.build_vlm` accepts."""
-    from rls3 import vlm
+    """Names `rls3.vlm.build_vlm` accepts (the registry's, imported lazily: config loads no
+    adapter)."""
+    from rls3.vlm import available_vlms
 
-    for attr in ("available", "available_vlms", "list_vlms"):
-        fn = getattr(vlm, attr, None)
-        if callable(fn):
-            return tuple(fn())
-    for attr in ("REGISTRY", "VLMS", "CONFIGS"):
-        reg = getattr(vlm, attr, None)
-        if isinstance(reg, Mapping):
-            return tuple(reg)
-    return ("lite", "clip", "paligemma")
+    return available_vlms()
 
 
 # ------------------------------------------------------------------------------------ plumbing

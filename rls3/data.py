@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +23,13 @@ import numpy as np
 from PIL import Image
 
 import rls3
+from rls3.atomic import atomic_folder
 from rls3.captions import describe
+from rls3.config import BackendConfig, Config, backend_identity, make_backend
 from rls3.progress import progress_bar
 from rls3.sample import Sample
 from rls3.scene import SceneBackend, SceneState
+from rls3.seeding import fixed_set_seed
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +62,6 @@ def make_sample(image: np.ndarray, state: SceneState, rng: np.random.Generator) 
 
 
 # ------------------------------------------------------------------------------------ writing
-def replace_folder(tmp: Path, folder: Path) -> None:
-    """Put the finished folder `tmp` in place of `folder` with renames only, so a crash leaves
-    either the old or the new folder, never a half-written one."""
-    if folder.exists():
-        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
-
-
 def write_dataset(folder: str | Path, samples: Sequence[Sample], info: dict[str, Any] | None = None,
                   overwrite: bool = False) -> Path:
     """Write `samples` as PNGs + `metadata.jsonl` (+ `dataset.json` with `info`) into `folder`.
@@ -83,10 +71,7 @@ def write_dataset(folder: str | Path, samples: Sequence[Sample], info: dict[str,
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"dataset folder {str(folder)!r} already exists")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_folder(folder) as tmp:
         width = max(5, len(str(max(len(samples) - 1, 0))))
         with open(tmp / METADATA_FILE, "w") as f:
             for i, s in enumerate(samples):
@@ -100,10 +85,6 @@ def write_dataset(folder: str | Path, samples: Sequence[Sample], info: dict[str,
         meta = {"format": DATASET_FORMAT, "version": DATASET_VERSION,
                 "rls3_version": rls3.__version__, "n": len(samples), **(info or {})}
         (tmp / INFO_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        replace_folder(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
@@ -235,7 +216,36 @@ def generate_samples(backend: SceneBackend, n: int, image_size: int, seed: int,
     for k in progress_bar(range(n), desc=desc, unit="img", enabled=progress):
         state = backend.load_scene(k % n_scenes, seed=int(rng.integers(2**31 - 1)))
         image = backend.render(image_size, image_size)
-        out.append(make_sample(image, state, rng))
+        out.append(make_sample(image, state.rendered_at(image_size, image_size), rng))
+    return out
+
+
+#: fixed set -> the backend split its scenes come from (validation: training scenes)
+FIXED_SET_SCENES = {"val": "train", "test": "test"}
+
+
+def prepare_fixed_sets(cfg: Config, splits: Sequence[str] = SPLITS, *,
+                       backend_config: BackendConfig | None = None, force: bool = False,
+                       progress: bool = False) -> list[tuple[str, Path, bool]]:
+    """Make sure `cfg`'s fixed sets (`data.val_size` frames of the training scenes,
+    `data.test_size` of the test scenes) are in their cache folders, generating the missing ones;
+    returns (split, folder, whether it was already there) per split. The one entry for `rls3 run`
+    and `rls3 generate`; `backend_config` defaults to `cfg.backend_config()`."""
+    bcfg = backend_config if backend_config is not None else cfg.backend_config()
+    key = backend_identity(cfg.backend)
+    sizes = {"val": cfg.data.val_size, "test": cfg.data.test_size}
+    out = []
+    for split in splits:
+        backend = make_backend(bcfg, FIXED_SET_SCENES[split])
+        try:
+            folder = fixed_set_dir(cfg.data.dir, split, key, backend.scene_names, sizes[split],
+                                   cfg.env.image_size, cfg.data.seed)
+            existed = folder.exists() and not force
+            ensure_fixed_set(folder, backend, split, sizes[split], cfg.env.image_size,
+                             cfg.data.seed, key, force=force, progress=progress)
+        finally:
+            backend.close()
+        out.append((split, folder, existed))
     return out
 
 
@@ -272,9 +282,7 @@ def ensure_fixed_set(folder: Path, backend: SceneBackend, split: str, n: int, im
             raise DatasetError(folder, problems + ["regenerate it with `rls3 generate --force`"])
         log.info("using the fixed %s set %s (%d samples)", split, folder, n)
         return folder
-    # val and test differ even with one seed: the split enters the seed sequence
-    ss = np.random.SeedSequence([seed, SPLITS.index(split)])
-    data_seed = int(ss.generate_state(1)[0])
+    data_seed = fixed_set_seed(seed, split)
     log.info("generating the fixed %s set: %d frames from %s at %d px", split, n,
              ", ".join(backend.scene_names), image_size)
     samples = generate_samples(backend, n, image_size, data_seed, progress=progress,

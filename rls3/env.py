@@ -36,7 +36,7 @@ import numpy as np
 from gymnasium import spaces
 
 from rls3 import ENV_ID
-from rls3.scene import SceneBackend, SceneState
+from rls3.scene import DEFAULT_IMAGE_SIZE, SceneBackend, SceneState
 
 OBS_SIZE = 32  # the paper observation
 OBSERVATIONS: tuple[str, ...] = ("paper", "relative")
@@ -75,7 +75,7 @@ class EnvConfig:
 
     t0: int = 200
     max_steps: int = 0  # hard cap on steps per episode; 0 means 10 * t0
-    image_size: int = 224
+    image_size: int = DEFAULT_IMAGE_SIZE
     max_step_xy: float = 0.4  # metres moved per unit action along x and y
     max_step_z: float = 0.6  # metres per unit action along z (reach a shelf in one move)
     scene_every: int = 0  # valid frames per scene before cycling inside an episode; 0 = t0 // 5
@@ -189,9 +189,10 @@ class Rls3Env(gym.Env):
         distinct, move = False, 0.0
         self._state = self.backend.state()
         if feas.valid:
-            image = self.backend.render(self.config.image_size, self.config.image_size) \
-                if self.config.render else np.zeros((1, 1, 3), np.uint8)
-            frame = Frame(image, self._state, self._steps)
+            size = self.config.image_size
+            image = self.backend.render(size, size) if self.config.render \
+                else np.zeros((1, 1, 3), np.uint8)
+            frame = Frame(image, self._state.rendered_at(size, size), self._steps)
             distinct = not self._frames or not same_layout(self._frames[-1].state, self._state)
             after = self._state.objects[self._moving]
             move = float(np.linalg.norm(np.subtract(after.position, before.position)))

@@ -18,9 +18,7 @@ from typing import Any
 import numpy as np
 
 from rls3.sample import Sample
-
-#: Named stream of the replay RNG, derived from the run seed.
-REPLAY_STREAM = 0x2E91A7
+from rls3.seeding import stream_rng
 
 
 class ReplayError(ValueError):
@@ -38,7 +36,7 @@ class SampleReplay:
             raise ValueError(f"replay fraction must be in [0, 1], got {fraction!r}")
         self.capacity = capacity
         self.fraction = float(fraction)
-        self.rng = np.random.default_rng(np.random.SeedSequence([seed, REPLAY_STREAM]))
+        self.rng = stream_rng(seed, "replay")
         self.refs: list[tuple[int, int]] = []
         self.samples: list[Sample] = []
         self.seen = 0

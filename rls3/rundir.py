@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors import SafetensorError
 
 import rls3
 from rls3 import runtime
+from rls3.atomic import atomic_write
 from rls3.config import Config, ConfigError
 from rls3.manifest import MANIFEST_FILE, manifest_problems
 
@@ -168,33 +169,68 @@ def budget_from_run(run_dir: str | Path, unit: str = "steps") -> int:
     return int(recs[-1][key])
 
 
+def resolve_budget(cfg: Config) -> Config:
+    """`cfg` with `loop.budget` taken from the run `loop.budget_from` names, when it names one and
+    no budget is set (the equal-budget baseline); otherwise `cfg` unchanged."""
+    if not cfg.loop.budget_from or cfg.loop.budget != 0:
+        return cfg
+    source = Path(cfg.loop.budget_from)
+    if not source.is_dir():
+        raise ConfigError(f"invalid loop.budget_from={cfg.loop.budget_from!r}: run directory "
+                          f"does not exist")
+    return cfg.override({"loop.budget": budget_from_run(source, cfg.loop.budget_unit)})
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> int:
+    """Append one iteration's record to metrics.jsonl (non-finite floats as null), durably;
+    returns the file's new size, which the checkpoint records."""
+    path = run_dir / METRICS_FILE
+    with open(path, "a") as f:
+        f.write(json.dumps(_jsonable(record)) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return path.stat().st_size
+
+
+def truncate_metrics(run_dir: Path, size: int) -> bool:
+    """Cut metrics.jsonl back to `size` bytes (the records of the last checkpoint), creating it
+    when missing; True when records were dropped."""
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        path.touch()
+        return False
+    if path.stat().st_size <= size:
+        return False
+    with open(path, "r+b") as f:
+        f.truncate(size)
+    return True
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        f = float(x)
+        return f if math.isfinite(f) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
 # ------------------------------------------------------------------------------------ checkpoints
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 @contextmanager
-def saving(tmp: Path, run_dir: Path) -> Iterator[None]:
-    """Turn an OS error while writing the temporary folder `tmp` (disk full, permissions) into
-    a one-line RunDirError naming it; the half-written folder is removed, so the run continues
+def saving(target: Path, run_dir: Path) -> Iterator[None]:
+    """Turn an OS error while writing `target` (through `rls3.atomic`: disk full, permissions)
+    into a one-line RunDirError naming it; nothing half-written is left, so the run continues
     from its last committed checkpoint."""
     try:
         yield
     except (OSError, SafetensorError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RunDirError(f"cannot write {str(tmp)!r}: {e}; nothing half-written was kept, and "
-                          f"the run continues from its last checkpoint once the cause is fixed: "
-                          f"rls3 run --resume {run_dir}") from e
+        raise RunDirError(f"cannot write {str(target)!r}: {e}; nothing half-written was kept, "
+                          f"and the run continues from its last checkpoint once the cause is "
+                          f"fixed: rls3 run --resume {run_dir}") from e
 
 
 def verify_manifest(folder: Path) -> None:

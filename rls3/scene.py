@@ -8,13 +8,17 @@ seam (env, captions, VLMs, loop) knows which one it talks to.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 Vec3 = tuple[float, float, float]
+
+#: Image size in pixels (square) wherever none is given: the paper's, and the VLMs' input size.
+DEFAULT_IMAGE_SIZE = 224
 
 
 class Reason(str, Enum):
@@ -99,13 +103,14 @@ class Surface:
 class Camera:
     """Pinhole camera. `rotation` is (roll, pitch, yaw): the camera looks along +x turned by yaw
     about z and pitched by pitch (negative looks down); `fov_y` is the vertical field of view in
-    degrees and `width`/`height` the image size the intrinsics refer to."""
+    degrees and `width`/`height` the size of the image it took (`SceneState.rendered_at`), which
+    `intrinsics` and `project` refer to."""
 
     position: Vec3
     rotation: Vec3
     fov_y: float = 60.0
-    width: int = 224
-    height: int = 224
+    width: int = DEFAULT_IMAGE_SIZE
+    height: int = DEFAULT_IMAGE_SIZE
 
     @property
     def forward(self) -> np.ndarray:
@@ -116,13 +121,27 @@ class Camera:
 
     @property
     def intrinsics(self) -> np.ndarray:
-        """3x3 pinhole matrix K for `width` x `height` pixels."""
+        """3x3 pinhole matrix K for `width` x `height` pixels (square pixels)."""
         fy = 0.5 * self.height / math.tan(math.radians(self.fov_y) / 2)
         return np.array([[fy, 0.0, self.width / 2], [0.0, fy, self.height / 2], [0.0, 0.0, 1.0]])
 
+    def project(self, points: np.ndarray | Sequence[Vec3]) -> np.ndarray:
+        """Pixel coordinates (u right, v down; (N, 2)) of world points in front of the camera,
+        through `intrinsics`: where an object's centre appears in the image."""
+        p = np.atleast_2d(np.asarray(points, dtype=np.float64)) - np.asarray(self.position)
+        f = self.forward
+        right = np.cross(f, (0.0, 0.0, 1.0))
+        right /= np.linalg.norm(right)
+        down = -np.cross(right, f)
+        cam = np.stack([p @ right, p @ down, p @ f], axis=1)  # x right, y down, z along the view
+        if np.any(cam[:, 2] <= 0):
+            raise ValueError("cannot project a point behind the camera")
+        uvw = cam @ self.intrinsics.T
+        return uvw[:, :2] / uvw[:, 2:]
+
     @classmethod
     def looking_at(cls, position: Vec3, target: Vec3, fov_y: float = 60.0,
-                   width: int = 224, height: int = 224) -> Camera:
+                   width: int = DEFAULT_IMAGE_SIZE, height: int = DEFAULT_IMAGE_SIZE) -> Camera:
         d = np.asarray(target, float) - np.asarray(position, float)
         n = float(np.linalg.norm(d))
         if n < 1e-9:
@@ -138,7 +157,8 @@ class Camera:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Camera:
         return cls(_vec3(d["position"], "position"), _vec3(d["rotation"], "rotation"),
-                   float(d.get("fov_y", 60.0)), int(d.get("width", 224)), int(d.get("height", 224)))
+                   float(d.get("fov_y", 60.0)), int(d.get("width", DEFAULT_IMAGE_SIZE)),
+                   int(d.get("height", DEFAULT_IMAGE_SIZE)))
 
 
 @dataclass(frozen=True)
@@ -164,6 +184,11 @@ class SceneState:
                 return s
         raise KeyError(f"surface {name!r} not in scene {self.scene_name!r}; "
                        f"surfaces: {[s.name for s in self.surfaces]}")
+
+    def rendered_at(self, width: int, height: int) -> SceneState:
+        """This state with the camera sized to the image rendered from it (what a frame's
+        ground truth records)."""
+        return replace(self, camera=replace(self.camera, width=int(width), height=int(height)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"scene_index": self.scene_index, "scene_name": self.scene_name,

@@ -16,8 +16,9 @@ budget), their transitions stay in SAC's replay buffer, but they get no episode 
 fine-tuning samples (as episodes cut by the step cap). The next iteration resets every worker with
 a fresh seed, so no worker state crosses the boundary and a checkpoint needs nothing more.
 
-Seeds: in iteration i worker w is reset with `iteration_seed(seed, i) + w` (SB3's `VecEnv.seed`
-convention): worker 0 gets the N = 1 seed, and results are reproducible for a fixed (N, seed).
+Seeds: in iteration i worker w is reset with `rls3.seeding.episode_seed(seed, i) + w` (SB3's
+`VecEnv.seed` convention): worker 0 gets the N = 1 seed, and results are reproducible for a fixed
+(N, seed).
 """
 
 from __future__ import annotations

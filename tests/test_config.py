@@ -7,6 +7,7 @@ import yaml
 
 from rls3.config import (BACKENDS, PRESETS, STEP_CAP_T0, Config, ConfigError, EarlyStoppingConfig,
                          LoopConfig, make_backend, parse_assignment, preset, register_backend)
+from rls3.seeding import child_seed
 
 
 def test_defaults_are_the_papers_numbers():
@@ -188,7 +189,9 @@ def test_backend_options_merge_and_unity_runs_get_size_logs_and_build_identity(t
                                       "backend.options": {"build": str(build)}})
     run_cfg = plain.backend_config(log_folder=tmp_path / "logs")
     assert run_cfg.options == {"build": str(build), "image_size": plain.env.image_size,
-                               "log_folder": str(tmp_path / "logs")}
+                               "log_folder": str(tmp_path / "logs"),
+                               "seed": child_seed(plain.seed, "backend")}
+    assert plain.override({"seed": 1}).backend_config().options["seed"] != run_cfg.options["seed"]
     assert c.backend_config().options["image_size"] == 64          # an explicit size stays
     assert preset("quick").backend_config(log_folder="x") == preset("quick").backend  # sim
     first = backend_identity(plain.backend)

@@ -169,6 +169,9 @@ def test_episode_ends_with_t0_valid_frames_and_feedback(backend):
         n += 1
         rewards.append(r)
         assert (info["frame"] is not None) == info["valid"]
+        if info["frame"] is not None:  # the ground truth names the size of its image
+            cam = info["frame"].state.camera
+            assert (cam.width, cam.height) == (32, 32) == info["frame"].image.shape[1::-1]
         assert r in (1.0, -1.0) or term
         if term or trunc:
             break

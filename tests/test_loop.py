@@ -17,10 +17,11 @@ from conftest import tiny_cli_config
 
 from rls3.config import Config, ConfigError
 from rls3.data import read_dataset
-from rls3.loop import Loop, early_stopping, resume, run, should_stop
+from rls3.loop import Loop, resume, run
 from rls3.rundir import (CHECKPOINTS, CONFIG_FILE, LATEST_FILE, RUN_FILE, RunDirError,
                          budget_from_run, create_run, latest_checkpoint, load_run_config,
                          read_metrics, without_timings)
+from rls3.stopping import early_stopping, should_stop
 
 def tiny_config(root: Path, **over) -> Config:
     values = {
@@ -393,6 +394,7 @@ def test_disk_full_while_saving_is_named_cleaned_up_and_resumable(sac_run, root,
     import errno
 
     import rls3.loop as loop_mod
+    from rls3 import atomic
 
     full = {"on": False}
 
@@ -409,17 +411,17 @@ def test_disk_full_while_saving_is_named_cleaned_up_and_resumable(sac_run, root,
                 name == iteration_phase[1]
         return hook
 
-    monkeypatch.setattr(loop_mod, "replace_folder", out_of_space(loop_mod.replace_folder))
+    monkeypatch.setattr(atomic, "replace_folder", out_of_space(atomic.replace_folder))
     monkeypatch.setattr(loop_mod, "write_manifest", out_of_space(loop_mod.write_manifest))
     d = root / "runs" / "disk_full"
     # iteration 0 always saves the best VLM (after its test phase), before its first checkpoint
-    with pytest.raises(RunDirError, match=r"cannot write .*\.best_vlm\.tmp-.*No space left"):
+    with pytest.raises(RunDirError, match=r"cannot write .*best_vlm.*No space left"):
         run(tiny_config(root), run_dir=d, on_phase=fill_at((0, "test")))
-    assert not list(d.glob(".best_vlm.tmp-*")) and latest_checkpoint(d) is None
+    assert not list(d.glob(".best_vlm.*")) and latest_checkpoint(d) is None
     full["on"] = False
-    with pytest.raises(RunDirError, match=r"cannot write .*checkpoints.*\.tmp-.*No space left"):
+    with pytest.raises(RunDirError, match=r"cannot write .*checkpoints.*iter_0002.*No space left"):
         Loop(d, on_phase=fill_at((2, "checkpoint"))).run()
-    assert not list((d / CHECKPOINTS).glob(".tmp-*"))
+    assert not list((d / CHECKPOINTS).glob(".*"))
     assert latest_checkpoint(d).name == "iter_0001"
     full["on"] = False
     res = resume(d)
@@ -429,7 +431,7 @@ def test_disk_full_while_saving_is_named_cleaned_up_and_resumable(sac_run, root,
 
 
 def test_running_norm_standardises_and_round_trips():
-    from rls3.loop import RunningNorm
+    from rls3.collector import RunningNorm
 
     xs = [3.0, 5.0, 4.0, 10.0, 4.5]
     n = RunningNorm()

@@ -168,3 +168,28 @@ def test_images_identical_across_processes():
                            env={**__import__("os").environ, "PYTHONHASHSEED": str(k)}).stdout.split()[-1]
             for k in (1, 2)}
     assert len(outs) == 1
+
+
+def test_frame_camera_intrinsics_agree_with_the_renderer(backend):
+    """A frame's recorded camera (sized to its image) projects world points where pyrender's
+    camera does, at a non-square size too."""
+    import math
+
+    import pyrender
+
+    from rls3.sim.render import camera_pose
+
+    state = backend.load_scene(2, seed=5).rendered_at(96, 64)
+    cam = state.camera
+    assert (cam.width, cam.height) == (96, 64)
+    points = np.array([o.position for o in state.objects])
+    uv = cam.project(points)
+    proj = pyrender.PerspectiveCamera(yfov=math.radians(cam.fov_y), aspectRatio=96 / 64)
+    clip = (proj.get_projection_matrix(96, 64) @ np.linalg.inv(camera_pose(cam))
+            @ np.c_[points, np.ones(len(points))].T).T
+    ndc = clip[:, :2] / clip[:, 3:]
+    want = np.stack([(ndc[:, 0] + 1) / 2 * 96, (1 - ndc[:, 1]) / 2 * 64], axis=1)
+    np.testing.assert_allclose(uv, want, atol=1e-6)
+    np.testing.assert_allclose(cam.project(cam.position + 2.0 * cam.forward), [[48.0, 32.0]])
+    with pytest.raises(ValueError, match="behind the camera"):
+        cam.project(cam.position - cam.forward)

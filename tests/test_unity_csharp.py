@@ -15,7 +15,7 @@ import tree_sitter_c_sharp as ts_cs
 
 from rls3.bridges import messages
 from rls3.bridges.messages import Metadata, Op
-from rls3.scene import Camera, Feasibility, ObjectPose, Reason, SceneState, Surface
+from rls3.scene import DEFAULT_IMAGE_SIZE, Camera, Feasibility, ObjectPose, Reason, SceneState, Surface
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "bridges" / "unity" / "Scripts"
 PARSER = ts.Parser(ts.Language(ts_cs.language()))
@@ -110,7 +110,7 @@ def test_shared_constants_match_the_python_side():
     assert f"VectorObservationSize != {messages.VECTOR_OBS_SIZE}" in check
     # image size: the same default and the flag the Python launcher passes
     sensor = _constants(_tree("Rls3CameraSensor.cs"))
-    assert int(sensor["imageSize"]) == messages.DEFAULT_IMAGE_SIZE
+    assert int(sensor["imageSize"]) == DEFAULT_IMAGE_SIZE
     flag = [_string(a) for args in _calls(_tree("Rls3CameraSensor.cs"), "CommandLineInt")
             for a in _walk(args) if a.type == "string_literal"]
     from rls3.bridges.unity import UnityBackend

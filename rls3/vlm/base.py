@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from rls3.sample import Sample
+
+if TYPE_CHECKING:  # torch-free at import: the registry and `rls3 report` load this module
+    from rls3.vlm.distributed import DataParallel
 
 
 @dataclass(frozen=True)
@@ -75,4 +78,18 @@ class VLM(Protocol):
 
     def load(self, path: str | Path) -> None:
         """Restore weights written by `save`."""
+        ...
+
+    def rng_state(self) -> Any:
+        """The state of the adapter's own random generator (fine-tuning's shuffling); a
+        checkpoint stores it so a resumed run continues bit-identically."""
+        ...
+
+    def set_rng_state(self, state: Any) -> None:
+        """Restore a state returned by `rng_state`."""
+        ...
+
+    def distribute(self, group: DataParallel | None) -> None:
+        """Split fine-tuning, feedback and evaluation over the processes of `group` (a
+        data-parallel launch; None: this process alone). Results equal one process's."""
         ...

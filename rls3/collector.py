@@ -1,0 +1,210 @@
+"""What an iteration's episodes produce: the env's feedback hook (J2 or per-sample hardness as
+extrinsic reward), the eta-subsample kept for fine-tuning and the iteration's data record."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from rls3.config import FEEDBACK_MODES
+from rls3.data import make_sample
+from rls3.env import Frame
+from rls3.sample import Sample
+from rls3.vlm.base import VLM
+
+
+class RunningNorm:
+    """Running mean and standard deviation (Welford) that standardises the extrinsic reward
+    (`loop.reward_norm: running`); its state goes into every checkpoint, so a resumed run
+    normalises exactly as an uninterrupted one."""
+
+    CLIP = 5.0
+
+    def __init__(self, state: dict[str, float] | None = None) -> None:
+        state = state or {}
+        self.count = int(state.get("count", 0))
+        self.mean = float(state.get("mean", 0.0))
+        self.m2 = float(state.get("m2", 0.0))
+
+    def __call__(self, x: float) -> float:
+        """Add `x` to the statistics, then return it standardised (0 until two values were seen;
+        clipped to +-CLIP standard deviations)."""
+        self.count += 1
+        delta = x - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (x - self.mean)
+        if self.count < 2 or self.m2 <= 0.0:
+            return 0.0
+        std = math.sqrt(self.m2 / (self.count - 1))
+        return float(np.clip((x - self.mean) / std, -self.CLIP, self.CLIP))
+
+    def state(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+
+class EpisodeCollector:
+    """The env's feedback hook and the iteration's bookkeeping.
+
+    `feedback="episode"` (the paper): on each completed episode caption the frames, ask the VLM for
+    J2 and return beta * J2 as the completing step's extrinsic reward. `feedback="sample"` (the
+    paper's future work, a departure): caption and score every valid frame on its own step and
+    return beta * its hardness as that step's extrinsic reward. `reward_norm="running"`
+    standardises J2 / hardness by a running mean and std first. Either way every completed episode
+    keeps round(eta * T0) samples for the fine-tuning batch, and the hardness of every scored
+    sample under the VLM as it was then is recorded. `on_step` counts every env step."""
+
+    def __init__(self, vlm: VLM, rng: np.random.Generator, eta: float, beta: float, t0: int,
+                 feedback: bool = True, mode: str = "episode",
+                 norm: RunningNorm | None = None) -> None:
+        if mode not in FEEDBACK_MODES:
+            raise ValueError(f"feedback mode must be one of {list(FEEDBACK_MODES)}, got {mode!r}")
+        self.vlm = vlm
+        self.rng = rng
+        self.eta = eta
+        self.beta = beta
+        self.t0 = t0
+        self.feedback_enabled = feedback
+        self.mode = mode
+        self.norm = norm
+        self.bar: tqdm | None = None
+        self.last_val: float | None = None  # shown in the progress bar
+        self.start()
+
+    def start(self) -> None:
+        self.batch: list[Sample] = []
+        self.generated: list[Sample] = []  # descriptions only matter here; images are dropped
+        self.j2: list[float] = []
+        self.hardness: list[float] = []   # per scored sample, in generation order
+        self.hardness_terms: list[tuple[str, ...]] = []
+        self.extrinsic: list[float] = []  # per step that received one
+        self.moves: list[float] = []      # per valid step, metres
+        self.steps = self.valid = self.distinct = self.episodes = self.truncated = 0
+        self.abandoned = 0  # completed beyond E on the last step (scene workers only)
+        self.feedback_s = 0.0
+        self.scenes: dict[str, int] = {}
+        self._pending: dict[int, list[Sample]] = {}  # sample mode: each worker's episode so far
+        self._open: set[int] = set()  # workers whose current episode has not ended
+
+    def env_hooks(self) -> dict[str, Any]:
+        """Keyword arguments for `Rls3Env`: the episode or the per-sample feedback hook."""
+        return {"feedback": self} if self.mode == "episode" else {"step_feedback": self.score_step}
+
+    def _reward(self, x: float) -> float:
+        return self.beta * (self.norm(x) if self.norm is not None else x)
+
+    def _scored(self, samples: Sequence[Sample], hardness: Sequence[float]) -> None:
+        self.hardness.extend(float(h) for h in hardness)
+        self.hardness_terms.extend(s.description.terms for s in samples)
+
+    def __call__(self, frames: Sequence[Frame]) -> float:
+        """Episode feedback (`mode="episode"`): called by the env on the completing step."""
+        samples = [make_sample(f.image, f.state, self.rng) for f in frames]
+        reward = 0.0
+        if self.feedback_enabled:
+            t = time.perf_counter()
+            fb = self.vlm.feedback(samples)
+            self.feedback_s += time.perf_counter() - t
+            self.j2.append(float(fb.j2))
+            if fb.hardness:
+                self._scored(samples, fb.hardness)
+            reward = self._reward(float(fb.j2))
+        self._episode_done(samples)
+        return reward
+
+    def score_step(self, frame: Frame, worker: int = 0) -> float:
+        """Per-sample feedback (`mode="sample"`): called on every valid step, by the env (N = 1)
+        or by `rls3.workers.FeedbackVecEnv` with the worker's index."""
+        sample = make_sample(frame.image, frame.state, self.rng)
+        self._pending.setdefault(worker, []).append(sample)
+        if not self.feedback_enabled:
+            return 0.0
+        t = time.perf_counter()
+        fb = self.vlm.feedback([sample])
+        self.feedback_s += time.perf_counter() - t
+        h = float(fb.hardness[0]) if fb.hardness else float(fb.per_sample[0])
+        self._scored([sample], [h])
+        return self._reward(h)
+
+    def _episode_done(self, samples: list[Sample]) -> None:
+        n_keep = max(1, round(self.eta * len(samples)))
+        keep = np.sort(self.rng.choice(len(samples), size=min(n_keep, len(samples)),
+                                       replace=False))
+        self.batch.extend(samples[int(i)] for i in keep)
+        self.generated.extend(Sample(np.zeros((1, 1, 3), np.uint8), s.state, s.description)
+                              for s in samples)
+        self.episodes += 1
+        if self.bar is not None:
+            self.bar.set_postfix(self.postfix(), refresh=False)
+
+    def on_step(self, info: dict[str, Any], reward: float, done: bool) -> None:
+        self.steps += 1
+        worker = int(info.get("worker", 0))
+        completed = int(info.get("n_valid", 0)) >= self.t0
+        abandoned = bool(info.get("abandoned", False))
+        scored = (info.get("valid") if self.mode == "sample"
+                  else done and completed and not abandoned)
+        if self.feedback_enabled and scored:
+            self.extrinsic.append(float(info.get("extrinsic", 0.0)))
+        if info.get("valid"):
+            self.valid += 1
+            self.distinct += bool(info.get("distinct", True))
+            self.moves.append(float(info.get("move", 0.0)))
+            scene = str(info.get("scene", ""))
+            self.scenes[scene] = self.scenes.get(scene, 0) + 1
+            if self.bar is not None:
+                self.bar.set_postfix(self.postfix(), refresh=False)
+                self.bar.update(1)
+        if done and self.mode == "sample":
+            pending = self._pending.pop(worker, [])
+            if completed and not abandoned:
+                self._episode_done(pending)
+        if done and not completed:
+            self.truncated += 1
+        if done and abandoned:
+            self.abandoned += 1
+        if done:
+            self._open.discard(worker)
+        else:
+            self._open.add(worker)
+
+    @property
+    def abandoned_episodes(self) -> int:
+        """Episodes left at the iteration boundary (scene workers): completed beyond E on the
+        last step, or unfinished; their steps count, they give no feedback or batch samples."""
+        return self.abandoned + len(self._open)
+
+    def postfix(self) -> dict[str, str]:
+        d = {"ep": str(self.episodes), "yield": f"{self.valid / max(self.steps, 1):.2f}"}
+        if self.j2:
+            d["J2"] = f"{np.mean(self.j2):.3g}"
+        if self.hardness:
+            d["hard"] = f"{np.mean(self.hardness):.3g}"
+        if self.last_val is not None:
+            d["val"] = f"{self.last_val:.3f}"
+        return d
+
+    def hardness_fields(self) -> dict[str, Any]:
+        """The iteration's data-generation record: distinct yield, move sizes and the hardness
+        of the scored samples (overall and per spatial term)."""
+        h = np.asarray(self.hardness, dtype=np.float64)
+        by_term: dict[str, list[float]] = {}
+        for v, terms in zip(self.hardness, self.hardness_terms):
+            for t in dict.fromkeys(terms):
+                by_term.setdefault(t, []).append(v)
+        return {
+            "feedback_mode": self.mode,
+            "distinct": self.distinct,
+            "yield_distinct": self.distinct / self.steps if self.steps else None,
+            "move_median": float(np.median(self.moves)) if self.moves else None,
+            "hardness_mean": float(h.mean()) if h.size else None,
+            "hardness_std": float(h.std()) if h.size else None,
+            "hardness_n": int(h.size),
+            "hardness_by_term": {t: float(np.mean(v)) for t, v in sorted(by_term.items())},
+            "extrinsic_mean": float(np.mean(self.extrinsic)) if self.extrinsic else None,
+        }
+
