@@ -3,7 +3,7 @@ resume and early stopping.
 
 One iteration:
   1. E episodes, each until T0 valid frames. On an episode's completing step the env calls the
-     `EpisodeCollector` (`rls3.collector`): it captions the T0 frames, asks the VLM for feedback (J2) and returns
+     `EpisodeCollector`: it captions the T0 frames, asks the VLM for feedback (J2) and returns
      beta * J2 as extrinsic reward (SAC learns from it; the random agent ignores it), then keeps
      round(eta * T0) of the frames, drawn without replacement, for the fine-tuning batch. With
      `loop.feedback: sample` (a departure) every valid frame is captioned and scored on its own
@@ -503,13 +503,15 @@ class Loop:
         t = time.perf_counter()
         ck = self.run_dir / CHECKPOINTS
         ck.mkdir(exist_ok=True)
-        for stale in ck.glob(".*.tmp-*"):
+        for stale in ck.glob(".*"):  # temporaries of a crashed write
             shutil.rmtree(stale, ignore_errors=True)
         name = f"iter_{i:04d}"
         final = ck / name
+        # a folder `final` can only be left by a crash between its rename and LATEST's update
+        # (LATEST names an older one): it is replaced
         with saving(final, self.run_dir):
-            with atomic_folder(final) as tmp:  # (a folder of this name: left by a crash
-                vlm.save(tmp / "vlm")           # between its rename and LATEST's; LATEST is older)
+            with atomic_folder(final) as tmp:
+                vlm.save(tmp / "vlm")
                 agent.save(tmp / "agent")
                 self.state.env_episode = env.episode
                 if collector.norm is not None:

@@ -30,8 +30,8 @@ def build_vlm_from_config(cfg: Config, weights: str | Path | None = None,
 
 def build_vlm_replica(cfg: Config, weights: str | None = None,
                       parallel: DataParallel | None = None) -> VLM:
-    """This process's adapter: on a multi-GPU launch each process takes its own GPU; the
-    adapter splits its work over the processes when it has a data-parallel path."""
+    """This process's adapter: on a multi-GPU launch each process takes its own GPU and the
+    adapter splits its work over the processes (`VLM.distribute`)."""
     kw = cfg.vlm.build_kwargs()
     if weights is not None:
         kw["weights"] = weights
@@ -62,8 +62,7 @@ def check_launch(cfg: Config, parallel: DataParallel | None) -> None:
         check_processes(cfg.vlm.processes, world)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    workers = getattr(cfg.env, "workers", 1)
-    if world > 1 and isinstance(workers, int) and workers > 1:
+    if world > 1 and cfg.env.workers > 1:
         log.info("%d scene workers run for the main process only; the %d VLM processes share "
-                 "the fine-tuning, feedback and evaluation", workers, world)
+                 "the fine-tuning, feedback and evaluation", cfg.env.workers, world)
 
