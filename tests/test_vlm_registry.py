@@ -40,6 +40,7 @@ def test_dtype_and_source_resolution(tmp_path):
         resolve_source("./not/here")
 
 
+@pytest.mark.slow
 def test_default_path_imports_no_torchvision():
     code = ("import rls3.vlm, rls3.vlm.lite, sys\n"
             "v = rls3.vlm.build_vlm('lite', image_size=64, progress=False)\n"
