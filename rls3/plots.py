@@ -1,7 +1,9 @@
 """The paper's figures from run directories (matplotlib, Agg backend; PNG files).
 
-Every function takes run directories (their `metrics.jsonl`, see `rls3.loop` for the fields; the
-agent comes from the records or `config.yaml`), writes one PNG into `out_dir` and returns its path.
+Every figure is built by a `*_figure` function that takes run directories (their `metrics.jsonl`,
+see `rls3.loop` for the fields; the agent comes from the records or `config.yaml`) and returns the
+matplotlib Figure (tests read the plotted data from it); its `plot_*` twin writes that figure as
+one PNG into `out_dir` and returns the path.
 Runs are grouped by agent (SAC against random) and, where several seeds exist, drawn as mean ± std
 over seeds. Missing fields, runs with only the iteration-0 record, or no runs with data at all give
 a figure that says so instead of an error.
@@ -12,6 +14,7 @@ a figure that says so instead of an error.
   plot_finetune_loss     Fig. 8: fine-tuning loss per step and per iteration, new batch vs replayed
   plot_validation        Fig. 9: validation score per iteration, early-stopping point marked
   plot_yield             valid-sample yield per iteration for each agent
+  plot_hardness          hardness of the generated samples per iteration and per term
   plot_all               all of the above; returns {name: path}
 """
 
@@ -29,6 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -119,7 +123,8 @@ def _score_label(runs: list[Run]) -> str:
         else "accuracy"
 
 
-def _finish(fig: Any, out_dir: str | Path, name: str) -> Path:
+def _finish(fig: Figure, out_dir: str | Path, name: str) -> Path:
+    """Lay out `fig`, write it as `out_dir/name` and close it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
@@ -201,8 +206,8 @@ def _band(ax: Any, x: np.ndarray, m: np.ndarray, s: np.ndarray, color: str, labe
 
 
 # ------------------------------------------------------------------------------------ figures
-def plot_score_vs_data(run_dirs: RunDirs, out_dir: str | Path, split: str = "test",
-                       x_key: str = "cum_steps", name: str = "fig5_score_vs_data.png") -> Path:
+def score_vs_data_figure(run_dirs: RunDirs, split: str = "test", x_key: str = "cum_steps"
+                         ) -> Figure:
     """Fig. 5: `split` score against cumulative generated samples, mean ± std over seeds per agent
     (runs interpolated onto a common grid; the band covers the range every run of the agent
     reached; thin lines: the runs themselves)."""
@@ -234,11 +239,16 @@ def plot_score_vs_data(run_dirs: RunDirs, out_dir: str | Path, split: str = "tes
         ax.legend()
     else:
         _empty(ax, f"{split} scores")
-    return _finish(fig, out_dir, name)
+    return fig
 
 
-def plot_per_term(run_dirs: RunDirs, out_dir: str | Path, split: str = "test",
-                  name: str = "fig6_per_term.png") -> Path:
+def plot_score_vs_data(run_dirs: RunDirs, out_dir: str | Path, split: str = "test",
+                       x_key: str = "cum_steps", name: str = "fig5_score_vs_data.png") -> Path:
+    """Fig. 5 (`score_vs_data_figure`) written as `out_dir/name`."""
+    return _finish(score_vs_data_figure(run_dirs, split, x_key), out_dir, name)
+
+
+def per_term_figure(run_dirs: RunDirs, split: str = "test") -> Figure:
     """Fig. 6: per-term score before (iteration 0) and after (last iteration), mean over seeds per
     agent, and the cumulative number of samples generated with each term."""
     runs = load_runs(run_dirs)
@@ -295,11 +305,16 @@ def plot_per_term(run_dirs: RunDirs, out_dir: str | Path, split: str = "test",
         if ax2.get_legend_handles_labels()[0]:
             ax2.legend(fontsize=8)
         ax2.grid(axis="y", alpha=0.3)
-    return _finish(fig, out_dir, name)
+    return fig
 
 
-def plot_by_complexity(run_dirs: RunDirs, out_dir: str | Path, split: str = "test",
-                       name: str = "fig7_by_complexity.png") -> Path:
+def plot_per_term(run_dirs: RunDirs, out_dir: str | Path, split: str = "test",
+                  name: str = "fig6_per_term.png") -> Path:
+    """Fig. 6 (`per_term_figure`) written as `out_dir/name`."""
+    return _finish(per_term_figure(run_dirs, split), out_dir, name)
+
+
+def by_complexity_figure(run_dirs: RunDirs, split: str = "test") -> Figure:
     """Fig. 7: score per complexity (1/2/3 spatial terms) per iteration; one panel per agent,
     mean ± std over seeds."""
     runs = load_runs(run_dirs)
@@ -310,7 +325,7 @@ def plot_by_complexity(run_dirs: RunDirs, out_dir: str | Path, split: str = "tes
                              squeeze=False, sharey=True)
     if not levels:
         _empty(axes[0][0], f"{split} scores by complexity")
-        return _finish(fig, out_dir, name)
+        return fig
     for ax, (agent, rs) in zip(axes[0], groups.items()):
         for j, c in enumerate(levels):
             its, m, s = _per_iteration(rs, lambda r, c=c: _get(r, split, "per_complexity", c))
@@ -322,7 +337,13 @@ def plot_by_complexity(run_dirs: RunDirs, out_dir: str | Path, split: str = "tes
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     axes[0][0].set_ylabel(f"{split} {_score_label(runs)}")
-    return _finish(fig, out_dir, name)
+    return fig
+
+
+def plot_by_complexity(run_dirs: RunDirs, out_dir: str | Path, split: str = "test",
+                       name: str = "fig7_by_complexity.png") -> Path:
+    """Fig. 7 (`by_complexity_figure`) written as `out_dir/name`."""
+    return _finish(by_complexity_figure(run_dirs, split), out_dir, name)
 
 
 def _iteration_losses(run: Run) -> list[tuple[int, list[float], list[float], list[float]]]:
@@ -347,8 +368,7 @@ def _ends(values: list[float]) -> tuple[float, float]:
         return float(np.nanmean(v[:m])), float(np.nanmean(v[-m:]))
 
 
-def plot_finetune_loss(run_dirs: RunDirs, out_dir: str | Path,
-                       name: str = "fig8_finetune_loss.png") -> Path:
+def finetune_loss_figure(run_dirs: RunDirs) -> Figure:
     """Fig. 8: fine-tuning loss. Top: every optimizer step, concatenated over iterations, split
     into the new batch (solid) and the replayed earlier samples (dashed) where the run recorded
     them (iteration ends dotted). Bottom: per iteration, each part's loss at the start and the
@@ -412,11 +432,16 @@ def plot_finetune_loss(run_dirs: RunDirs, out_dir: str | Path,
     if not groups:
         _empty(axes[0][0], "fine-tuning losses")
         _empty(axes[1][0], "fine-tuning losses")
-    return _finish(fig, out_dir, name)
+    return fig
 
 
-def plot_validation(run_dirs: RunDirs, out_dir: str | Path,
-                    name: str = "fig9_validation.png") -> Path:
+def plot_finetune_loss(run_dirs: RunDirs, out_dir: str | Path,
+                       name: str = "fig8_finetune_loss.png") -> Path:
+    """Fig. 8 (`finetune_loss_figure`) written as `out_dir/name`."""
+    return _finish(finetune_loss_figure(run_dirs), out_dir, name)
+
+
+def validation_figure(run_dirs: RunDirs) -> Figure:
     """Fig. 9: validation score per iteration for every run; a star at the best (early-stopping)
     iteration and a cross where a run stopped early."""
     runs = load_runs(run_dirs)
@@ -452,10 +477,16 @@ def plot_validation(run_dirs: RunDirs, out_dir: str | Path,
         ax.legend(fontsize=8)
     else:
         _empty(ax, "validation scores")
-    return _finish(fig, out_dir, name)
+    return fig
 
 
-def plot_yield(run_dirs: RunDirs, out_dir: str | Path, name: str = "yield.png") -> Path:
+def plot_validation(run_dirs: RunDirs, out_dir: str | Path,
+                    name: str = "fig9_validation.png") -> Path:
+    """Fig. 9 (`validation_figure`) written as `out_dir/name`."""
+    return _finish(validation_figure(run_dirs), out_dir, name)
+
+
+def yield_figure(run_dirs: RunDirs) -> Figure:
     """Valid-sample yield (valid frames / env steps) per iteration, mean ± std over seeds per
     agent, with each agent's cumulative yield in the legend."""
     runs = load_runs(run_dirs)
@@ -481,7 +512,12 @@ def plot_yield(run_dirs: RunDirs, out_dir: str | Path, name: str = "yield.png") 
         _per_iteration_axes(ax, "valid samples / env steps", "Valid-sample yield per iteration")
     else:
         _empty(ax, "yield")
-    return _finish(fig, out_dir, name)
+    return fig
+
+
+def plot_yield(run_dirs: RunDirs, out_dir: str | Path, name: str = "yield.png") -> Path:
+    """The yield figure (`yield_figure`) written as `out_dir/name`."""
+    return _finish(yield_figure(run_dirs), out_dir, name)
 
 
 def _per_iteration_axes(ax: Any, ylabel: str, title: str) -> None:
@@ -494,7 +530,7 @@ def _per_iteration_axes(ax: Any, ylabel: str, title: str) -> None:
     ax.legend(fontsize=8)
 
 
-def plot_hardness(run_dirs: RunDirs, out_dir: str | Path, name: str = "hardness.png") -> Path:
+def hardness_figure(run_dirs: RunDirs) -> Figure:
     """Hardness of the generated samples under the VLM as it was when they were generated (mean
     per-sample loss against the hard negatives, or 6 - S_PG), per iteration, mean ± std over
     seeds per agent; right: per spatial term, averaged over the later half of the iterations."""
@@ -510,7 +546,7 @@ def plot_hardness(run_dirs: RunDirs, out_dir: str | Path, name: str = "hardness.
     if not drawn:
         _empty(ax, "hardness (no VLM feedback recorded)")
         _empty(bx, "hardness per term")
-        return _finish(fig, out_dir, name)
+        return fig
     _per_iteration_axes(ax, "mean hardness of generated samples",
                         "Hardness under the VLM of the moment")
     terms = sorted({t for run in runs for r in run.records for t in
@@ -536,7 +572,12 @@ def plot_hardness(run_dirs: RunDirs, out_dir: str | Path, name: str = "hardness.
     bx.set_title("Hardness by spatial term")
     bx.grid(alpha=0.3, axis="y")
     bx.legend(fontsize=8)
-    return _finish(fig, out_dir, name)
+    return fig
+
+
+def plot_hardness(run_dirs: RunDirs, out_dir: str | Path, name: str = "hardness.png") -> Path:
+    """The hardness figure (`hardness_figure`) written as `out_dir/name`."""
+    return _finish(hardness_figure(run_dirs), out_dir, name)
 
 
 FIGURES: dict[str, tuple[str, Callable[..., Path]]] = {

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from rls3 import runtime
+from rls3.captions import Description
 from rls3.config import Config, preset
 
 ALLOCATOR_KEY = pytest.StashKey[runtime.AllocatorStatus]()
@@ -51,3 +52,9 @@ def tiny_cli_config(root: Path, **over: Any) -> Config:
         "backend.test_scenes": ["test_study"]}
     values.update(over)
     return preset("quick").override(values)
+
+
+def desc(caption: str, spatial: str = "", order: str = "", terms=("left",)) -> Description:
+    """A hand-written Description (objects "a" and "b"): for tests of the VLM text side."""
+    return Description(primary="a", secondary="b", terms=tuple(terms), caption=caption,
+                       spatial_negative=spatial, order_negative=order, question="q?")

@@ -94,6 +94,7 @@ def test_generate(tiny_yaml, tmp_path, capsys):
     assert code == 0 and "already there" in out and "test" not in out.split(":")[0]
 
 
+@pytest.mark.slow
 def test_run_writes_a_report_and_eval_reads_the_run(tiny_yaml, tmp_path, capsys):
     d = tmp_path / "runs" / "r"
     code, out, err = call(["run", "--config", tiny_yaml, "--run-dir", d, "-q"], capsys)

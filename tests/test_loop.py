@@ -81,6 +81,8 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sac_run(root):
+    """The one tiny full loop that `pytest -m "not slow"` still runs: tests that only read it stay
+    unmarked."""
     return run(tiny_config(root), run_dir=root / "runs" / "sac")
 
 
@@ -129,6 +131,7 @@ def test_tiny_sac_run(sac_run, root):
     assert again.iterations == 2 and len(read_metrics(d)) == 3
 
 
+@pytest.mark.slow
 def test_random_agent_with_the_sac_budget(sac_run, root):
     budget = budget_from_run(sac_run.run_dir)
     assert budget == sac_run.final["cum_steps"]
@@ -143,15 +146,27 @@ def test_random_agent_with_the_sac_budget(sac_run, root):
     assert recs[-1]["feedback_j2"] is not None  # logged for comparison, ignored by the agent
 
 
-def test_resume_after_an_interrupt_matches_the_uninterrupted_run(sac_run, root):
-    """Ctrl-C in iteration 2 (during fine-tuning) leaves a resumable run; resuming it ends in the
-    same metrics and weights as the run that was never interrupted."""
-
+@pytest.fixture(scope="module")
+def interrupted_run(root):
+    """`sac_run`'s configuration stopped by Ctrl-C in iteration 2 (during fine-tuning), left as
+    it stopped: tests resume or edit copies of it."""
     d = root / "runs" / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         run(tiny_config(root), run_dir=d, on_phase=interrupt_at(2, "finetune"))
-    assert [r["iteration"] for r in read_metrics(d)] == [0, 1]
-    assert latest_checkpoint(d).name == "iter_0001"
+    return d
+
+
+@pytest.mark.slow
+def test_resume_after_an_interrupt_matches_the_uninterrupted_run(sac_run, interrupted_run,
+                                                                  tmp_path):
+    """Ctrl-C in iteration 2 (during fine-tuning) leaves a resumable run; resuming it ends in the
+    same metrics and weights as the run that was never interrupted."""
+    import shutil
+
+    assert [r["iteration"] for r in read_metrics(interrupted_run)] == [0, 1]
+    assert latest_checkpoint(interrupted_run).name == "iter_0001"
+    d = tmp_path / "interrupted"
+    shutil.copytree(interrupted_run, d)
     res = resume(d)
     assert res.iterations == 2
     assert comparable(read_metrics(d)) == comparable(read_metrics(sac_run.run_dir))
@@ -269,6 +284,7 @@ def test_bad_budget_source(tmp_path, root):
         budget_from_run(d, unit="hours")
 
 
+@pytest.mark.slow
 def test_resume_after_the_process_is_killed(sac_run, root, tmp_path):
     """`rls3 run` killed with SIGKILL after its first checkpoint resumes to the same result,
     with fine-tuning replay on: iteration 2 replays iteration 1's batch read back from disk."""
@@ -304,6 +320,7 @@ def test_config_yaml_of_a_run_is_complete(sac_run):
     assert data["loop"]["replay"] == {"capacity": 1024, "fraction": 1.0}
 
 
+@pytest.mark.slow
 def test_tiny_loop_through_the_unity_bridge(sac_run, root, tmp_path):
     """The CLI's `--backend unity --unity-build testpeer`: the whole loop over the real ML-Agents
     protocol (the test peer plays Unity with the embedded simulator) gives the same metrics as the
@@ -337,7 +354,8 @@ def test_unity_flags_need_the_unity_backend(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_resume_refuses_what_replay_cannot_restore(sac_run, root, tmp_path):
+@pytest.mark.slow
+def test_resume_refuses_what_replay_cannot_restore(sac_run, interrupted_run, tmp_path):
     """Replay state lives in the checkpoint and the saved batches: a run directory from before
     replay existed, a checkpoint without replay state, or a deleted batch give a named error
     and change nothing."""
@@ -361,9 +379,7 @@ def test_resume_refuses_what_replay_cannot_restore(sac_run, root, tmp_path):
     assert write_report([old], tmp_path / "rep").is_file()
 
     # an unfinished run (stopped in iteration 2) whose replay holds iteration 1's batch
-    d = root / "runs" / "stopped"
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny_config(root), run_dir=d, on_phase=interrupt_at(2, "collect"))
+    d = interrupted_run
     ck = latest_checkpoint(d)
     assert ck.name == "iter_0001"
     state = json.loads((ck / STATE_FILE).read_text())
@@ -387,6 +403,7 @@ def test_resume_refuses_what_replay_cannot_restore(sac_run, root, tmp_path):
         resume(edited)
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_is_named_cleaned_up_and_resumable(sac_run, root, monkeypatch):
     """ENOSPC while writing the best VLM, then while writing a checkpoint: each time one
     RunDirError naming the folder, no temporary folder left behind, and the run resumes to the
@@ -446,6 +463,7 @@ def test_running_norm_standardises_and_round_trips():
     assert m(7.0) == n(7.0) and m.state() == n.state()
 
 
+@pytest.mark.slow
 def test_sample_feedback_with_running_norm_resumes_bit_identically(root):
     """loop.feedback=sample, loop.reward_norm=running, env.observation=relative: the metrics
     carry every valid frame's hardness, and a run interrupted in iteration 2 resumes to the
@@ -470,6 +488,7 @@ def test_sample_feedback_with_running_norm_resumes_bit_identically(root):
     _same_weights(d, full.run_dir)
 
 
+@pytest.mark.slow
 def test_relative_paths_are_recorded_absolute_and_resume_from_anywhere(root, tmp_path,
                                                                       monkeypatch):
     """Issue 13, item 6: data.dir, runs_dir and the pre-training cache are resolved once when
@@ -500,6 +519,7 @@ def workers_run(root):
                run_dir=root / "runs" / "workers2")
 
 
+@pytest.mark.slow
 def test_two_scene_workers_count_e_episodes_across_workers(workers_run):
     """Issue 14: with env.workers=2 an iteration ends after E completed episodes in total, each
     with its own feedback and eta * T0 batch samples; the other worker's unfinished episode is
@@ -517,6 +537,7 @@ def test_two_scene_workers_count_e_episodes_across_workers(workers_run):
     assert load_run_config(workers_run.run_dir).env.workers == 2
 
 
+@pytest.mark.slow
 def test_two_scene_workers_reproduce_and_resume_bit_identically(workers_run, root):
     """Same (N, seed) -> the same metrics; Ctrl-C in iteration 2 at N=2 and resume -> the
     uninterrupted run's metrics and weights (iteration 1 is recomputed from scratch here)."""
@@ -532,6 +553,7 @@ def test_two_scene_workers_reproduce_and_resume_bit_identically(workers_run, roo
     _same_weights(d, workers_run.run_dir)
 
 
+@pytest.mark.slow
 def test_two_scene_workers_through_the_unity_bridge(workers_run, root, tmp_path):
     """Each worker runs its own Unity player (the test peer) on its own port; the collection is
     the embedded backend's, step for step."""
@@ -551,6 +573,7 @@ def test_one_worker_records_stay_as_before(sac_run):
     assert load_run_config(sac_run.run_dir).env.workers == 1
 
 
+@pytest.mark.slow
 def test_random_agent_with_two_scene_workers(root):
     """The random agent drives the workers too: E episodes across them, per-sample feedback
     scored in the main process for every valid frame."""

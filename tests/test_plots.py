@@ -1,5 +1,6 @@
-"""rls3.plots: every figure is written from small synthetic run directories, also with missing
-fields and single-iteration runs, and write_report embeds them."""
+"""rls3.plots: every figure draws the numbers the synthetic run directories hold (read back from
+the matplotlib Figure), copes with missing fields and single-iteration runs, is written as a PNG,
+and write_report embeds them."""
 
 from __future__ import annotations
 
@@ -79,6 +80,129 @@ def test_every_figure_is_written(runs: list[Path], tmp_path: Path) -> None:
         assert p.parent == tmp_path / "fig" and _is_png(p), name
 
 
+def records(run: Path) -> list[dict]:
+    """The records `make_run` wrote, in iteration order."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """The `*_figure` builders hand back open pyplot figures: close them after each test."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def _labelled(ax) -> dict:
+    """The axes' lines by label (unlabelled ones, "_child..", left out)."""
+    return {ln.get_label(): ln for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+
+
+def _bars(ax) -> dict[str, list[float]]:
+    """Bar heights per bar group (legend label), in x order."""
+    from matplotlib.container import BarContainer
+
+    return {c.get_label(): [p.get_height() for p in c.patches] for c in ax.containers
+            if isinstance(c, BarContainer)}
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_score_vs_data_draws_every_run_and_the_mean_over_seeds(runs: list[Path]) -> None:
+    ax = plots.score_vs_data_figure(runs).axes[0]
+    thin = [ln for ln in ax.get_lines() if ln.get_label().startswith("_")]
+    assert len(thin) == len(runs)            # sac seeds first, then random (the fixture's order)
+    for ln, run in zip(thin, runs):
+        want = [(r["cum_steps"], r["test"]["score"]) for r in records(run)]
+        np.testing.assert_allclose(ln.get_xydata(), want)
+    bands = _labelled(ax)
+    assert set(bands) == {"sac (n=3)", "random (n=3)"}
+    for agent, rs in (("sac", runs[:3]), ("random", runs[3:])):
+        x, y = bands[f"{agent} (n=3)"].get_xdata(), bands[f"{agent} (n=3)"].get_ydata()
+        curves = [([r["cum_steps"] for r in recs], [r["test"]["score"] for r in recs])
+                  for recs in map(records, rs)]
+        assert x[0] == 0 and x[-1] <= min(xs[-1] for xs, _ in curves)  # where every run has data
+        want = np.mean([np.interp(x, xs, ys) for xs, ys in curves], axis=0)
+        np.testing.assert_allclose(y, want)
+
+
+def test_per_term_bars_are_the_mean_scores_before_after_and_terms_generated(runs) -> None:
+    left, right = plots.per_term_figure(runs).axes
+    assert [t.get_text() for t in left.get_xticklabels()] == TERMS
+    first = [records(run)[0]["test"]["per_term"] for run in runs]
+    last = {agent: [records(run)[-1] for run in rs]
+            for agent, rs in (("sac", runs[:3]), ("random", runs[3:]))}
+    bars = _bars(left)
+    assert list(bars) == ["before (iteration 0)", "sac after", "random after"]
+    assert bars["before (iteration 0)"] == pytest.approx(
+        [np.mean([p[t] for p in first]) for t in TERMS])
+    for agent, recs in last.items():
+        assert bars[f"{agent} after"] == pytest.approx(
+            [np.mean([r["test"]["per_term"][t] for r in recs]) for t in TERMS])
+    generated = _bars(right)
+    assert list(generated) == ["sac", "random"]
+    for agent, recs in last.items():
+        assert generated[agent] == pytest.approx(
+            [np.mean([r["cum_terms_generated"][t] for r in recs]) for t in TERMS])
+
+
+def test_by_complexity_has_one_panel_per_agent_with_the_mean_per_iteration(runs) -> None:
+    axes = plots.by_complexity_figure(runs).axes
+    assert [ax.get_title().split(":")[0] for ax in axes] == ["sac", "random"]
+    for ax, rs, n_it in ((axes[0], runs[:3], 4), (axes[1], runs[3:], 3)):
+        lines = _labelled(ax)
+        assert list(lines) == ["1 term", "2 terms", "3 terms"]
+        for c, label in (("1", "1 term"), ("2", "2 terms"), ("3", "3 terms")):
+            assert list(lines[label].get_xdata()) == list(range(n_it + 1))
+            want = np.mean([[r["test"]["per_complexity"][c] for r in records(run)]
+                            for run in rs], axis=0)
+            np.testing.assert_allclose(lines[label].get_ydata(), want)
+
+
+def test_finetune_loss_draws_every_step_and_each_iterations_ends(runs) -> None:
+    top, _, bottom, _ = plots.finetune_loss_figure(runs).axes   # 2 rows x (sac, random)
+    lines, ends = _labelled(top), _labelled(bottom)
+    for seed, run in enumerate(runs[:3]):
+        losses = [r["finetune_losses"] for r in records(run)[1:]]     # 4 steps per iteration
+        np.testing.assert_allclose(lines[f"seed {seed}"].get_ydata(), np.concatenate(losses))
+        start, end = (ends[f"seed {seed}: all samples, {at}"] for at in ("start", "end"))
+        assert list(start.get_xdata()) == [1, 2, 3, 4]
+        np.testing.assert_allclose(start.get_ydata(), [v[0] for v in losses])  # first tenth
+        np.testing.assert_allclose(end.get_ydata(), [v[-1] for v in losses])
+    bounds = [ln.get_xdata()[0] for ln in top.get_lines() if ln.get_linestyle() == ":"]
+    assert bounds == [4.5, 8.5, 12.5]                                   # iteration ends
+
+
+def test_validation_marks_each_runs_best_and_early_stop(runs: list[Path]) -> None:
+    ax = plots.validation_figure(runs).axes[0]
+    curves, stars, crosses = ([ln for ln in ax.get_lines() if ln.get_marker() == m]
+                              for m in (".", "*", "X"))
+    assert len(curves) == len(stars) == len(crosses) == len(runs)
+    assert [ln.get_label() for ln in curves][::3] == ["sac", "random"]   # one legend entry each
+    for run, curve, star, cross in zip(runs, curves, stars, crosses):
+        recs = records(run)
+        val = [r["val"]["score"] for r in recs]
+        np.testing.assert_allclose(curve.get_xydata(), list(enumerate(val)))
+        best = recs[-1]["early_stopping"]["best_iteration"]
+        np.testing.assert_allclose(star.get_xydata(), [(best, val[best])])
+        np.testing.assert_allclose(cross.get_xydata(), [(len(val) - 1, val[-1])])
+
+
+def test_yield_is_the_mean_over_seeds_per_iteration(runs: list[Path]) -> None:
+    lines = _labelled(plots.yield_figure(runs).axes[0])
+    for agent, rs in (("sac", runs[:3]), ("random", runs[3:])):
+        recs = [records(run)[1:] for run in rs]
+        overall = np.mean([r[-1]["cum_yield"] for r in recs])
+        line = lines[f"{agent} (n=3, overall {overall:.2f})"]
+        assert list(line.get_xdata()) == [r["iteration"] for r in recs[0]]
+        np.testing.assert_allclose(line.get_ydata(),
+                                   np.mean([[r["yield"] for r in rr] for rr in recs], axis=0))
+    assert list(lines["target 0.9 (distinct)"].get_ydata()) == [0.9, 0.9]
+
+
 def test_mean_std_on_grid_respects_each_range() -> None:
     grid, m, s, n = plots.mean_std_on_grid([(np.array([0, 10]), np.array([0.0, 1.0])),
                                             (np.array([0, 5]), np.array([0.0, 1.0]))], n=11)
@@ -91,10 +215,24 @@ def test_mean_std_on_grid_respects_each_range() -> None:
 def test_single_iteration_and_missing_fields(tmp_path: Path) -> None:
     runs = [make_run(tmp_path / "r", "sac", 0, 0),               # only the iteration-0 record
             make_run(tmp_path / "r", "random", 1, 2, full=False)]  # no scores at all
+    figs = {name: getattr(plots, f"{name}_figure")(runs) for name in plots.FIGURES}
+    for name, fig in figs.items():   # nothing to draw after iteration 0: said so, not an error
+        said = any(t.startswith("no data") for t in _texts(fig))
+        assert said == (name in ("finetune_loss", "yield", "hardness")), name
+    first = records(runs[0])[0]                  # the sac run's iteration 0 is drawn
+    np.testing.assert_allclose(_labelled(figs["score_vs_data"].axes[0])["sac (n=1)"].get_xydata(),
+                               [(0, first["test"]["score"])])
+    np.testing.assert_allclose(_labelled(figs["validation"].axes[0])["sac"].get_xydata(),
+                               [(0, first["val"]["score"])])
+    bars = _bars(figs["per_term"].axes[0])
+    assert "sac after" not in bars
+    assert bars["before (iteration 0)"] == pytest.approx([first["test"]["per_term"][t]
+                                                          for t in TERMS])
     for name, (_, fn) in plots.FIGURES.items():
         p = fn(runs, tmp_path / "fig")
         assert _is_png(p, 3000), name
     # no runs / unreadable runs: still a figure saying so
+    assert _texts(plots.score_vs_data_figure([tmp_path / "nope"])) == ["no data: test scores"]
     assert _is_png(plots.plot_score_vs_data([tmp_path / "nope"], tmp_path / "fig2"), 3000)
 
 
@@ -137,12 +275,9 @@ def _with_replay_losses(run: Path) -> Path:
     return run
 
 
-def test_fig8_draws_new_and_replayed_losses(tmp_path: Path, monkeypatch) -> None:
+def test_fig8_draws_new_and_replayed_losses(tmp_path: Path) -> None:
     run = _with_replay_losses(make_run(tmp_path / "r", "sac", 0, 3))
-    figs = []
-    monkeypatch.setattr(plots, "_finish", lambda fig, out, name: figs.append(fig) or Path(name))
-    plots.plot_finetune_loss([run], tmp_path / "fig")
-    top, bottom = figs[0].axes[:2]
+    top, bottom = plots.finetune_loss_figure([run]).axes[:2]
     lines = {ln.get_label(): ln for ln in top.get_lines() if not ln.get_label().startswith("_")}
     new, rep = lines["seed 0: new batch"], lines["seed 0: replayed"]
     assert list(new.get_ydata()) == pytest.approx([3.1] * 4 + [3.2] * 4 + [3.3] * 4)
@@ -194,15 +329,12 @@ def _with_hardness(run: Path, base: float, mode: str) -> Path:
     return run
 
 
-def test_hardness_figure_plots_each_agent_and_feedback_mode(tmp_path: Path, monkeypatch) -> None:
+def test_hardness_figure_plots_each_agent_and_feedback_mode(tmp_path: Path) -> None:
     runs = ([_with_hardness(make_run(tmp_path / "a", "sac", s, 3), 2.0, "sample")
              for s in range(2)]
             + [_with_hardness(make_run(tmp_path / "b", "random", s, 3), 1.0, "episode")
                for s in range(2)])
-    figs = []
-    monkeypatch.setattr(plots, "_finish", lambda fig, out, name: figs.append(fig) or Path(name))
-    plots.plot_hardness(runs, tmp_path / "fig")
-    left, right = figs[0].axes[:2]
+    left, right = plots.hardness_figure(runs).axes[:2]
     lines = {ln.get_label(): ln for ln in left.get_lines()}
     assert set(lines) == {"sac-sample (n=2)", "random (n=2)"}
     assert list(lines["sac-sample (n=2)"].get_ydata()) == pytest.approx([2.1, 2.2, 2.3])
@@ -211,7 +343,7 @@ def test_hardness_figure_plots_each_agent_and_feedback_mode(tmp_path: Path, monk
     # terms sorted (above, left); later half of iterations 1-3 = iterations 2 and 3
     assert bars["sac-sample"] == pytest.approx([3.25, 2.25])
     assert bars["random"] == pytest.approx([2.25, 1.25])
-    plots.plot_yield(runs, tmp_path / "fig")
-    dotted = [ln for ln in figs[1].axes[0].get_lines() if ln.get_linestyle() == ":"]
+    dotted = [ln for ln in plots.yield_figure(runs).axes[0].get_lines()
+              if ln.get_linestyle() == ":"]
     assert {ln.get_label() for ln in dotted} == {"sac-sample: distinct layouts",
                                                  "random: distinct layouts"}

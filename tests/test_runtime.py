@@ -88,6 +88,7 @@ def runs_under_both(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @needs_tcmalloc
 def test_results_do_not_depend_on_the_allocator(runs_under_both):
     marks = {k: json.loads((d / RUN_FILE).read_text()) for k, d in runs_under_both.items()}

@@ -155,6 +155,7 @@ def test_bad_input(backend, tmp_path):
         load_scene_spec(bad)
 
 
+@pytest.mark.slow
 def test_images_identical_across_processes():
     """Draw order must not depend on object addresses, which differ between processes."""
     import subprocess

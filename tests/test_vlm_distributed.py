@@ -49,6 +49,7 @@ def one_and_two(tmp_path_factory):
     return one, two
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["clip-tiny", "lite", "paligemma-tiny"])
 def test_two_processes_match_one(one_and_two, name):
     one, two = one_and_two[0][name], one_and_two[1][name]
@@ -147,6 +148,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_rls3_run_on_two_processes_matches_one(tmp_path):
     """`torchrun --nproc_per_node 2 -m rls3 run`: the main process alone writes the run directory
     and the metrics equal a one-process run's within float tolerance."""
@@ -189,6 +191,7 @@ def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_launch_that_disagrees_with_the_config_stops_every_process(tmp_path):
     proc = _torchrun(_tiny_run_args(tmp_path, tmp_path / "r", "--set", "vlm.processes=3"))
     assert proc.returncode != 0 and not (tmp_path / "r").exists()
