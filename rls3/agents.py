@@ -87,10 +87,6 @@ def _counted(t0: int, info: Mapping[str, Any], done: bool) -> bool:
             and not info.get("abandoned", False))
 
 
-def _completed(env: Rls3Env, info: Mapping[str, Any], done: bool) -> bool:
-    return _counted(env.config.t0, info, done)
-
-
 # ------------------------------------------------------------------------------------ random
 class RandomAgent:
     """Uniform random actions in [-1, 1]^3, ignoring every reward; episodic like SAC."""
@@ -118,7 +114,7 @@ class RandomAgent:
             if on_step is not None:
                 on_step(info, float(reward), done)
             if done:
-                done_eps += _completed(env, info, done)
+                done_eps += _counted(env.config.t0, info, done)
                 env.reset()
         self.num_timesteps += steps
         return steps

@@ -311,7 +311,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         vlm = build_vlm(name, weights=str(folder), progress=not args.quiet, **kw)
     except (ValueError, OSError) as e:
         raise UsageError(f"cannot load VLM {name!r} from {str(folder)!r}: {e}") from e
-    if parallel is not None and hasattr(vlm, "distribute"):
+    if parallel is not None:
         vlm.distribute(parallel)
     m = vlm.evaluate(samples).to_dict()
     if parallel is not None and not parallel.is_main:

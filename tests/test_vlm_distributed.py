@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from rls3.vlm.contrastive import _interleave
-from rls3.vlm.distributed import (SampleCodec, Shards, check_processes, launched_world_size,
-                                  scale_grad)
+from rls3.vlm.common import batches
+from rls3.vlm.distributed import (SampleCodec, Shards, check_processes, deal,
+                                  launched_world_size, scale_grad, undeal)
 
 WORKER = Path(__file__).with_name("_dp_worker.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,13 +90,17 @@ def test_scale_grad_keeps_value_scales_gradient():
     assert x.grad.tolist() == [3.0, 3.0]
 
 
-def test_interleave_restores_sample_order():
+def test_dealt_groups_come_back_in_sample_order():
     # 7 samples in groups of 2 -> groups 0,1,2,3 (sizes 2,2,2,1); process 0 has 0 and 2
-    def arrays(ids):
-        a = np.array(ids, dtype=float)
+    groups = list(batches(7, 2))
+    shares = [deal(groups, q, 2) for q in range(2)]
+    assert shares == [[groups[0], groups[2]], [groups[1], groups[3]]]
+
+    def arrays(sl):  # a process's per-group results (what the adapters gather)
+        a = np.arange(sl.start, sl.stop, dtype=float)
         return [a, a > 2, -a]
-    parts = [arrays([0, 1, 4, 5]), arrays([2, 3, 6])]
-    losses, correct, hard = _interleave(parts, 7, 2)
+    parts = [[arrays(sl) for sl in share] for share in shares]
+    losses, correct, hard = (np.concatenate(f) for f in zip(*undeal(parts, len(groups))))
     assert losses.tolist() == list(range(7))
     assert correct.tolist() == [i > 2 for i in range(7)] and hard.tolist() == [-i for i in range(7)]
 

@@ -158,23 +158,6 @@ def _group_means(values: torch.Tensor, labels: torch.Tensor) -> dict[int, float]
     return {int(g): float(values[labels == g].mean()) for g in torch.unique(labels)}
 
 
-def _interleave(parts: list[list[np.ndarray]], n: int,
-                size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-sample arrays of n samples from each process's round-robin groups of `size`
-    (process q scored groups q, q + W, ...), in sample order."""
-    world = len(parts)
-    out = []
-    for field_ in range(3):
-        pieces: list[np.ndarray] = []
-        offsets = [0] * world
-        for g, sl in enumerate(batches(n, size)):
-            q, m = g % world, sl.stop - sl.start
-            pieces.append(parts[q][field_][offsets[q]:offsets[q] + m])
-            offsets[q] += m
-        out.append(np.concatenate(pieces))
-    return out[0], out[1], out[2]
-
-
 def _mirrored(sample: Sample) -> tuple[np.ndarray, Description]:
     """The horizontally flipped image and mirrored description of `sample`, or the sample itself
     when its captions are not ones `rls3.captions.mirror` can mirror (e.g. hand-written)."""
@@ -355,13 +338,12 @@ class ContrastiveVLM:
         `memo` caches the frozen-prefix outputs of the groups (for sets evaluated repeatedly),
         `keep` each sample's image-prefix row for the next `finetune`."""
         self.module.eval()
-        losses, correct, hard = [], [], []
         t0 = time.perf_counter()
         groups = list(batches(len(samples), self.batch_size))
-        if self.parallel is not None:   # this process's groups, round-robin
-            groups = groups[self.parallel.rank::self.parallel.world_size]
-        with progress(sum(g.stop - g.start for g in groups), desc, self.progress) as bar:
-            for sl in groups:
+        mine = groups if self.parallel is None else self.parallel.deal(groups)
+        per_group: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        with progress(sum(g.stop - g.start for g in mine), desc, self.progress) as bar:
+            for sl in mine:
                 chunk = samples[sl]
                 table, img_h, txt_h = self._chunk_prefix(chunk, memo)
                 if keep:
@@ -370,18 +352,19 @@ class ContrastiveVLM:
                     img = self.image_suffix(img_h).float()
                     txt = self.text_suffix(txt_h).float()
                 scale = self.logit_scale().float()
-                losses.append(contrastive_loss(img, txt, table.index, scale))
-                correct.append(hard_negative_correct(img, txt, table.index))
-                hard.append(hard_negative_loss(img, txt, table.index, scale))
+                per_group.append((contrastive_loss(img, txt, table.index, scale).cpu().numpy(),
+                                  hard_negative_correct(img, txt, table.index).cpu().numpy(),
+                                  hard_negative_loss(img, txt, table.index, scale).cpu().numpy()))
                 bar.update(len(chunk))
         dt = time.perf_counter() - t0
         log.debug("%s: %d samples in %.2fs (%.1f samples/s)", desc, len(samples), dt,
                   len(samples) / max(dt, 1e-9))
-        mine = [torch.cat(x).cpu().numpy() if x else np.zeros(0)
-                for x in (losses, correct, hard)]
-        if self.parallel is None:
-            return mine[0], mine[1], mine[2]
-        return _interleave(self.parallel.gather_objects(mine), len(samples), self.batch_size)
+        if self.parallel is not None:   # every group, in order, on every process
+            per_group = self.parallel.undeal(per_group, len(groups))
+        if not per_group:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        loss, correct, hard = (np.concatenate(f) for f in zip(*per_group))
+        return loss, correct, hard
 
     def _keep_prefix(self, chunk: Sequence[Sample], img_h: Any) -> None:
         """Remember each sample's image-prefix row (up to `feedback_cache_samples`)."""

@@ -75,6 +75,18 @@ def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     return x.detach() + factor * (x - x.detach())
 
 
+def deal(items: Sequence[Any], rank: int, world: int) -> list[Any]:
+    """Process `rank`'s round-robin share of `items`: items rank, rank + world, ..."""
+    return list(items[rank::world])
+
+
+def undeal(parts: Sequence[Sequence[Any]], n: int) -> list[Any]:
+    """The n per-item results of `deal`'s shares (`parts[q]`: process q's, in its order) back in
+    item order."""
+    world = len(parts)
+    return [parts[i % world][i // world] for i in range(n)]
+
+
 class DataParallel:
     """The process group of a multi-process launch, through `accelerate.Accelerator` (gloo on
     CPUs, NCCL on GPUs; bf16 mixed precision on GPUs)."""
@@ -119,6 +131,15 @@ class DataParallel:
             n = p.numel()
             p.grad.copy_(flat[offset: offset + n].view_as(p))
             offset += n
+
+    def deal(self, items: Sequence[Any]) -> list[Any]:
+        """This process's share of `items`, dealt round-robin (`deal`)."""
+        return deal(items, self.rank, self.world_size)
+
+    def undeal(self, mine: Sequence[Any], n: int) -> list[Any]:
+        """The results of every process's `deal` share of n items, gathered on every process
+        and put back in item order."""
+        return undeal(self.gather_objects(list(mine)), n)
 
     def gather_objects(self, obj: Any) -> list[Any]:
         """`obj` of every process, in rank order (on every process)."""

@@ -219,11 +219,10 @@ class PaliGemmaVLM:
         loss_sum, tokens = 0.0, 0
         t0 = time.perf_counter()
         groups = list(batches(len(samples), self.batch_size))
-        if self.parallel is not None:   # this process's groups, round-robin
-            groups = groups[self.parallel.rank::self.parallel.world_size]
+        mine = groups if self.parallel is None else self.parallel.deal(groups)
         per_group: list[tuple[list[str], list[int], float, int]] = []
-        with progress(sum(g.stop - g.start for g in groups), desc, self.progress) as bar:
-            for sl in groups:
+        with progress(sum(g.stop - g.start for g in mine), desc, self.progress) as bar:
+            for sl in mine:
                 chunk = samples[sl]
                 got = self._generate(chunk)
                 loss, n = 0.0, 0
@@ -234,10 +233,7 @@ class PaliGemmaVLM:
                                         for a, x in zip(got, chunk)], loss, n))
                 bar.update(len(chunk))
         if self.parallel is not None:   # every group, in order, on every process
-            parts = self.parallel.gather_objects(per_group)
-            world = self.parallel.world_size
-            per_group = [parts[g % world][g // world]
-                         for g in range(len(list(batches(len(samples), self.batch_size))))]
+            per_group = self.parallel.undeal(per_group, len(groups))
         for got, sc, loss, n in per_group:
             answers += got
             scores += sc
