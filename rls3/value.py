@@ -104,17 +104,42 @@ def _fixed_sets(cfg: Config, progress: bool) -> tuple[list[Sample], list[Sample]
     return out[0], out[1]
 
 
-def _fresh_vlm(cfg: Config) -> VLM:
-    seed_globals(cfg.seed)
-    return build_vlm_from_config(cfg)
+class Trainer:
+    """The run's VLM built once, with its fixed sets: every `fresh()` puts it back as built
+    (initial weights, a fresh optimizer, the seeded shuffle) while keeping the frozen-prefix
+    outputs it computed, so several schedules of one run cost their fine-tuning only. Results
+    equal those of a newly built VLM."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.val, self.test = _fixed_sets(cfg, cfg.progress)
+        seed_globals(cfg.seed)
+        self.vlm: VLM = build_vlm_from_config(cfg)
+        self.vlm.remember_initial()
+        self._rng = self.vlm.rng_state()
+        self._used = False
+
+    def fresh(self) -> VLM:
+        """The VLM as built (the first call returns it untouched)."""
+        if self._used:
+            self.vlm.restore_initial()
+            self.vlm.set_rng_state(self._rng)
+        self._used = True
+        return self.vlm
+
+    def metrics(self) -> dict[str, Any]:
+        return {"val": self.vlm.evaluate(self.val).to_dict(),
+                "test": self.vlm.evaluate(self.test).to_dict()}
 
 
 def dataset_value(run_dir: str | Path, *, iterations: int | None = None,
                   passes: int | None = None, data_dir: str | None = None,
-                  test_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+                  test_size: int | None = None, progress: bool = True,
+                  trainer: Trainer | None = None) -> dict[str, Any]:
     """Train a fresh VLM of the run's config on all kept samples of iterations
     1..`iterations` for `passes` sample passes (default: what the loop spent on them), then
-    validate and test it. `data_dir` / `test_size` evaluate on other fixed sets than the run's."""
+    validate and test it. `data_dir` / `test_size` evaluate on other fixed sets than the run's;
+    `trainer` reuses a `Trainer` of this run (and its sets)."""
     rd = read_run_data(run_dir, iterations, progress=progress)
     cfg = _with_sets(rd.cfg, data_dir, test_size, progress)
     samples = rd.samples
@@ -127,8 +152,8 @@ def dataset_value(run_dir: str | Path, *, iterations: int | None = None,
     else:
         units = max(1, round(budget / len(samples)))
         spent = units * len(samples)
-    val, test = _fixed_sets(cfg, progress)
-    vlm = _fresh_vlm(cfg)
+    trainer = trainer or Trainer(cfg)
+    vlm = trainer.fresh()
     log.info("dataset value of %s: %d samples of %d iterations, %d %s (%d sample passes; the "
              "loop spent %d)", rd.run_dir, len(samples), len(rd.records), units,
              "steps" if _counts_steps(cfg) else "epochs", spent, budget)
@@ -136,38 +161,46 @@ def dataset_value(run_dir: str | Path, *, iterations: int | None = None,
     return {"run_dir": str(rd.run_dir), "agent": cfg.agent.name, "seed": cfg.seed,
             "iterations": len(rd.records), "samples": len(samples), "units": units,
             "sample_passes": spent, "loop_sample_passes": budget,
-            "final_loss": float(losses[-1]) if losses else None,
-            "val": vlm.evaluate(val).to_dict(), "test": vlm.evaluate(test).to_dict(),
+            "final_loss": float(losses[-1]) if losses else None, **trainer.metrics(),
             "loop_final_test": rd.records[-1].get("test", {}).get("score")}
 
 
 def replay_schedule(run_dir: str | Path, *, loop: LoopConfig | None = None,
                     iterations: int | None = None, data_dir: str | None = None,
-                    test_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+                    test_size: int | None = None, progress: bool = True,
+                    trainer: Trainer | None = None) -> dict[str, Any]:
     """Re-run the loop's fine-tuning on the run's saved batches, iteration by iteration, under
     `loop` (default: the run's own loop config), from the run's initial VLM; returns validation
-    and test metrics after every iteration (iteration 0: before fine-tuning)."""
+    and test metrics after every iteration (iteration 0: before fine-tuning). `trainer` reuses
+    a `Trainer` of this run."""
     rd = read_run_data(run_dir, iterations, progress=progress)
     cfg = _with_sets(rd.cfg, data_dir, test_size, progress)
     if loop is not None:
         cfg = replace(cfg, loop=loop)
-    val, test = _fixed_sets(cfg, progress)
-    vlm = _fresh_vlm(cfg)
+    trainer = trainer or Trainer(cfg)
+    vlm = trainer.fresh()
     finetuner = Finetuner(vlm, cfg.loop, cfg.seed)
-    curve = [{"iteration": 0, "val": vlm.evaluate(val).to_dict(),
-              "test": vlm.evaluate(test).to_dict()}]
+    curve = [{"iteration": 0, **trainer.metrics()}]
     with progress_bar(total=len(rd.batches), desc="replay schedule", unit="iter",
                       enabled=progress) as bar:
         for i, batch in enumerate(rd.batches, start=1):
-            ft = finetuner.run(i, batch, lambda: vlm.evaluate(val).to_dict())
+            ft = finetuner.run(i, batch, lambda: vlm.evaluate(trainer.val).to_dict())
             curve.append({"iteration": i, "val": ft.val_points[-1],
-                          "test": vlm.evaluate(test).to_dict(), "finetune_set": ft.set_size,
+                          "test": vlm.evaluate(trainer.test).to_dict(),
+                          "finetune_set": ft.set_size,
                           "finetune_loss": sum(ft.losses) / len(ft.losses) if ft.losses
                           else None})
             bar.update(1)
     return {"run_dir": str(rd.run_dir), "agent": cfg.agent.name, "seed": cfg.seed,
             "loop": cfg.to_dict()["loop"], "curve": curve,
             "loop_test": [r.get("test", {}).get("score") for r in rd.records]}
+
+
+def trainer_for(run_dir: str | Path, *, data_dir: str | None = None,
+                test_size: int | None = None, progress: bool = True) -> Trainer:
+    """A `Trainer` of the run's config (and of other fixed sets, if asked)."""
+    cfg = _with_sets(load_run_config(run_dir), data_dir, test_size, progress)
+    return Trainer(cfg)
 
 
 def _with_sets(cfg: Config, data_dir: str | None, test_size: int | None,

@@ -21,7 +21,8 @@ from rls3.finetune import MAX_LR_CHUNKS, chunks, cosine_factor
 from rls3.loop import resume, run
 from rls3.rundir import CHECKPOINTS, LATEST_FILE, RunDirError, latest_checkpoint, read_metrics
 from rls3.rundir import without_timings
-from rls3.value import dataset_value, loop_sample_passes, read_run_data, replay_schedule
+from rls3.value import (dataset_value, loop_sample_passes, read_run_data, replay_schedule,
+                        trainer_for)
 from rls3.vlm import build_vlm
 
 
@@ -210,6 +211,25 @@ def test_replaying_the_schedule_reproduces_a_random_run(random_run):
         assert p["test"]["score"] == r["test"]["score"]
         assert p["val"]["score"] == r["val"]["score"]
         assert math.isclose(p["test"]["loss"], r["test"]["loss"], rel_tol=1e-6)
+
+
+def test_one_trainer_serves_several_schedules_as_fresh_vlms_would(random_run):
+    """A Trainer keeps its frozen-prefix caches between schedules but starts each from the
+    built VLM: the same numbers as a new process per schedule."""
+    shrink = load_loop(random_run, {"loop.finetune.shrink": 0.5})
+    t = trainer_for(random_run.run_dir, progress=False)
+    value = dataset_value(random_run.run_dir, progress=False, trainer=t)
+    shared = replay_schedule(random_run.run_dir, loop=shrink, progress=False, trainer=t)
+    again = replay_schedule(random_run.run_dir, progress=False, trainer=t)
+    assert shared == replay_schedule(random_run.run_dir, loop=shrink, progress=False)
+    assert again == replay_schedule(random_run.run_dir, progress=False)
+    assert value == dataset_value(random_run.run_dir, progress=False)
+
+
+def load_loop(res, over):
+    from rls3.rundir import load_run_config
+
+    return load_run_config(res.run_dir).override(over).loop
 
 
 def test_dataset_value_trains_a_fresh_vlm_at_the_loops_compute(random_run):

@@ -105,6 +105,10 @@ class VLM(Protocol):
         """Pull the trainable weights toward the kept w0: w <- w0 + factor * (w - w0)."""
         ...
 
+    def restore_initial(self) -> None:
+        """Trainable weights back to the kept w0 and a fresh optimizer (caches kept)."""
+        ...
+
     def distribute(self, group: DataParallel | None) -> None:
         """Split fine-tuning, feedback and evaluation over the processes of `group` (a
         data-parallel launch; None: this process alone). Results equal one process's."""

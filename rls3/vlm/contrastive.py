@@ -301,6 +301,14 @@ class ContrastiveVLM:
             raise RuntimeError(f"{self.name}: shrink needs remember_initial() first")
         shrink_weights(self.trainable_parameters(), self._initial, factor)
 
+    def restore_initial(self) -> None:
+        """The trainable weights back to `remember_initial`'s copy and a fresh optimizer: the
+        adapter as it was built, its frozen-prefix caches kept (offline re-training)."""
+        if self._initial is None:
+            raise RuntimeError(f"{self.name}: restore_initial needs remember_initial() first")
+        shrink_weights(self.trainable_parameters(), self._initial, 0.0)
+        self._optimizer = None
+
     # ----------------------------------------------------------------- embeddings
     @torch.no_grad()
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
