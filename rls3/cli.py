@@ -131,6 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a reference model's `rls3 eval --json` metrics, drawn as a line in "
                    "Fig. 5 and a row of the per-term table (repeatable)")
 
+    p = add("value", "what a run's saved data is worth: a fresh VLM trained on it at the loop's "
+                     "compute, or the loop's fine-tuning replayed on it (--schedule)")
+    p.add_argument("run", type=Path, metavar="RUN_DIR")
+    p.add_argument("--schedule", action="store_true",
+                   help="replay the loop's fine-tuning iteration by iteration (with --set "
+                        "loop.KEY=VALUE changes) instead of training one fresh VLM on all data")
+    p.add_argument("--iterations", type=int, metavar="N", help="use iterations 1..N only")
+    p.add_argument("--passes", type=int, metavar="N",
+                   help="sample passes of the fresh VLM (default: what the loop spent)")
+    p.add_argument("--data-dir", help="fixed sets from this folder (default: the run's data.dir)")
+    p.add_argument("--test-size", type=int, help="test-set size (default: the run's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --schedule: change a loop.* value, e.g. loop.finetune.shrink=0.5")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
+
     p = add("scenes", "contact sheet of the simulator's scenes")
     p.add_argument("--out", type=Path, default=Path("scenes.png"))
     p.add_argument("--layouts", type=int, default=1, help="random layouts per scene")
@@ -405,6 +420,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_value(args: argparse.Namespace) -> int:
+    from rls3.rundir import check_run_dir, load_run_config
+    from rls3.value import dataset_value, replay_schedule
+
+    check_run_dir(args.run)
+    if args.overrides and not args.schedule:
+        raise UsageError("--set changes the replayed schedule: use it with --schedule")
+    bad = [o for o in args.overrides if not o.strip().startswith("loop.")]
+    if bad:
+        raise UsageError(f"--set {bad[0]!r}: only loop.* values can change in a replay")
+    common = {"iterations": args.iterations, "data_dir": args.data_dir,
+              "test_size": args.test_size, "progress": not args.quiet}
+    if args.schedule:
+        loop = load_run_config(args.run).override(args.overrides).loop
+        res = replay_schedule(args.run, loop=loop, **common)
+        print(f"schedule replayed on {args.run}: iteration, val, test (the loop's test)")
+        for point, loop_test in zip(res["curve"][1:], res["loop_test"]):
+            print(f"  {point['iteration']:>3}  {point['val']['score']:.4f}  "
+                  f"{point['test']['score']:.4f}  ({loop_test:.4f})")
+    else:
+        res = dataset_value(args.run, passes=args.passes, **common)
+        print(f"dataset value of {args.run}: {res['samples']} samples, {res['units']} "
+              f"epochs/steps ({res['sample_passes']} sample passes; the loop spent "
+              f"{res['loop_sample_passes']})")
+        print(f"  val {res['val']['score']:.4f}  test {res['test']['score']:.4f}  "
+              f"(the loop's final test {res['loop_final_test']:.4f})")
+    if args.json:
+        from rls3.atomic import atomic_write
+
+        atomic_write(args.json, json.dumps(res, indent=1))
+    return 0
+
+
 def cmd_scenes(args: argparse.Namespace) -> int:
     if args.layouts < 1 or args.size < 32:
         raise UsageError(f"--layouts must be >= 1 and --size >= 32, got {args.layouts}, "
@@ -421,7 +469,7 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "generate": cmd_generate, "eval": cmd_eval, "convert": cmd_convert,
-            "report": cmd_report, "scenes": cmd_scenes}
+            "report": cmd_report, "value": cmd_value, "scenes": cmd_scenes}
 
 
 #: commands that take part in a multi-process launch (the others would run N times over)

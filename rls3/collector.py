@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from rls3.config import FEEDBACK_MODES
+from rls3.config import FEEDBACK_MODES, SIGNALS
 from rls3.data import make_sample
 from rls3.env import Frame
 from rls3.sample import Sample
@@ -47,6 +47,14 @@ class RunningNorm:
         return {"count": self.count, "mean": self.mean, "m2": self.m2}
 
 
+def learnability(p: float) -> float:
+    """p (1 - p) of a sample answered right with probability p: largest for samples the VLM
+    is unsure about (p = 1/2), zero for solved and for hopeless ones."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"a success probability must be in [0, 1], got {p!r}")
+    return p * (1.0 - p)
+
+
 class EpisodeCollector:
     """The env's feedback hook and the iteration's bookkeeping.
 
@@ -56,13 +64,17 @@ class EpisodeCollector:
     return beta * its hardness as that step's extrinsic reward. `reward_norm="running"`
     standardises J2 / hardness by a running mean and std first. Either way every completed episode
     keeps round(eta * T0) samples for the fine-tuning batch, and the hardness of every scored
-    sample under the VLM as it was then is recorded. `on_step` counts every env step."""
+    sample under the VLM as it was then is recorded. `signal="learnability"` (sample mode) rewards
+    p (1 - p) instead of the hardness. `on_step` counts every env step."""
 
     def __init__(self, vlm: VLM, rng: np.random.Generator, eta: float, beta: float, t0: int,
                  feedback: bool = True, mode: str = "episode",
-                 norm: RunningNorm | None = None) -> None:
+                 norm: RunningNorm | None = None, signal: str = "hardness") -> None:
         if mode not in FEEDBACK_MODES:
             raise ValueError(f"feedback mode must be one of {list(FEEDBACK_MODES)}, got {mode!r}")
+        if signal not in SIGNALS:
+            raise ValueError(f"signal must be one of {list(SIGNALS)}, got {signal!r}")
+        self.signal = signal
         self.vlm = vlm
         self.rng = rng
         self.eta = eta
@@ -128,6 +140,8 @@ class EpisodeCollector:
         self.feedback_s += time.perf_counter() - t
         h = float(fb.hardness[0]) if fb.hardness else float(fb.per_sample[0])
         self._scored([sample], [h])
+        if self.signal == "learnability":
+            return self._reward(learnability(float(fb.success[0])))
         return self._reward(h)
 
     def _episode_done(self, samples: list[Sample]) -> None:

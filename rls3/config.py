@@ -42,6 +42,7 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 AGENTS: tuple[str, ...] = ("sac", "random")
 FEEDBACK_MODES: tuple[str, ...] = ("episode", "sample")
 REWARD_NORMS: tuple[str, ...] = ("none", "running")
+SIGNALS: tuple[str, ...] = ("hardness", "learnability")
 #: `env.max_steps: 0` in a run config means this many T0 steps per episode at most. The paper has no
 #: cap (an episode runs until T0 valid frames); the env's own default (10 T0) would cut many
 #: random-agent episodes in the embedded simulator, whose random-action yield is about 12%.
@@ -101,6 +102,42 @@ class ReplayConfig:
         return self.capacity > 0 and self.fraction > 0
 
 
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How each iteration's fine-tuning spends its K epochs/steps (`loop.finetune`); the paper's
+    values leave the VLM's optimiser as it is (departures, see `rls3.finetune`).
+
+    `lr_schedule`: "constant" (the paper) or "cosine": the learning rate falls from the
+    adapter's `lr` to `lr_min` * `lr` over each iteration's fine-tuning and restarts at the next
+    one, so every model the loop validates and tests was taken at a low learning rate.
+    `shrink` in [0, 1]: before each iteration's fine-tuning the trainable weights are pulled
+    toward the ones the VLM started the run with, w <- w0 + shrink * (w - w0) (1: off, the
+    paper; 0: every iteration restarts from w0), the "shrink" of Ash & Adams' shrink-and-perturb
+    against the generalisation loss of warm-started training."""
+
+    lr_schedule: str = "constant"
+    lr_min: float = 0.1
+    shrink: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.lr_schedule in LR_SCHEDULES, "loop.finetune.lr_schedule",
+                 self.lr_schedule, f"one of {list(LR_SCHEDULES)}")
+        _require(isinstance(self.lr_min, (int, float)) and 0.0 <= self.lr_min <= 1.0,
+                 "loop.finetune.lr_min", self.lr_min,
+                 "in [0, 1] (the end of each iteration's cosine, as a share of vlm.lr)")
+        _require(isinstance(self.shrink, (int, float)) and 0.0 <= self.shrink <= 1.0,
+                 "loop.finetune.shrink", self.shrink,
+                 "in [0, 1] (1: off; 0: restart from the run's initial weights each iteration)")
+
+    @property
+    def is_paper(self) -> bool:
+        """Whether fine-tuning runs as the paper's (a constant learning rate, no shrinking)."""
+        return self.lr_schedule == "constant" and self.shrink == 1.0
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     """Algorithm 1: iterations of E episodes (T0 valid samples each, kept at rate eta), VLM
@@ -114,7 +151,9 @@ class LoopConfig:
     `budget_from`. `save_batches` keeps each iteration's fine-tuning batch in the run directory,
     `keep_best` the VLM at its best validation score, `random_feedback` computes (and logs) J2 for
     the random agent too, which ignores it. `replay` (off in the paper presets) adds earlier kept
-    samples to each fine-tuning set (see `ReplayConfig`).
+    samples to each fine-tuning set (see `ReplayConfig`), `finetune` (also off in the paper
+    presets) sets the learning-rate schedule and weight shrinking of each iteration's
+    fine-tuning (see `FinetuneConfig`).
 
     `feedback` says how the VLM's poor performance reaches the agent: "episode" (the paper) adds
     beta * J2 to each episode's completing step; "sample" (the paper's stated future work, a
@@ -122,7 +161,11 @@ class LoopConfig:
     against its hard negatives (CLIP-type) or 6 - S_PG (PaliGemma), scored on that step so SAC
     stores it with the transition. `reward_norm`: "none" (the paper) or "running" (J2 / hardness
     standardised by a running mean and std kept in the checkpoint; beta then says how many
-    intrinsic +-1 units one standard deviation of hardness is worth).
+    intrinsic +-1 units one standard deviation of hardness is worth). `signal` (with
+    `feedback: sample`): what a valid frame is rewarded for, "hardness" (its loss, the paper's
+    "poor performance") or "learnability" p(1 - p), p being its chance of being answered right
+    (a departure: samples the VLM is unsure about, neither solved nor hopeless, as prioritized
+    level replay scores levels).
     """
 
     iterations: int = 50
@@ -138,8 +181,10 @@ class LoopConfig:
     keep_best: bool = True
     random_feedback: bool = True
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     feedback: str = "episode"
     reward_norm: str = "none"
+    signal: str = "hardness"
 
     def __post_init__(self) -> None:
         _require(self.iterations >= 1, "loop.iterations", self.iterations, "an integer >= 1")
@@ -156,6 +201,10 @@ class LoopConfig:
                  f"one of {list(FEEDBACK_MODES)}")
         _require(self.reward_norm in REWARD_NORMS, "loop.reward_norm", self.reward_norm,
                  f"one of {list(REWARD_NORMS)}")
+        _require(self.signal in SIGNALS, "loop.signal", self.signal, f"one of {list(SIGNALS)}")
+        _require(self.signal == "hardness" or self.feedback == "sample", "loop.signal",
+                 self.signal, "'hardness' unless loop.feedback is 'sample' (the episode "
+                 "feedback is the paper's J2)")
         _require(self.save_batches or not self.replay.enabled, "loop.save_batches",
                  self.save_batches, "true while loop.replay is on (replayed samples are read "
                  "back from the saved batches when a run resumes)")

@@ -58,6 +58,7 @@ from rls3.config import Config, backend_identity, check_runnable, make_backend
 from rls3.data import (DatasetError, complexity_counts, prepare_fixed_sets, read_dataset,
                        term_counts, write_dataset)
 from rls3.env import Rls3Env
+from rls3.finetune import NEW, REPLAYED, Finetuner
 from rls3.manifest import write_manifest
 from rls3.progress import progress_bar
 from rls3.replay import ReplayError, SampleReplay
@@ -225,12 +226,12 @@ class Loop:
         use_feedback = cfg.agent.name == "sac" or cfg.loop.random_feedback
         norm = RunningNorm(self.state.reward_norm) if cfg.loop.reward_norm == "running" else None
         collector = EpisodeCollector(vlm, rng, cfg.loop.eta, cfg.loop.beta, cfg.env.t0,
-                                     feedback=use_feedback, mode=cfg.loop.feedback, norm=norm)
-        if cfg.loop.replay.enabled:
-            self.replay = SampleReplay(cfg.loop.replay.capacity, cfg.loop.replay.fraction,
-                                       cfg.seed)
-            if self.ckpt is None:
-                self.state.replay = self.replay.state()
+                                     feedback=use_feedback, mode=cfg.loop.feedback, norm=norm,
+                                     signal=cfg.loop.signal)
+        self.finetuner = Finetuner(vlm, cfg.loop, cfg.seed)
+        self.replay = self.finetuner.replay
+        if self.replay is not None and self.ckpt is None:
+            self.state.replay = self.replay.state()
         backend = make_backend(self.backend_cfg, "train")
         writer = None
         workers: FeedbackVecEnv | None = None
@@ -399,29 +400,12 @@ class Loop:
                           overwrite=True)
             times["save_batch"] = time.perf_counter() - t
         # fine-tune K epochs/steps on the new batch (+ replayed samples), validating after every F
-        stored = len(self.replay) if self.replay is not None else 0
-        replayed = self.replay.draw() if self.replay is not None else []
-        ft_set = batch + replayed
-        groups = [NEW] * len(batch) + [REPLAYED] * len(replayed)
-        losses: list[float] = []
-        group_losses: list[dict[int, float]] = []
-        val_points: list[dict[str, Any]] = []
-        times["finetune"] = times["validate"] = 0.0
-        done_k = 0
-        for point in cfg.loop.validation_points:
-            self._phase(i, "finetune")
-            t = time.perf_counter()
-            losses += [float(x) for x in vlm.finetune(ft_set, point - done_k, groups=groups)]
-            group_losses += list(vlm.last_group_losses)
-            times["finetune"] += time.perf_counter() - t
-            done_k = point
-            self._phase(i, "validate")
-            t = time.perf_counter()
-            val_points.append({"k": point, **self._evaluate(vlm, val)})
-            times["validate"] += time.perf_counter() - t
+        ft = self.finetuner.run(i, batch, lambda: self._evaluate(vlm, val),
+                                on_phase=lambda name: self._phase(i, name))
+        times["finetune"], times["validate"] = ft.finetune_s, ft.validate_s
+        losses, val_points = ft.losses, ft.val_points
         s.finetune_steps += len(losses)
         if self.replay is not None:
-            self.replay.add(i, batch)
             s.replay = self.replay.state()
         self._phase(i, "test")
         t = time.perf_counter()
@@ -442,10 +426,10 @@ class Loop:
             "feedback_reward": cfg.loop.beta * float(np.mean(j2)) if j2 else None,
             **collector.hardness_fields(),
             "batch_size": len(batch),
-            "replay_stored": stored, "replayed": len(replayed), "finetune_set": len(ft_set),
+            "replay_stored": ft.stored, "replayed": ft.replayed, "finetune_set": ft.set_size,
             "finetune_losses": losses,
             "finetune_loss": float(np.mean(losses)) if losses else None,
-            **_group_loss_fields(group_losses, len(losses)),
+            **_group_loss_fields(ft.group_losses, len(losses)),
             "val": {k: v[k] for k in v if k != "k"}, "val_points": val_points, "test": te,
             "terms_generated": generated_terms, "terms_batch": term_counts(batch),
             "complexity_generated": complexity_counts(collector.generated),
@@ -454,6 +438,8 @@ class Loop:
             "samples_per_s": collector.steps / times["generate"] if times["generate"] > 0 else None,
             "time_s": times, "elapsed_s": None,
         })
+        if ft.lr_factors:  # (absent with a constant learning rate: records stay as they were)
+            rec["finetune_lr_factors"] = ft.lr_factors
         if cfg.env.workers > 1:  # (absent at N = 1: its records stay as they were)
             rec.update(workers=cfg.env.workers, abandoned_episodes=collector.abandoned_episodes)
         hard = rec["hardness_mean"]
@@ -555,10 +541,6 @@ class Loop:
         for j, loss in enumerate(rec.get("finetune_losses") or []):
             writer.add_scalar("finetune/step_loss", loss, n0 + j + 1)
         writer.flush()
-
-
-#: `finetune` group labels of the new batch and of replayed samples
-NEW, REPLAYED = 0, 1
 
 
 def _group_loss_fields(group_losses: list[dict[int, float]], n_steps: int) -> dict[str, Any]:

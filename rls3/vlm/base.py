@@ -26,6 +26,10 @@ class Feedback:
     per_sample: tuple[float, ...]
     j2: float
     hardness: tuple[float, ...] = ()
+    #: each sample's chance of being answered right, in [0, 1] (CLIP-type: the softmax
+    #: probability of its caption against its hard negatives, exp(-hardness); PaliGemma:
+    #: (S_PG - 1) / 4); the learnability signal p(1 - p) is built from it
+    success: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,22 @@ class VLM(Protocol):
 
     def set_rng_state(self, state: Any) -> None:
         """Restore a state returned by `rng_state`."""
+        ...
+
+    def set_lr_scale(self, factor: float) -> None:
+        """Run the next fine-tuning steps at `factor` times the base learning rate."""
+        ...
+
+    def remember_initial(self) -> None:
+        """Keep a copy of the trainable weights as they are now (the w0 of `shrink`)."""
+        ...
+
+    def shrink(self, factor: float) -> None:
+        """Pull the trainable weights toward the kept w0: w <- w0 + factor * (w - w0)."""
+        ...
+
+    def restore_initial(self) -> None:
+        """Trainable weights back to the kept w0 and a fresh optimizer (caches kept)."""
         ...
 
     def distribute(self, group: DataParallel | None) -> None:

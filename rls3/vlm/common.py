@@ -216,3 +216,36 @@ def load_optimizer_state(folder: Path) -> dict | None:
     if not f.is_file():
         return None
     return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def scale_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Set every parameter group's learning rate to `factor` times its base rate (the rate it
+    had before the first call, kept in the group as "base_lr" so optimizer checkpoints carry
+    it)."""
+    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor >= 0):
+        raise ValueError(f"learning-rate factor must be a finite number >= 0, got {factor!r}")
+    for group in optimizer.param_groups:
+        base = group.setdefault("base_lr", group["lr"])
+        group["lr"] = base * float(factor)
+
+
+@torch.no_grad()
+def weight_snapshot(params: Sequence[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
+    """Copies of the named parameters (the weights `shrink_weights` pulls toward)."""
+    return {name: p.detach().clone() for name, p in params}
+
+
+@torch.no_grad()
+def shrink_weights(params: Sequence[tuple[str, torch.nn.Parameter]],
+                   initial: dict[str, torch.Tensor], factor: float) -> None:
+    """w <- w0 + factor * (w - w0) for every named parameter, w0 from `initial`."""
+    if not (isinstance(factor, (int, float)) and 0.0 <= factor <= 1.0):
+        raise ValueError(f"shrink factor must be in [0, 1], got {factor!r}")
+    missing = [name for name, _ in params if name not in initial]
+    if missing:
+        raise ValueError(f"no initial weights for {len(missing)} trainable parameter(s), "
+                         f"e.g. {missing[0]!r}")
+    for name, p in params:
+        w0 = initial[name].to(device=p.device, dtype=p.dtype)
+        p.copy_(w0 + float(factor) * (p - w0))
+

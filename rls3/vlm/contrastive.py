@@ -47,7 +47,8 @@ from rls3.captions import Description, mirror
 from rls3.sample import Sample
 from rls3.vlm.base import Feedback, Metrics
 from rls3.vlm.common import (autocast, batches, breakdown, check_positive, progress,
-                             resolve_device, resolve_dtype, seeded_generator)
+                             resolve_device, resolve_dtype, scale_learning_rate, seeded_generator,
+                             shrink_weights, weight_snapshot)
 from rls3.vlm.distributed import DataParallel, Shards, scale_grad
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ class ContrastiveVLM:
         self.mirror_augment = mirror_augment
         self._generator = seeded_generator(seed)
         self._optimizer: torch.optim.Optimizer | None = None
+        self._initial: dict[str, torch.Tensor] | None = None   # w0 of `shrink`
         # frozen-prefix outputs of the last fine-tuning batch (the loop fine-tunes the same batch
         # in several calls, validating in between); holds the samples so their ids stay unique
         self._prefix_memo: tuple[list[Sample], TextTable, Any, Any] | None = None
@@ -283,6 +285,29 @@ class ContrastiveVLM:
 
     def set_rng_state(self, state: torch.Tensor) -> None:
         self._generator.set_state(state)
+
+    def set_lr_scale(self, factor: float) -> None:
+        """Run the next fine-tuning steps at `factor` times each parameter group's base learning
+        rate (`loop.finetune.lr_schedule`)."""
+        scale_learning_rate(self.optimizer, factor)
+
+    def remember_initial(self) -> None:
+        """Keep a copy of the trainable weights as they are now: the w0 `shrink` pulls toward."""
+        self._initial = weight_snapshot(self.trainable_parameters())
+
+    def shrink(self, factor: float) -> None:
+        """w <- w0 + factor * (w - w0) on the trainable weights (`loop.finetune.shrink`)."""
+        if self._initial is None:
+            raise RuntimeError(f"{self.name}: shrink needs remember_initial() first")
+        shrink_weights(self.trainable_parameters(), self._initial, factor)
+
+    def restore_initial(self) -> None:
+        """The trainable weights back to `remember_initial`'s copy and a fresh optimizer: the
+        adapter as it was built, its frozen-prefix caches kept (offline re-training)."""
+        if self._initial is None:
+            raise RuntimeError(f"{self.name}: restore_initial needs remember_initial() first")
+        shrink_weights(self.trainable_parameters(), self._initial, 0.0)
+        self._optimizer = None
 
     # ----------------------------------------------------------------- embeddings
     @torch.no_grad()
@@ -407,7 +432,8 @@ class ContrastiveVLM:
         losses, _, hard = self._score(list(samples), f"{self.name} feedback", keep=True)
         mean = float(np.mean(losses, dtype=np.float64))
         return Feedback(per_sample=tuple(float(v) for v in losses), j2=mean * mean,
-                        hardness=tuple(float(v) for v in hard))
+                        hardness=tuple(float(v) for v in hard),
+                        success=tuple(float(v) for v in np.exp(-np.asarray(hard, np.float64))))
 
     def evaluate(self, samples: Sequence[Sample]) -> Metrics:
         """Hard-negative accuracy overall / per term / per complexity, and the mean loss."""

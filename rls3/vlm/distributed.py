@@ -34,9 +34,11 @@ from rls3.runtime import launched_world_size
 
 log = logging.getLogger(__name__)
 
-#: VLM methods the main process forwards to the other processes (they run collectives inside).
+#: VLM methods the main process forwards to the other processes (they run collectives inside,
+#: or change state every replica must share).
 COLLECTIVE_METHODS = ("feedback", "finetune", "evaluate", "load", "set_rng_state",
-                      "clear_eval_cache")
+                      "clear_eval_cache", "set_lr_scale", "remember_initial", "shrink",
+                      "restore_initial")
 
 
 def check_processes(expected: int | None, world_size: int) -> None:

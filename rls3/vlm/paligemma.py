@@ -28,7 +28,8 @@ from rls3.sample import Sample
 from rls3.vlm.base import Feedback, Metrics
 from rls3.vlm.common import (META_FILE, batches, breakdown, check_positive, load_hf_config,
                              load_optimizer_state, progress, read_meta, resolve_device,
-                             resolve_dtype, save_optimizer, seeded_generator, to_pil, write_meta)
+                             resolve_dtype, save_optimizer, scale_learning_rate, seeded_generator,
+                             shrink_weights, to_pil, weight_snapshot, write_meta)
 from rls3.vlm.distributed import DataParallel, Shards
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class PaliGemmaVLM:
         self.tokenizer = processor.tokenizer
         self.trainable_names = freeze_all_but_lm_attention(self.model)
         self._optimizer: torch.optim.Optimizer | None = None
+        self._initial: dict[str, torch.Tensor] | None = None   # w0 of `shrink`
 
     def distribute(self, group: DataParallel | None) -> None:
         """Split fine-tuning, feedback and evaluation over `group`'s processes (every process
@@ -150,6 +152,29 @@ class PaliGemmaVLM:
 
     def set_rng_state(self, state: torch.Tensor) -> None:
         self._generator.set_state(state)
+
+    def set_lr_scale(self, factor: float) -> None:
+        """Run the next fine-tuning steps at `factor` times each parameter group's base learning
+        rate (`loop.finetune.lr_schedule`)."""
+        scale_learning_rate(self.optimizer, factor)
+
+    def remember_initial(self) -> None:
+        """Keep a copy of the trainable weights as they are now: the w0 `shrink` pulls toward."""
+        self._initial = weight_snapshot(self.trainable_parameters())
+
+    def shrink(self, factor: float) -> None:
+        """w <- w0 + factor * (w - w0) on the trainable weights (`loop.finetune.shrink`)."""
+        if self._initial is None:
+            raise RuntimeError(f"{self.name}: shrink needs remember_initial() first")
+        shrink_weights(self.trainable_parameters(), self._initial, factor)
+
+    def restore_initial(self) -> None:
+        """The trainable weights back to `remember_initial`'s copy and a fresh optimizer: the
+        adapter as it was built, its frozen-prefix caches kept (offline re-training)."""
+        if self._initial is None:
+            raise RuntimeError(f"{self.name}: restore_initial needs remember_initial() first")
+        shrink_weights(self.trainable_parameters(), self._initial, 0.0)
+        self._optimizer = None
 
     @property
     def module(self) -> nn.Module:
@@ -288,7 +313,8 @@ class PaliGemmaVLM:
         _, scores, _ = self._score(samples, f"{self.name} feedback", with_loss=False)
         mean = float(np.mean(scores))
         return Feedback(per_sample=tuple(float(s) for s in scores), j2=(S_MAX + 1 - mean) ** 2,
-                        hardness=tuple(float(S_MAX + 1 - s) for s in scores))
+                        hardness=tuple(float(S_MAX + 1 - s) for s in scores),
+                        success=tuple(float((s - 1) / (S_MAX - 1)) for s in scores))
 
     def evaluate(self, samples: Sequence[Sample]) -> Metrics:
         """Mean S_PG overall / per term / per complexity; `loss`: mean answer-token loss."""
