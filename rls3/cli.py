@@ -1,12 +1,13 @@
-"""The `rls3` command: run / generate / eval / report / scenes.
+"""The `rls3` command: run / generate / eval / convert / report / scenes.
 
     rls3 run                                   # quick preset, SAC, lite VLM; writes a report
     rls3 run --agent random --budget-from runs/quick__sac__0__...   # the equal-budget baseline
     rls3 run --resume runs/quick__sac__0__...  # continue a killed or interrupted run
     rls3 run --preset paper-clip --set loop.iterations=30 --set vlm.device=cuda
     rls3 generate [--preset P]                 # the fixed validation and test sets
-    rls3 eval CHECKPOINT_DIR DATASET_DIR       # a VLM checkpoint (or run) on a dataset
-    rls3 report RUN_DIR [RUN_DIR ...] [--out DIR]
+    rls3 eval CHECKPOINT DATASET_DIR [--json FILE]  # a VLM checkpoint (or run) on a dataset
+    rls3 convert negclip.pth models/negclip    # an OpenAI-CLIP / open_clip file -> a folder
+    rls3 report RUN_DIR [RUN_DIR ...] [--out DIR] [--baseline NAME=EVAL.json ...]
     rls3 scenes [--out scenes.png] [--layouts 3]
 
 Bad input ends with exit code 2 and a one-line message; Ctrl-C with exit code 130 (a run stays
@@ -97,18 +98,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="regenerate existing sets")
 
     p = add("eval", "evaluate a VLM checkpoint on a dataset")
-    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_DIR",
-                   help="a VLM folder, a run checkpoint folder or a run directory (its best VLM)")
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                   help="a VLM folder, a run checkpoint folder, a run directory (its best VLM) "
+                   "or an OpenAI-CLIP / open_clip .pt/.pth/.safetensors file (clip adapter)")
     p.add_argument("dataset", type=Path, metavar="DATASET_DIR")
-    p.add_argument("--vlm", help="adapter name (default: the one recorded in the checkpoint)")
+    p.add_argument("--vlm", help="adapter name (default: the one recorded in the checkpoint; "
+                   "clip for a state-dict file)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when present)")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics as JSON")
+    p.add_argument("--json", type=Path, metavar="FILE",
+                   help="also write the metrics as JSON (what `rls3 report --baseline` reads)")
+
+    p = add("convert", "convert an OpenAI-CLIP / open_clip ViT checkpoint (e.g. NegCLIP) to a "
+            "transformers CLIP folder the clip adapter loads")
+    p.add_argument("checkpoint", type=Path, metavar="CKPT",
+                   help=".pt/.pth/.bin/.safetensors file (or a folder holding one)")
+    p.add_argument("out", type=Path, metavar="OUT_DIR", help="new folder to write")
+    p.add_argument("--activation", choices=["quick_gelu", "gelu"], default="quick_gelu",
+                   help="MLP activation (the file does not say): quick_gelu for OpenAI's and "
+                   "NegCLIP's models (default), gelu for open_clip models trained without "
+                   "-quickgelu (e.g. LAION's)")
+    p.add_argument("--vision-heads", type=int, metavar="N",
+                   help="image-tower attention heads (default: width // 64, as OpenAI's)")
+    p.add_argument("--text-heads", type=int, metavar="N",
+                   help="text-tower attention heads (default: width // 64)")
 
     p = add("report", "write the markdown/plot report of one or more runs")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report for one "
                    "run, ./report for several)")
+    p.add_argument("--baseline", action="append", default=[], metavar="NAME=EVAL.json",
+                   help="a reference model's `rls3 eval --json` metrics, drawn as a line in "
+                   "Fig. 5 and a row of the per-term table (repeatable)")
 
     p = add("value", "what a run's saved data is worth: a fresh VLM trained on it at the loop's "
                      "compute, or the loop's fine-tuning replayed on it (--schedule)")
@@ -299,20 +320,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from rls3.atomic import atomic_write
     from rls3.data import read_dataset
     from rls3.rundir import vlm_checkpoint
-    from rls3.vlm import build_vlm
+    from rls3.vlm import build_vlm, get_vlm_spec
     from rls3.vlm.common import read_meta
+    from rls3.vlm.openai_clip import is_state_dict_source
 
     for what, p in (("checkpoint", args.checkpoint), ("dataset", args.dataset)):
         if not p.exists():
             raise UsageError(f"{what} {str(p)!r} does not exist")
-    folder = vlm_checkpoint(args.checkpoint)
-    try:
-        meta = read_meta(folder)
-    except (ValueError, FileNotFoundError) as e:
-        raise UsageError(str(e)) from e
-    name = args.vlm or meta.get("name") or meta.get("kind")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise UsageError(f"--json: folder {str(args.json.parent)!r} does not exist")
+    if is_state_dict_source(args.checkpoint):      # converted in memory by the clip adapter
+        folder, name = args.checkpoint, args.vlm or "clip"
+        try:
+            adapter = get_vlm_spec(name).adapter
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if adapter != "clip":
+            raise UsageError(f"{str(folder)!r} is a state-dict file, which only the clip "
+                             f"adapter loads; --vlm {name!r} is a {adapter!r} model")
+    else:
+        folder = vlm_checkpoint(args.checkpoint)
+        try:
+            meta = read_meta(folder)
+        except (ValueError, FileNotFoundError) as e:
+            raise UsageError(str(e)) from e
+        name = args.vlm or meta.get("name") or meta.get("kind")
     samples = read_dataset(args.dataset, progress=not args.quiet)
     kw: dict[str, Any] = {}
     if args.device:
@@ -339,21 +374,49 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for c, v in m["per_complexity"].items():
         print(f"  complexity {c}  {v:.4f}")
     if args.json:
-        args.json.write_text(json.dumps(m, indent=2))
+        record = {**m, "vlm": name, "checkpoint": str(Path(folder).resolve()),
+                  "dataset": str(args.dataset.resolve())}
+        atomic_write(args.json, json.dumps(record, indent=2))
+        print(f"metrics: {args.json}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from rls3.vlm.openai_clip import save_converted
+
+    if not args.checkpoint.exists():
+        raise UsageError(f"checkpoint {str(args.checkpoint)!r} does not exist")
+    for flag, v in (("--vision-heads", args.vision_heads), ("--text-heads", args.text_heads)):
+        if v is not None and v < 1:
+            raise UsageError(f"{flag} must be an integer >= 1, got {v}")
+    try:
+        out, arch = save_converted(args.checkpoint, args.out, activation=args.activation,
+                                   vision_heads=args.vision_heads, text_heads=args.text_heads,
+                                   progress=not args.quiet)
+    except (ValueError, OSError) as e:        # CheckpointError is a ValueError
+        raise UsageError(str(e)) from e
+    print(f"converted {args.checkpoint} ({arch.describe()}, {args.activation}) -> {out}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from rls3.rundir import check_run_dir
-    from rls3.report import write_report
+    from rls3.report import read_baseline, write_report
 
     for d in args.runs:
         check_run_dir(d)
         if not (Path(d) / "metrics.jsonl").is_file():
             raise UsageError(f"run {str(d)!r} has no metrics.jsonl yet: nothing to report (it "
                              f"has not finished its first evaluation)")
+    try:
+        baselines = [read_baseline(spec) for spec in args.baseline]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    names = [b.name for b in baselines]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--baseline names must differ, got {names}")
     out = args.out or (args.runs[0] / "report" if len(args.runs) == 1 else Path("report"))
-    print(f"report: {write_report(args.runs, out)}")
+    print(f"report: {write_report(args.runs, out, baselines=baselines)}")
     return 0
 
 
@@ -405,8 +468,8 @@ def cmd_scenes(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "generate": cmd_generate, "eval": cmd_eval, "report": cmd_report,
-            "value": cmd_value, "scenes": cmd_scenes}
+COMMANDS = {"run": cmd_run, "generate": cmd_generate, "eval": cmd_eval, "convert": cmd_convert,
+            "report": cmd_report, "value": cmd_value, "scenes": cmd_scenes}
 
 
 #: commands that take part in a multi-process launch (the others would run N times over)

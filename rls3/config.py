@@ -239,8 +239,9 @@ class EarlyStoppingConfig:
 
 @dataclass(frozen=True)
 class VLMConfig:
-    """Which VLM adapter (`rls3.vlm` registry name), its weights (hub id or folder; None: the
-    adapter's default) and optional training settings; `options` go to `build_vlm` as keywords."""
+    """Which VLM adapter (`rls3.vlm` registry name), its weights (hub id, folder, or for the clip
+    adapter an OpenAI-CLIP / open_clip state-dict file; None: the adapter's default) and
+    optional training settings; `options` go to `build_vlm` as keywords."""
 
     name: str = "lite"
     weights: str | None = None
@@ -371,8 +372,9 @@ class Config:
 
     def resolved(self, cwd: str | Path | None = None) -> Config:
         """This config with its paths absolute (relative ones taken from `cwd`, default the
-        current directory) and `agent.pretrained_dir` None made `<runs_dir>/_pretrained`: what
-        a run directory records, so that it means the same from wherever it is resumed."""
+        current directory; `vlm.weights` when it names a local path) and `agent.pretrained_dir`
+        None made `<runs_dir>/_pretrained`: what a run directory records, so that it means the
+        same from wherever it is resumed."""
         base = Path(cwd) if cwd is not None else Path.cwd()
 
         def absolute(p: str) -> str:
@@ -383,8 +385,12 @@ class Config:
             os.path.join(runs, "_pretrained")
         loop = replace(self.loop, budget_from=absolute(self.loop.budget_from)) \
             if self.loop.budget_from else self.loop
+        # local VLM weights (a folder or a state-dict file); a hub id stays as it is
+        w = self.vlm.weights
+        vlm = replace(self.vlm, weights=absolute(w)) \
+            if w and os.path.exists(base / os.path.expanduser(w)) else self.vlm
         return replace(self, runs_dir=runs, data=replace(self.data, dir=absolute(self.data.dir)),
-                       agent=replace(self.agent, pretrained_dir=pre), loop=loop)
+                       agent=replace(self.agent, pretrained_dir=pre), loop=loop, vlm=vlm)
 
     def backend_config(self, log_folder: str | Path | None = None) -> BackendConfig:
         """The backend settings a run uses: a backend that renders at a size of its own (Unity)
@@ -759,7 +765,8 @@ def available_memory() -> int | None:
 
 def check_runnable(cfg: Config) -> None:
     """What can be checked before a run directory is made: the backend's scene/object/option
-    names, the VLM's options against its adapter, and whether SAC's replay buffer fits in
+    names, the VLM's options against its adapter, a state-dict file given as the clip
+    adapter's weights (read and checked, not converted), and whether SAC's replay buffer fits in
     memory. Raises ConfigError naming the key."""
     check = BACKEND_CHECKS.get(cfg.backend.name)
     if check is not None:
@@ -776,6 +783,14 @@ def check_runnable(cfg: Config) -> None:
         check_vlm_options(cfg.vlm.name, options)
     except ValueError as e:
         raise ConfigError(f"invalid vlm.options={cfg.vlm.options!r}: {e}") from e
+    if get_vlm_spec(cfg.vlm.name).adapter == "clip" and cfg.vlm.weights:
+        from rls3.vlm.openai_clip import inspect_checkpoint, is_state_dict_source
+
+        if is_state_dict_source(cfg.vlm.weights):    # read and checked, not yet converted
+            try:
+                inspect_checkpoint(cfg.vlm.weights)
+            except (ValueError, OSError) as e:
+                raise ConfigError(f"invalid vlm.weights={cfg.vlm.weights!r}: {e}") from e
     if cfg.agent.name == "sac":
         pool = len(cfg.backend.objects) if cfg.backend.objects is not None else 9
         need, have = replay_buffer_bytes(cfg, pool), available_memory()

@@ -8,7 +8,8 @@ Runs are grouped by agent (SAC against random) and, where several seeds exist, d
 over seeds. Missing fields, runs with only the iteration-0 record, or no runs with data at all give
 a figure that says so instead of an error.
 
-  plot_score_vs_data     Fig. 5: test score vs cumulative generated samples (env steps)
+  plot_score_vs_data     Fig. 5: test score vs cumulative generated samples (env steps), with
+                         reference models (`rls3.report.Baseline`, e.g. NegCLIP) as lines
   plot_per_term          Fig. 6: per-term test score before/after + cumulative count generated
   plot_by_complexity     Fig. 7: test score by complexity (1/2/3 terms) per iteration
   plot_finetune_loss     Fig. 8: fine-tuning loss per step and per iteration, new batch vs replayed
@@ -25,7 +26,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -34,6 +35,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+if TYPE_CHECKING:
+    from rls3.report import Baseline
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,10 @@ class Run:
     agent: str
     seed: int | None
     records: list[dict[str, Any]]
+
+
+#: line styles of successive baselines in Fig. 5
+BASELINE_STYLES = ("--", ":", "-.")
 
 
 def agent_label(agent: str, feedback: str | None) -> str:
@@ -206,11 +214,12 @@ def _band(ax: Any, x: np.ndarray, m: np.ndarray, s: np.ndarray, color: str, labe
 
 
 # ------------------------------------------------------------------------------------ figures
-def score_vs_data_figure(run_dirs: RunDirs, split: str = "test", x_key: str = "cum_steps"
-                         ) -> Figure:
+def score_vs_data_figure(run_dirs: RunDirs, split: str = "test", x_key: str = "cum_steps",
+                         baselines: Sequence[Baseline] = ()) -> Figure:
     """Fig. 5: `split` score against cumulative generated samples, mean ± std over seeds per agent
     (runs interpolated onto a common grid; the band covers the range every run of the agent
-    reached; thin lines: the runs themselves)."""
+    reached; thin lines: the runs themselves); each of `baselines` is a labelled horizontal
+    line."""
     runs = load_runs(run_dirs)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     drawn = False
@@ -230,6 +239,10 @@ def score_vs_data_figure(run_dirs: RunDirs, split: str = "test", x_key: str = "c
         common = n == len(curves)    # mean ± std only where every run of the agent has data
         _band(ax, grid[common], m[common], s[common], _color(agent, i),
               f"{agent} (n={len(curves)})", marker=None)
+    for j, b in enumerate(baselines):
+        drawn = True
+        ax.axhline(b.score, color="0.15", lw=1.2, ls=BASELINE_STYLES[j % len(BASELINE_STYLES)],
+                   label=f"{b.name} {b.score:.3f}" + (f" (n={b.n})" if b.n else ""))
     if drawn:
         ax.set_xlabel("cumulative generated samples (env steps)" if x_key == "cum_steps"
                       else f"cumulative {x_key}")
@@ -243,9 +256,10 @@ def score_vs_data_figure(run_dirs: RunDirs, split: str = "test", x_key: str = "c
 
 
 def plot_score_vs_data(run_dirs: RunDirs, out_dir: str | Path, split: str = "test",
-                       x_key: str = "cum_steps", name: str = "fig5_score_vs_data.png") -> Path:
+                       x_key: str = "cum_steps", name: str = "fig5_score_vs_data.png",
+                       baselines: Sequence[Baseline] = ()) -> Path:
     """Fig. 5 (`score_vs_data_figure`) written as `out_dir/name`."""
-    return _finish(score_vs_data_figure(run_dirs, split, x_key), out_dir, name)
+    return _finish(score_vs_data_figure(run_dirs, split, x_key, baselines), out_dir, name)
 
 
 def per_term_figure(run_dirs: RunDirs, split: str = "test") -> Figure:
@@ -593,13 +607,20 @@ FIGURES: dict[str, tuple[str, Callable[..., Path]]] = {
 }
 
 
-def plot_all(run_dirs: RunDirs, out_dir: str | Path) -> dict[str, Path]:
-    """Every figure of `FIGURES` into `out_dir`; returns {name: png path}. A figure that fails is
-    logged and left out rather than losing the others."""
+#: figures that draw the reference models (`plot_all`'s `baselines`)
+BASELINE_FIGURES = ("score_vs_data",)
+
+
+def plot_all(run_dirs: RunDirs, out_dir: str | Path, baselines: Sequence[Baseline] = ()
+             ) -> dict[str, Path]:
+    """Every figure of `FIGURES` into `out_dir` (`baselines` drawn in those of
+    `BASELINE_FIGURES`); returns {name: png path}. A figure that fails is logged and left out
+    rather than losing the others."""
     out: dict[str, Path] = {}
     for key, (_, fn) in FIGURES.items():
         try:
-            out[key] = fn(run_dirs, out_dir)
+            out[key] = (fn(run_dirs, out_dir, baselines=baselines) if key in BASELINE_FIGURES
+                        else fn(run_dirs, out_dir))
         except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
             log.warning("figure %s failed: %s", key, e)
             plt.close("all")

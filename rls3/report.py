@@ -5,11 +5,13 @@ fields: `iteration`, `cum_steps`, `cum_valid`, `yield`, `feedback_j2`, `finetune
 `test` with `score`, `per_term`, `per_complexity`, `terms_generated`, `early_stopping`, ...).
 The report leads with the answer to "did the VLM get better on the unseen test rooms?" (test score
 before -> at the best validation iteration -> final, 95% intervals, per term), then the run
-tables and the paper's figures (`rls3.plots`).
+tables and the paper's figures (`rls3.plots`). Reference models evaluated with `rls3 eval --json`
+(the paper's NegCLIP) join as baselines: a line in Fig. 5 and a row of the per-term table.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,6 +64,48 @@ class RunAnswer:
             return None
         lo, hi = self.final_ci
         return not lo <= self.before <= hi
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A reference model's score on a test set, from `rls3 eval --json` (the paper draws NegCLIP
+    so in Fig. 5): a horizontal line in Fig. 5 and a row of the report's per-term table."""
+
+    name: str
+    score: float
+    per_term: dict[str, float]
+    n: int | None = None
+    source: str = ""
+
+
+def read_baseline(spec: str) -> Baseline:
+    """A `NAME=EVAL.json` baseline: the metrics `rls3 eval --json` wrote (`score`, `per_term`,
+    `n`). ValueError, in one line naming the value and what is allowed, for anything else."""
+    name, sep, file = spec.partition("=")
+    name, file = name.strip(), file.strip()
+    if not sep or not name or not file:
+        raise ValueError(f"--baseline {spec!r}: expected NAME=EVAL.json (a file written by "
+                         f"`rls3 eval ... --json EVAL.json`)")
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--baseline {spec!r}: file {file!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--baseline {spec!r}: {file!r} is not a JSON file ({e})") from None
+    score = data.get("score") if isinstance(data, dict) else None
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        raise ValueError(f"--baseline {spec!r}: {file!r} has no numeric 'score' (expected the "
+                         f"metrics of `rls3 eval --json`)")
+    terms = data.get("per_term") or {}
+    if not isinstance(terms, dict) or not all(isinstance(v, (int, float)) for v in terms.values()):
+        raise ValueError(f"--baseline {spec!r}: {file!r} has a malformed 'per_term' (expected "
+                         f"term -> score)")
+    n = data.get("n")
+    return Baseline(name=name, score=float(score),
+                    per_term={str(t): float(v) for t, v in terms.items()},
+                    n=int(n) if isinstance(n, int) and not isinstance(n, bool) else None,
+                    source=str(data.get("checkpoint") or path))
 
 
 def wilson_interval(score: float, n: int, level: float = LEVEL) -> tuple[float, float]:
@@ -152,11 +196,16 @@ def summary_line(a: RunAnswer) -> str:
     return text
 
 
-def answer_lines(answers: Sequence[RunAnswer]) -> list[str]:
-    """Markdown lines answering "did the VLM get better on the unseen test rooms?"."""
+def answer_lines(answers: Sequence[RunAnswer], baselines: Sequence[Baseline] = ()
+                 ) -> list[str]:
+    """Markdown lines answering "did the VLM get better on the unseen test rooms?", with the
+    reference models' scores (`baselines`) beside the runs'."""
     lines = ["## Did the VLM get better on the unseen test rooms?", ""]
     for a in answers:
         lines.append(f"- **{a.run}** ({a.agent}, seed {a.seed}): {summary_line(a)}")
+    for b in baselines:
+        lines.append(f"- baseline **{b.name}**: test {b.score:.3f}"
+                     + (f" on {b.n} samples" if b.n else "") + f" (`{b.source}`)")
     groups: dict[str, list[RunAnswer]] = {}
     for a in answers:
         if a.gain is not None:
@@ -176,14 +225,19 @@ def answer_lines(answers: Sequence[RunAnswer]) -> list[str]:
             _, lo, hi = mean_interval([a.gain for a in rs])
             verdict = "-" if lo is None else ("yes" if lo > 0 or hi < 0 else "no")
             lines.append(f"| {agent} | {len(rs)} | " + " | ".join(cells) + f" | {verdict} |")
-    terms = sorted({t for a in answers for t in a.per_term_before})
+    terms = sorted({t for a in answers for t in a.per_term_before}
+                   | {t for b in baselines for t in b.per_term})
     if terms:
-        lines += ["", "Per term, test score before → best-val → final:", "",
+        lines += ["", "Per term, test score before → best-val → final (baselines: their "
+                  "score):", "",
                   "| run | " + " | ".join(terms) + " |", "|---|" + "---|" * len(terms)]
         for a in answers:
             cells = [f"{_fmt(a.per_term_before.get(t), 2)} → {_fmt(a.per_term_best.get(t), 2)} "
                      f"→ {_fmt(a.per_term_final.get(t), 2)}" for t in terms]
             lines.append(f"| {a.run} | " + " | ".join(cells) + " |")
+        for b in baselines:
+            cells = [_fmt(b.per_term.get(t), 2) for t in terms]
+            lines.append(f"| {b.name} (baseline) | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -225,8 +279,10 @@ def _run_summary(run_dir: Path, recs: list[dict[str, Any]]) -> dict[str, Any]:
             "elapsed_s": last.get("elapsed_s")}
 
 
-def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
-    """Write `out_dir/report.md` summarising the runs; returns its path."""
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path,
+                 baselines: Sequence[Baseline] = ()) -> Path:
+    """Write `out_dir/report.md` summarising the runs, with `baselines` (reference models, see
+    `read_baseline`) beside them; returns its path."""
     if not run_dirs:
         raise ValueError("write_report needs at least one run directory")
     records = [(Path(d), read_metrics(d)) for d in run_dirs]    # each run read once
@@ -234,7 +290,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# RLS3 report", ""]
-    lines += answer_lines([run_answer(d, recs) for d, recs in records])
+    lines += answer_lines([run_answer(d, recs) for d, recs in records], baselines)
     lines += ["## Runs", "",
               "| run | agent | VLM | seed | iterations | stop | generated (steps) | valid | "
               "yield | yield (distinct) | mean J2 | mean hardness | test before | test after | "
@@ -270,7 +326,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     # per-term scores (before -> best-val -> final) are in the answer section at the top
     from rls3.plots import FIGURES, plot_all
 
-    figures = plot_all(run_dirs, out)
+    figures = plot_all(run_dirs, out, baselines)
     if figures:
         lines += ["", "## Figures", ""]
         for key, png in figures.items():

