@@ -1,0 +1,54 @@
+"""benchmarks/bench_sampler.py end to end on a tiny configuration: paired runs, an offline
+schedule variant, datasets' values, paired differences, figures, and a restart that reuses
+finished runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["env.t0=4", "env.image_size=32", "loop.episodes=1", "loop.iterations=2", "loop.k=1",
+        "vlm.name=clip-tiny", "agent.pretrain_steps=100", "agent.learning_starts=50",
+        "agent.batch_size=16", "agent.buffer_size=2000", "agent.net_arch=[16, 16]",
+        "backend.train_scenes=[kitchen]", "backend.test_scenes=[test_study]"]
+
+
+@pytest.mark.slow
+def test_tiny_sampler_benchmark(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_sampler.py"), "--seeds", "0,1",
+           "--variants", "random,sac,random-cosine", "--val-size", "3", "--test-size", "3",
+           "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"),
+           "--out", str(tmp_path / "out"), "--parallel", "2"]
+    for s in TINY:
+        cmd += ["--set", s]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "sampler.json").read_text())
+    assert res["seeds"] == [0, 1] and set(res["variants"]) == {"random", "sac", "random-cosine"}
+    sac, rnd = res["variants"]["sac"], res["variants"]["random"]
+    for e in (sac, rnd):
+        assert len(e["runs"]) == 2 and e["auc"]["n"] == 2 and e["dataset_value"]["n"] == 2
+        for r in e["runs"]:
+            assert len(r["test"]) == 3 and r["auc"] == pytest.approx(sum(r["test"][1:]) / 2)
+            assert r["cpu_s"] > 0 and r["steps"] >= r["valid"] > 0
+    diff = sac["vs_random"]["final"]
+    assert diff["mean"] == pytest.approx(sac["final"]["mean"] - rnd["final"]["mean"])
+    assert diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
+    # the offline variant replays random's batches: same data, its own test curve
+    off = res["variants"]["random-cosine"]
+    assert [r["cum_valid"] for r in off["runs"]] == [r["cum_valid"] for r in rnd["runs"]]
+    assert [r["test"][0] for r in off["runs"]] == [r["test"][0] for r in rnd["runs"]]
+    for f in ("test_vs_valid.png", "test_vs_steps.png", "test_vs_wall.png"):
+        assert (tmp_path / "out" / f).stat().st_size > 10_000
+    # a second start finds every run finished and only summarises
+    before = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before
+    assert json.loads((tmp_path / "out" / "sampler.json").read_text())["variants"]["sac"][
+        "runs"] == sac["runs"]
