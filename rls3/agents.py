@@ -377,7 +377,10 @@ class SACAgent:
             m._num_timesteps_at_start = _count(state, "timesteps_at_start")
             m._n_updates = _count(state, "n_updates")
             m._episode_num = _count(state, "episode_num")
-            m._current_progress_remaining = float(state["progress_remaining"])
+            progress = state["progress_remaining"]
+            if type(progress) not in (int, float):
+                raise TypeError(f"progress_remaining must be a number, got {progress!r}")
+            m._current_progress_remaining = float(progress)
             m.action_space.np_random.bit_generator.state = state["action_space_rng"]
         except (KeyError, TypeError, ValueError) as e:
             raise AgentStateError(f"{str(folder / STATE_FILE)!r} holds a malformed SAC state: "
