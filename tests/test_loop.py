@@ -187,6 +187,12 @@ def _same_weights(a: Path, b: Path) -> None:
     pa = load_file(str(ca / "agent" / MODEL_FILE))
     pb = load_file(str(cb / "agent" / MODEL_FILE))
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    import numpy as np
+
+    from rls3.agents import BUFFER_FILE
+
+    with np.load(ca / "agent" / BUFFER_FILE) as ba, np.load(cb / "agent" / BUFFER_FILE) as bb:
+        assert ba.files == bb.files and all(np.array_equal(ba[k], bb[k]) for k in ba.files)
 
 
 def test_bad_run_directories_are_refused_untouched(sac_run, root, tmp_path):
