@@ -18,6 +18,14 @@ of N envs instead: SAC with `n_envs = N` and N * `gradient_steps` gradient steps
 iteration counts E completed episodes across the workers (see `rls3.workers` for the boundary
 rule). Pre-training always runs in one in-process env; its replay buffer is laid out for N envs
 when loaded (`_relayout_buffer`), so the cache is shared by every N.
+
+Saved agents (checkpoints, the pre-training cache) are data only, since run directories and caches
+are shared between people and machines: SAC's policy, critics, target critics and entropy
+coefficient as safetensors, its optimiser states as plain tensor dicts (read with `torch.load(...,
+weights_only=True)`), its replay buffer as arrays (npz, read with `allow_pickle=False`), counters
+and generator states as JSON. Loading rebuilds the SB3 model from the run's `AgentConfig` and
+fills it (`set_parameters`). SB3's own `sac.zip` and `replay_buffer.pkl` are pickles: they are
+never loaded (`PICKLED_FILES`).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import hashlib
 import json
 import logging
 import shutil
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +43,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
@@ -43,6 +54,8 @@ from rls3.config import AgentConfig
 from rls3.env import Rls3Env
 from rls3.manifest import manifest_problems, write_manifest
 from rls3.progress import progress_bar
+from rls3.rundir import RunDirError
+from rls3.safeload import NotDataError, load_torch_data
 from rls3.seeding import stream_rng
 from rls3.workers import FeedbackVecEnv
 
@@ -50,12 +63,28 @@ log = logging.getLogger(__name__)
 
 StepHook = Callable[[dict[str, Any], float, bool], None]
 
-MODEL_FILE = "sac.zip"
-BUFFER_FILE = "replay_buffer.pkl"
-RANDOM_FILE = "random_agent.json"
+#: SAC's networks (policy, critics, target critics) and its entropy coefficient
+MODEL_FILE = "sac_model.safetensors"
+#: SAC's optimiser states (a dict of state dicts: tensors and numbers only)
+OPTIMIZERS_FILE = "sac_optimizers.pt"
+#: SAC's replay buffer, filled rows only (`BUFFER_ARRAYS` plus pos, full, capacity)
+BUFFER_FILE = "sac_buffer.npz"
+#: SAC's counters, seed and action-space generator
 STATE_FILE = "sac_state.json"
+RANDOM_FILE = "random_agent.json"
 KEY_FILE = "key.json"
-AGENT_FORMAT = 1
+#: 2: data only (format 1 held SB3's pickles, `PICKLED_FILES`)
+AGENT_FORMAT = 2
+#: files of agent format 1 that are pickles: never loaded (unpickling can run any code)
+PICKLED_FILES = ("sac.zip", "replay_buffer.pkl")
+BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+#: SAC's entropy coefficient, as SB3 keeps it (learned: log_ent_coef; fixed: ent_coef_tensor)
+_ENT_COEF_VARS = ("log_ent_coef", "ent_coef_tensor")
+
+
+class AgentStateError(RunDirError):
+    """A saved agent (checkpoint or pre-training cache) cannot be loaded: a file is missing,
+    malformed or of an older, pickled format (the message names it)."""
 
 
 class Agent(Protocol):
@@ -148,11 +177,15 @@ class RandomAgent:
         f = Path(folder) / RANDOM_FILE
         if not f.is_file():
             raise FileNotFoundError(f"{str(folder)!r} holds no random-agent state ({RANDOM_FILE})")
-        state = json.loads(f.read_text())
+        state = _read_json(f)
         if state.get("agent") != self.name or state.get("format") != AGENT_FORMAT:
-            raise ValueError(f"{str(f)!r} is not a random-agent state of format {AGENT_FORMAT}")
-        self.rng.bit_generator.state = state["rng"]
-        self.num_timesteps = int(state["num_timesteps"])
+            raise AgentStateError(f"{str(f)!r} is not a random-agent state of format "
+                                  f"{AGENT_FORMAT}")
+        try:
+            self.rng.bit_generator.state = state["rng"]
+            self.num_timesteps = _count(state, "num_timesteps")
+        except (KeyError, TypeError, ValueError) as e:
+            raise AgentStateError(f"{str(f)!r} holds a malformed random-agent state: {e!r}") from e
 
 
 # ------------------------------------------------------------------------------------ SAC
@@ -249,33 +282,19 @@ class SACAgent:
     @classmethod
     def from_folder(cls, env: Rls3Env | FeedbackVecEnv, folder: str | Path,
                     cfg: AgentConfig) -> SACAgent:
-        """Load a model (and its replay buffer, when saved) written by `save`; a model saved with
-        another number of envs (the pre-training cache, one env) is loaded for `env`'s."""
+        """A SAC built from `cfg` on `env` and filled with what `save` wrote into `folder`; a
+        model saved with another number of envs (the pre-training cache, one env) is loaded for
+        `env`'s."""
         folder = Path(folder)
-        f = folder / MODEL_FILE
-        if not f.is_file():
-            raise FileNotFoundError(f"{str(folder)!r} holds no SAC model ({MODEL_FILE})")
-        with torch_threads(cfg.torch_threads):
-            model = SAC.load(f, env=env, device=cfg.device)
-        _scale_gradient_steps(model, cfg)
-        agent = cls(env, model, cfg.torch_threads)
-        agent._load_extras(folder)
+        state = _read_state(folder)
+        try:
+            seed = _count(state, "seed")
+        except (KeyError, ValueError) as e:
+            raise AgentStateError(f"{str(folder / STATE_FILE)!r} holds a malformed SAC state: "
+                                  f"{e!r}") from e
+        agent = cls.new(env, cfg, seed)
+        agent.load(folder)
         return agent
-
-    def _load_extras(self, folder: Path) -> None:
-        if (folder / BUFFER_FILE).is_file():
-            fresh = self.model.replay_buffer
-            self.model.load_replay_buffer(folder / BUFFER_FILE)
-            loaded = self.model.replay_buffer
-            if fresh is not None and loaded is not None and loaded.n_envs != fresh.n_envs:
-                self.model.replay_buffer = _relayout_buffer(loaded, fresh)
-        state_file = folder / STATE_FILE
-        if state_file.is_file():
-            state = json.loads(state_file.read_text())
-            if state.get("format") != AGENT_FORMAT or state.get("agent") != self.name:
-                raise ValueError(f"{str(state_file)!r} is not a SAC agent state of format "
-                                 f"{AGENT_FORMAT}")
-            self.model.action_space.np_random.bit_generator.state = state["action_space_rng"]
 
     # -- Agent interface -----------------------------------------------------------------------
     @property
@@ -303,22 +322,186 @@ class SACAgent:
         return counter.steps
 
     def save(self, folder: str | Path) -> None:
+        """Write the networks, optimiser states, replay buffer and counters (data only)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save(folder / MODEL_FILE)
-        self.model.save_replay_buffer(folder / BUFFER_FILE)
-        state = {"format": AGENT_FORMAT, "agent": self.name,
-                 "action_space_rng": self.model.action_space.np_random.bit_generator.state}
+        m = self.model
+        params = m.get_parameters()
+        tensors = {f"policy.{k}": v.detach().cpu().contiguous()
+                   for k, v in params.pop("policy").items()}
+        for name in _ENT_COEF_VARS:
+            var = getattr(m, name, None)
+            if isinstance(var, torch.Tensor):
+                tensors[name] = var.detach().cpu().contiguous()
+        save_file(tensors, str(folder / MODEL_FILE), metadata={"format": str(AGENT_FORMAT)})
+        torch.save(params, folder / OPTIMIZERS_FILE)
+        if m.replay_buffer is not None:
+            _save_buffer(m.replay_buffer, folder / BUFFER_FILE)
+        state = {"format": AGENT_FORMAT, "agent": self.name, "seed": m.seed,
+                 "n_envs": m.n_envs, "num_timesteps": m.num_timesteps,
+                 "total_timesteps": m._total_timesteps,
+                 "timesteps_at_start": m._num_timesteps_at_start,
+                 "n_updates": m._n_updates, "episode_num": m._episode_num,
+                 "progress_remaining": m._current_progress_remaining,
+                 "action_space_rng": m.action_space.np_random.bit_generator.state}
         (folder / STATE_FILE).write_text(json.dumps(state))
 
     def load(self, folder: str | Path) -> None:
+        """Fill this agent's model in place with what `save` wrote into `folder`
+        (AgentStateError naming the file when one is missing, malformed or pickled)."""
         folder = Path(folder)
-        f = folder / MODEL_FILE
-        if not f.is_file():
-            raise FileNotFoundError(f"{str(folder)!r} holds no SAC model ({MODEL_FILE})")
-        with torch_threads(self.threads):
-            self.model = SAC.load(f, env=self.env, device=self.model.device)
-        self._load_extras(folder)
+        state = _read_state(folder)
+        m = self.model
+        tensors = _read_tensors(folder / MODEL_FILE)
+        params: dict[str, Any] = {"policy": {k[len("policy."):]: v for k, v in tensors.items()
+                                             if k.startswith("policy.")}}
+        params.update(_read_optimizers(folder / OPTIMIZERS_FILE, m))
+        try:
+            m.set_parameters(params, exact_match=True, device=m.device)
+            for name in _ENT_COEF_VARS:
+                var = getattr(m, name, None)
+                if isinstance(var, torch.Tensor):
+                    if tensors[name].shape != var.shape:
+                        raise ValueError(f"{name} has shape {list(tensors[name].shape)}, "
+                                         f"expected {list(var.shape)}")
+                    with torch.no_grad():
+                        var.copy_(tensors[name])
+        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+            raise AgentStateError(f"{str(folder)!r} does not hold this SAC's networks "
+                                  f"({MODEL_FILE}, {OPTIMIZERS_FILE}): {e}") from e
+        if (folder / BUFFER_FILE).is_file() and m.replay_buffer is not None:
+            m.replay_buffer = _load_buffer(folder / BUFFER_FILE, m.replay_buffer, m.buffer_size)
+        try:
+            m.num_timesteps = _count(state, "num_timesteps")
+            m._total_timesteps = _count(state, "total_timesteps")
+            m._num_timesteps_at_start = _count(state, "timesteps_at_start")
+            m._n_updates = _count(state, "n_updates")
+            m._episode_num = _count(state, "episode_num")
+            progress = state["progress_remaining"]
+            if type(progress) not in (int, float):
+                raise TypeError(f"progress_remaining must be a number, got {progress!r}")
+            m._current_progress_remaining = float(progress)
+            m.action_space.np_random.bit_generator.state = state["action_space_rng"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise AgentStateError(f"{str(folder / STATE_FILE)!r} holds a malformed SAC state: "
+                                  f"{e!r}") from e
+        m._last_obs = None  # as SB3's load: the next learn() resets the env
+
+
+# ------------------------------------------------------------------------------------ agent files
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or AgentStateError naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise AgentStateError(f"{str(path)!r} cannot be read: {e}") from e
+    if not isinstance(data, dict):
+        raise AgentStateError(f"{str(path)!r} must hold a JSON object")
+    return data
+
+
+def _count(state: Mapping[str, Any], key: str) -> int:
+    """A non-negative integer field of a saved state."""
+    v = state[key]
+    if type(v) is not int or v < 0:
+        raise ValueError(f"{key} must be an integer >= 0, got {v!r}")
+    return v
+
+
+def _read_state(folder: Path) -> dict[str, Any]:
+    """`sac_state.json` of a SAC folder, after refusing a folder of the pickled format 1."""
+    pickled = [n for n in PICKLED_FILES if (folder / n).exists()]
+    if pickled:
+        raise AgentStateError(f"{str(folder)!r} holds {', '.join(pickled)}, written by an "
+                              f"older rls3 as a pickle, which is never loaded (unpickling can "
+                              f"run any code)")
+    f = folder / STATE_FILE
+    if not f.is_file():
+        raise AgentStateError(f"{str(folder)!r} holds no SAC state ({STATE_FILE})")
+    state = _read_json(f)
+    if state.get("format") != AGENT_FORMAT or state.get("agent") != SACAgent.name:
+        raise AgentStateError(f"{str(f)!r} is not a SAC agent state of format {AGENT_FORMAT}")
+    return state
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise AgentStateError(f"{str(path)!r} cannot be read: {e}") from e
+
+
+def _read_optimizers(path: Path, model: SAC) -> dict[str, Any]:
+    """The optimiser state dicts in `path` (tensors and numbers only: `weights_only`), exactly
+    the ones `model` has."""
+    try:
+        data = load_torch_data(path, model.device)
+    except NotDataError as e:
+        raise AgentStateError(str(e)) from e
+    wanted = set(model._get_torch_save_params()[0]) - {"policy"}
+    if not isinstance(data, dict) or set(data) != wanted or not all(
+            isinstance(v, dict) for v in data.values()):
+        raise AgentStateError(f"{str(path)!r} must hold the optimiser states {sorted(wanted)}")
+    return data
+
+
+def _save_buffer(buffer: ReplayBuffer, path: Path) -> None:
+    """The buffer's filled rows (all rows once it wrapped) with its position, as npz."""
+    rows = buffer.buffer_size if buffer.full else buffer.pos
+    arrays = {name: getattr(buffer, name)[:rows] for name in BUFFER_ARRAYS
+              if getattr(buffer, name, None) is not None}
+    with open(path, "wb") as f:
+        np.savez(f, pos=np.int64(buffer.pos), full=np.bool_(buffer.full),
+                 capacity=np.int64(buffer.buffer_size), **arrays)
+
+
+def _load_buffer(path: Path, fresh: ReplayBuffer, total: int) -> ReplayBuffer:
+    """`fresh` (the model's empty buffer) holding the transitions saved in `path`, laid out for
+    its number of envs; `total` is SAC's `buffer_size`, which fixes a layout's capacity."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in (*BUFFER_ARRAYS, "pos", "full", "capacity")
+                    if k in z.files}
+        pos, full, capacity = int(data["pos"]), bool(data["full"]), int(data["capacity"])
+        arrays = {k: data[k] for k in BUFFER_ARRAYS if getattr(fresh, k, None) is not None}
+        n_envs = arrays["observations"].shape[1]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError,
+            zipfile.BadZipFile) as e:
+        raise AgentStateError(f"{str(path)!r} cannot be read as a replay buffer: {e}") from e
+    rows = capacity if full else pos
+    bad = _buffer_problems(arrays, fresh, rows, n_envs)
+    if n_envs < 1 or capacity != max(total // n_envs, 1) or not 0 <= pos < capacity:
+        bad.append(f"capacity {capacity} / position {pos} for {n_envs} env(s) do not match "
+                   f"buffer_size {total}")
+    if bad:
+        raise AgentStateError(f"{str(path)!r} does not hold this SAC's replay buffer: "
+                              f"{'; '.join(bad)}")
+    same = n_envs == fresh.n_envs
+    target = fresh if same else ReplayBuffer(
+        capacity * n_envs, fresh.observation_space, fresh.action_space, device=fresh.device,
+        n_envs=n_envs, handle_timeout_termination=fresh.handle_timeout_termination)
+    for name, arr in arrays.items():
+        getattr(target, name)[:rows] = arr
+    target.pos, target.full = pos, full
+    return fresh if same else _relayout_buffer(target, fresh)
+
+
+def _buffer_problems(arrays: Mapping[str, np.ndarray], fresh: ReplayBuffer, rows: int,
+                     n_envs: int) -> list[str]:
+    """How saved buffer arrays differ from what `fresh`'s layout needs (shape, dtype)."""
+    bad = []
+    for name in BUFFER_ARRAYS:
+        want = getattr(fresh, name, None)
+        if want is None:
+            continue
+        arr = arrays.get(name)
+        shape = (rows, n_envs, *want.shape[2:])
+        if arr is None:
+            bad.append(f"{name} missing")
+        elif arr.shape != shape or arr.dtype != want.dtype:
+            bad.append(f"{name} is {arr.dtype}{list(arr.shape)}, expected "
+                       f"{want.dtype}{list(shape)}")
+    return bad
 
 
 def _scale_gradient_steps(model: SAC, cfg: AgentConfig) -> None:
@@ -393,15 +576,19 @@ def pretrained_sac(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
     if (folder / MODEL_FILE).is_file() and (folder / KEY_FILE).is_file():
         try:
             stored = json.loads((folder / KEY_FILE).read_text())
-        except json.JSONDecodeError:
+        except ValueError:
             stored = None
         if stored != json.loads(json.dumps(key)):
-            raise ValueError(f"pre-trained agent cache {str(folder)!r} does not match its key; "
-                             f"delete the folder to pre-train again")
+            raise AgentStateError(f"pre-trained agent cache {str(folder)!r} does not match its "
+                                  f"key; delete the folder to pre-train again")
         log.info("reusing the pre-trained SAC in %s", folder)
     else:
         _pretrain(env, cfg, seed, key, folder, progress)
-    return SACAgent.from_folder(workers if workers is not None else env, folder, cfg)
+    try:
+        return SACAgent.from_folder(workers if workers is not None else env, folder, cfg)
+    except AgentStateError as e:
+        raise AgentStateError(f"pre-trained agent cache: {e}; delete {str(folder)!r} to "
+                              f"pre-train again") from e
 
 
 def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any], folder: Path,

@@ -37,18 +37,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
-import random
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 import numpy as np
-import torch
+from safetensors import SafetensorError
 
 from rls3 import runtime
 from rls3.agents import Agent, RandomAgent, SACAgent, build_agent
@@ -59,13 +58,14 @@ from rls3.data import (DatasetError, complexity_counts, prepare_fixed_sets, read
                        term_counts, write_dataset)
 from rls3.env import Rls3Env
 from rls3.finetune import NEW, REPLAYED, Finetuner
-from rls3.manifest import write_manifest
+from rls3.manifest import MANIFEST_FILE, sha256, write_manifest
 from rls3.progress import progress_bar
 from rls3.replay import ReplayError, SampleReplay
+from rls3.rngstate import RngStates
 from rls3.rundir import (BEST_VLM, CHECKPOINTS, CONFIG_FILE, LATEST_FILE, LOG_FILE, METRICS_FILE,
-                         RNG_FILE, STATE_FILE, RunDirError, append_metrics,
-                         create_run, latest_checkpoint, load_run_config, read_metrics,
-                         resolve_budget, saving, truncate_metrics)
+                         STATE_FILE, RunDirError, append_metrics, batch_problems,
+                         check_resumable, create_run, latest_checkpoint, load_run_config,
+                         read_metrics, resolve_budget, saving, truncate_metrics)
 from rls3.sample import Sample
 from rls3.seeding import episode_seed, seed_globals, stream_rng
 from rls3.stopping import early_stopping
@@ -98,6 +98,9 @@ class RunState:
     elapsed_s: float = 0.0
     replay: dict[str, Any] | None = None      # `SampleReplay.state()` when loop.replay is on
     reward_norm: dict[str, float] | None = None  # `RunningNorm.state()` (loop.reward_norm)
+    #: iteration -> SHA-256 of its saved batch's manifest (data/iter_NNNN/manifest.json), checked
+    #: when replay reads the batch back on resume
+    batch_digests: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -134,6 +137,7 @@ class Loop:
         check_launch(self.cfg, parallel)
         self.on_phase = on_phase
         self.ckpt = latest_checkpoint(self.run_dir)  # verified before anything is written
+        check_resumable(self.run_dir, self.ckpt)
         self.state = RunState()
         if self.ckpt is None:
             done = [r.get("iteration") for r in read_metrics(self.run_dir)
@@ -147,8 +151,11 @@ class Loop:
                     f"new run: `rls3 run --config {self.run_dir / CONFIG_FILE}`")
         if self.ckpt is not None:
             try:
-                self.state = RunState.from_dict(json.loads((self.ckpt / STATE_FILE).read_text()))
-            except (json.JSONDecodeError, TypeError) as e:
+                raw = json.loads((self.ckpt / STATE_FILE).read_text())
+                if not isinstance(raw, dict):
+                    raise TypeError(f"{STATE_FILE} must hold a JSON object")
+                self.state = RunState.from_dict(raw)
+            except (ValueError, TypeError) as e:   # ValueError: bad JSON or bad UTF-8
                 raise RunDirError(f"checkpoint {str(self.ckpt)!r} is corrupt: bad "
                                   f"{STATE_FILE}") from e
             mf = self.run_dir / METRICS_FILE
@@ -297,16 +304,12 @@ class Loop:
             else:
                 agent = RandomAgent(driven, cfg.seed)
                 agent.load(self.ckpt / "agent")
-            with open(self.ckpt / RNG_FILE, "rb") as f:
-                rngs = pickle.load(f)
-        except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as e:
-            raise RunDirError(f"checkpoint {str(self.ckpt)!r} cannot be loaded: {e}") from e
-        random.setstate(rngs["python"])
-        np.random.set_state(rngs["numpy"])
-        torch.set_rng_state(rngs["torch"])
-        collector.rng.bit_generator.state = rngs["loop"]
-        if rngs["vlm"] is not None:
-            vlm.set_rng_state(rngs["vlm"])
+            RngStates.read(self.ckpt).restore(collector.rng, vlm)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, UnpicklingError,
+                EOFError) as e:
+            raise RunDirError(f"checkpoint {str(self.ckpt)!r} cannot be loaded: {e}; nothing "
+                              f"was changed (to run this configuration again, start a new run: "
+                              f"rls3 run --config {self.run_dir / CONFIG_FILE})") from e
         env.episode = self.state.env_episode
         if self.replay is not None:
             assert self.state.replay is not None  # checked in __init__
@@ -318,10 +321,18 @@ class Loop:
         return agent
 
     def _saved_batch(self, iteration: int) -> list[Sample]:
+        """Iteration `iteration`'s saved batch, read back for replay after checking it against
+        the digest the checkpoint recorded (a replaced image would change the results)."""
         folder = self.run_dir / "data" / f"iter_{iteration:04d}"
         if not folder.is_dir():
             raise ReplayError(f"{str(folder)!r} is missing (replayed samples are read back from "
                               f"the saved batches; do not delete data/ of a run to be resumed)")
+        bad = batch_problems(folder, self.state.batch_digests.get(str(iteration)))
+        if bad:
+            raise ReplayError(f"{str(folder)!r} is not the batch this run saved ("
+                              f"{', '.join(bad)}): replaying it would change the results; "
+                              f"nothing was changed. Restore data/ from a copy of the run, or "
+                              f"start a new run")
         try:
             return read_dataset(folder)
         except DatasetError as e:
@@ -395,9 +406,11 @@ class Loop:
         if cfg.loop.save_batches:
             self._phase(i, "save_batch")
             t = time.perf_counter()
-            write_dataset(self.run_dir / "data" / f"iter_{i:04d}", batch,
-                          info={"kind": "finetune-batch", "iteration": i, "agent": cfg.agent.name},
-                          overwrite=True)
+            folder = write_dataset(self.run_dir / "data" / f"iter_{i:04d}", batch,
+                                   info={"kind": "finetune-batch", "iteration": i,
+                                         "agent": cfg.agent.name}, overwrite=True)
+            write_manifest(folder)
+            s.batch_digests[str(i)] = sha256(folder / MANIFEST_FILE)
             times["save_batch"] = time.perf_counter() - t
         # fine-tune K epochs/steps on the new batch (+ replayed samples), validating after every F
         ft = self.finetuner.run(i, batch, lambda: self._evaluate(vlm, val),
@@ -502,11 +515,7 @@ class Loop:
                 self.state.env_episode = env.episode
                 if collector.norm is not None:
                     self.state.reward_norm = collector.norm.state()
-                rngs = {"python": random.getstate(), "numpy": np.random.get_state(),
-                        "torch": torch.get_rng_state(), "loop": collector.rng.bit_generator.state,
-                        "vlm": vlm.rng_state()}
-                with open(tmp / RNG_FILE, "wb") as f:
-                    pickle.dump(rngs, f)
+                RngStates.capture(collector.rng, vlm).write(tmp)
                 (tmp / STATE_FILE).write_text(json.dumps(self.state.to_dict(), indent=1))
                 write_manifest(tmp)
             atomic_write(ck / LATEST_FILE, json.dumps({"dir": name, "iteration": i}))

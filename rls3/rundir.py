@@ -8,18 +8,28 @@ A run directory `runs/{preset}__{agent}__{seed}__{time}/` holds:
   tb/               TensorBoard scalars
   data/iter_NNNN/   each iteration's fine-tuning batch (PNG + metadata.jsonl)
   checkpoints/      LATEST.json -> iter_NNNN/ (VLM, agent + replay buffer, RNG states, counters,
-                    the fine-tuning replay's references into data/, manifest with sizes and
-                    SHA-256), committed atomically after each iteration
+                    the fine-tuning replay's references into data/ and the digests of the saved
+                    batches, manifest with sizes and SHA-256), committed atomically after each
+                    iteration
   best_vlm/         the VLM at its best validation score
   run.log           the log
+
+A run directory is data, never code: every file is JSON, YAML (safe loader), safetensors, npz
+(no pickled objects), PNG or a plain tensor dict read with `torch.load(weights_only=True)`, so
+resuming or reporting a run received from someone else cannot run code it carries. A resume also
+refuses a `config.yaml` edited since the run was made (`config_sha256` in run.json), a checkpoint
+or `best_vlm/` that does not match its manifest, a `LATEST.json` that points outside its
+checkpoints folder, and a saved batch that differs from the digest its checkpoint recorded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -33,15 +43,21 @@ import rls3
 from rls3 import runtime
 from rls3.atomic import atomic_write
 from rls3.config import Config, ConfigError
-from rls3.manifest import MANIFEST_FILE, manifest_problems
+from rls3.manifest import MANIFEST_FILE, manifest_problems, sha256
 
 log = logging.getLogger(__name__)
 
 RUN_FORMAT = "rls3-run"
-#: 2: checkpoints carry the fine-tuning replay state (`loop.replay`). Format-1 runs can still be
-#: read (reports, budgets) but not continued.
-RUN_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+#: 2: checkpoints carry the fine-tuning replay state (`loop.replay`); 3: checkpoints hold data
+#: only (no pickles) and run.json records the config's digest. Runs of older formats can still be
+#: read (reports, budgets) but not continued, for the reason `_NOT_CONTINUABLE` gives.
+RUN_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
+_NOT_CONTINUABLE = {
+    1: "before fine-tuning replay (loop.replay) existed",
+    2: "when checkpoints held pickles (rng.pkl, sac.zip, replay_buffer.pkl), which this rls3 "
+       "never loads because unpickling a received file can run any code",
+}
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -49,8 +65,11 @@ LOG_FILE = "run.log"
 CHECKPOINTS = "checkpoints"
 LATEST_FILE = "LATEST.json"
 STATE_FILE = "state.json"
-RNG_FILE = "rng.pkl"
 BEST_VLM = "best_vlm"
+#: what LATEST.json may name: a checkpoint folder beside it
+CHECKPOINT_NAME = re.compile(r"iter_(\d{4,})")
+#: files of format-2 checkpoints that are pickles; never loaded
+PICKLED_FILES = ("rng.pkl", "agent/sac.zip", "agent/replay_buffer.pkl")
 #: fields of a metrics record that time the run (a timestamp, seconds, rates): everything else is
 #: determined by the config and seed, so two runs compare equal on `without_timings`
 TIMING_FIELDS = frozenset({"time", "time_s", "elapsed_s", "samples_per_s"})
@@ -83,9 +102,16 @@ def create_run(cfg: Config, run_dir: str | Path | None = None) -> Path:
               "rls3_version": rls3.__version__,
               "created": datetime.now().isoformat(timespec="seconds"),
               **runtime.status().record()}
+    marker["config_sha256"] = config_digest(cfg)
     atomic_write(run_dir / RUN_FILE, json.dumps(marker, indent=2))
     atomic_write(run_dir / CONFIG_FILE, cfg.to_yaml())
     return run_dir
+
+
+def config_digest(cfg: Config) -> str:
+    """SHA-256 of `cfg`'s YAML: what run.json records, so an edited config.yaml is noticed on
+    resume (layout and comments do not count, settings do)."""
+    return hashlib.sha256(cfg.to_yaml().encode()).hexdigest()
 
 
 def check_run_dir(run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
@@ -109,11 +135,11 @@ def check_run_dir(run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
         raise RunDirError(f"{str(run_dir)!r} has run format version {version!r}; this rls3 "
                           f"reads versions {list(READABLE_FORMAT_VERSIONS)}")
     if resume and version != RUN_FORMAT_VERSION:
-        raise RunDirError(f"{str(run_dir)!r} was written in run format {version}, before "
-                          f"fine-tuning replay (loop.replay) existed, and cannot be continued "
-                          f"exactly by this rls3 (format {RUN_FORMAT_VERSION}); nothing was "
-                          f"changed. Its report and budget can still be read; start a new run "
-                          f"with `rls3 run`")
+        raise RunDirError(f"{str(run_dir)!r} was written in run format {version}, "
+                          f"{_NOT_CONTINUABLE[version]}, and cannot be continued by this rls3 "
+                          f"(format {RUN_FORMAT_VERSION}); nothing was changed. Its report and "
+                          f"budget can still be read; start a new run with `rls3 run --config "
+                          f"{run_dir / CONFIG_FILE}`")
     if marker.get("rls3_version") != rls3.__version__:
         raise RunDirError(f"{str(run_dir)!r} was made by rls3 {marker.get('rls3_version')!r}; "
                           f"this is rls3 {rls3.__version__} and cannot continue it exactly "
@@ -122,11 +148,20 @@ def check_run_dir(run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
 
 
 def load_run_config(run_dir: str | Path, resume: bool = False) -> Config:
-    check_run_dir(run_dir, resume=resume)
+    """The run's config; for `resume`, RunDirError when config.yaml was edited since the run was
+    made (a run cannot mix two configurations)."""
+    marker = check_run_dir(run_dir, resume=resume)
+    path = Path(run_dir) / CONFIG_FILE
     try:
-        return Config.from_yaml(Path(run_dir) / CONFIG_FILE, base=Config())
+        cfg = Config.from_yaml(path, base=Config())
     except ConfigError as e:
         raise RunDirError(f"{str(run_dir)!r}: bad {CONFIG_FILE}: {e}") from e
+    if resume and marker.get("config_sha256") != config_digest(cfg):
+        raise RunDirError(f"{str(path)!r} differs from the configuration the run was made with "
+                          f"(config_sha256 in {RUN_FILE}); a run cannot continue under another "
+                          f"configuration, so nothing was changed: undo the edit, or start a "
+                          f"new run with `rls3 run --config {path}`")
+    return cfg
 
 
 def without_timings(record: dict[str, Any]) -> dict[str, Any]:
@@ -240,20 +275,61 @@ def verify_manifest(folder: Path) -> None:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The committed checkpoint folder (verified), or None if the run has none yet."""
+    """The committed checkpoint folder (verified), or None if the run has none yet. LATEST.json
+    may only name an `iter_NNNN` folder beside it (never a path into another run)."""
     ck = Path(run_dir) / CHECKPOINTS
     latest = ck / LATEST_FILE
     if not latest.is_file():
         return None
     try:
         ptr = json.loads(latest.read_text())
-        folder = ck / ptr["dir"]
+        name, iteration = ptr["dir"], ptr["iteration"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise RunDirError(f"{str(latest)!r} is corrupt: {e}") from e
-    if not folder.is_dir():
-        raise RunDirError(f"checkpoint {str(folder)!r} named by {LATEST_FILE} is missing")
+    match = CHECKPOINT_NAME.fullmatch(name) if isinstance(name, str) else None
+    if match is None or int(match.group(1)) != iteration:
+        raise RunDirError(f"{str(latest)!r} is corrupt: it names {name!r} (iteration "
+                          f"{iteration!r}); it may only name a checkpoint folder iter_NNNN of "
+                          f"iteration NNNN beside it")
+    folder = ck / name
+    if folder.is_symlink() or not folder.is_dir():
+        raise RunDirError(f"checkpoint {str(folder)!r} named by {LATEST_FILE} is missing (or "
+                          f"a symbolic link, which a run's checkpoint never is)")
     verify_manifest(folder)
     return folder
+
+
+def check_resumable(run_dir: Path, checkpoint: Path | None) -> None:
+    """RunDirError when what a resume reads besides the checkpoint's own files is unusable: a
+    pickle of an older format inside `checkpoint`, or a `best_vlm/` that does not match its
+    manifest (nothing is rewritten: the best VLM's weights cannot be recovered from elsewhere)."""
+    if checkpoint is not None:
+        pickled = [n for n in PICKLED_FILES if (checkpoint / n).exists()]
+        if pickled:
+            raise RunDirError(f"checkpoint {str(checkpoint)!r} holds {', '.join(pickled)}, "
+                              f"written by an older rls3 as a pickle, which is never loaded "
+                              f"(unpickling can run any code); nothing was changed: start a new "
+                              f"run with `rls3 run --config {run_dir / CONFIG_FILE}`")
+    best = run_dir / BEST_VLM
+    bad = manifest_problems(best) if best.exists() else []
+    if bad:
+        raise RunDirError(f"{str(best)!r} is corrupt: {', '.join(bad)}; nothing was changed. "
+                          f"Restore {BEST_VLM}/ from a copy of the run, or delete it and resume "
+                          f"(it is written again at the next best validation score; until then "
+                          f"`rls3 eval` uses the latest checkpoint)")
+
+
+def batch_problems(folder: Path, digest: str | None) -> list[str]:
+    """How a saved fine-tuning batch differs from the digest of its manifest that a checkpoint
+    recorded (a missing or replaced file, a rewritten manifest); empty when it matches."""
+    if digest is None:
+        return ["its checkpoint recorded no digest for it"]
+    mf = folder / MANIFEST_FILE
+    if not mf.is_file():
+        return [f"no {MANIFEST_FILE}"]
+    if sha256(mf) != digest:
+        return [f"{MANIFEST_FILE} altered"]
+    return manifest_problems(folder)
 
 
 def vlm_checkpoint(path: str | Path) -> Path:

@@ -109,3 +109,32 @@ def tiny_openai_clip(seed: int = 0, **sizes: Any) -> Any:
             else:
                 p.copy_(0.1 * r)
     return model.eval()
+
+
+class Payload:
+    """A pickled object whose unpickling creates the file `marker`: a stand-in for any code a
+    received pickle could run (`pickle.load` calls `open(marker, "w")`)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return open, (self.marker, "w")
+
+
+def plant_payload(path: Path, marker: Path) -> None:
+    """Replace (or create) `path` with a `Payload` in the container its name suggests: a torch
+    file for .pt, an npz holding an object array for .npz, a bare pickle for anything else."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    payload = Payload(marker)
+    if path.suffix == ".pt":
+        torch.save({"state": payload}, path)
+    elif path.suffix == ".npz":
+        with open(path, "wb") as f:
+            np.savez(f, observations=np.array([payload], dtype=object))
+    else:
+        path.write_bytes(pickle.dumps(payload))

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import plant_payload
 
-from rls3.agents import (BUFFER_FILE, MODEL_FILE, RandomAgent, SACAgent, build_agent,
-                         pretrained_folder, pretrain_key)
+from rls3.agents import (BUFFER_FILE, MODEL_FILE, AgentStateError, RandomAgent, SACAgent,
+                         build_agent, pretrained_folder, pretrain_key)
 from rls3.config import AgentConfig
 from rls3.env import EnvConfig, Rls3Env
 from rls3.manifest import manifest_problems
@@ -83,7 +84,7 @@ def test_sac_pretrains_once_and_caches(backend, tmp_path):
 
 
 def test_a_corrupt_pretrained_cache_is_rebuilt(backend, tmp_path, caplog):
-    """Bytes flipped in the cached sac.zip: the next run pre-trains again (with a warning)
+    """Bytes flipped in the cached model file: the next run pre-trains again (with a warning)
     instead of failing on a bad zip forever (issue 13, item 2)."""
     cfg = agent_cfg(tmp_path)
     env = make_env(backend)
@@ -95,7 +96,7 @@ def test_a_corrupt_pretrained_cache_is_rebuilt(backend, tmp_path, caplog):
     (folder / MODEL_FILE).write_bytes(bytes(data))
     with caplog.at_level("WARNING", logger="rls3.agents"):
         again = build_agent("sac", make_env(backend), cfg, 0, "sim")
-    assert "sac.zip altered" in caplog.text and "pre-training again" in caplog.text
+    assert f"{MODEL_FILE} altered" in caplog.text and "pre-training again" in caplog.text
     assert again.num_timesteps == cfg.pretrain_steps
     assert not manifest_problems(folder)
 
@@ -268,3 +269,83 @@ def test_a_worker_that_cannot_start_is_a_named_error():
                      EnvConfig(t0=3, image_size=16, render=False), 2, {})
     with pytest.raises(ValueError, match="2 or more workers"):
         make_workers(BackendConfig(), EnvConfig(), 1, {})
+
+
+# ------------------------------------------------------------------------------------ issue 25
+def test_a_pickle_payload_in_the_pretraining_cache_never_runs(backend, tmp_path, caplog):
+    """Issue 25, item 1: a payload whose unpickling creates a marker file, planted in each file
+    a cache load reads (and under the pickled names of agent format 1), the manifest rewritten
+    to match: the marker never appears; each load is a one-line AgentStateError saying to delete
+    the cache, except a bad manifest, which is rebuilt as before."""
+    import shutil
+
+    from rls3.agents import KEY_FILE, OPTIMIZERS_FILE, PICKLED_FILES, STATE_FILE
+    from rls3.manifest import MANIFEST_FILE, write_manifest
+
+    cfg = agent_cfg(tmp_path)
+    folder = pretrained_folder(cfg, pretrain_key(cfg, make_env(backend), 0, "sim"))
+    build_agent("sac", make_env(backend), cfg, 0, "sim")
+    pristine = shutil.copytree(folder, tmp_path / "pristine")
+    marker = tmp_path / "marker"
+    names = [MODEL_FILE, OPTIMIZERS_FILE, BUFFER_FILE, STATE_FILE, KEY_FILE, *PICKLED_FILES]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [MANIFEST_FILE, *names[:5]])
+    for name in names:
+        shutil.rmtree(folder)
+        shutil.copytree(pristine, folder)
+        plant_payload(folder / name, marker)
+        write_manifest(folder)
+        with pytest.raises(AgentStateError, match="delete .* to pre-train again") as e:
+            build_agent("sac", make_env(backend), cfg, 0, "sim")
+        assert not marker.exists(), name
+        assert folder.name in str(e.value) and "\n" not in str(e.value)
+    plant_payload(folder / MANIFEST_FILE, marker)
+    with caplog.at_level("WARNING", logger="rls3.agents"):
+        again = build_agent("sac", make_env(backend), cfg, 0, "sim")
+    assert "bad manifest.json" in caplog.text and not marker.exists()
+    assert again.num_timesteps == cfg.pretrain_steps
+
+
+def test_a_random_agent_state_is_data_only(backend, tmp_path):
+    """Issue 25, item 1: the random agent's state is JSON; a payload in its place is a named
+    error and never runs."""
+    from rls3.agents import RANDOM_FILE
+
+    agent = RandomAgent(make_env(backend), seed=3)
+    agent.save(tmp_path / "a")
+    marker = tmp_path / "marker"
+    plant_payload(tmp_path / "a" / RANDOM_FILE, marker)
+    with pytest.raises(AgentStateError, match=RANDOM_FILE):
+        RandomAgent(make_env(backend), seed=3).load(tmp_path / "a")
+    (tmp_path / "a" / RANDOM_FILE).write_text('{"format": 2, "agent": "random", "rng": 5, '
+                                              '"num_timesteps": 0}')
+    with pytest.raises(AgentStateError, match="malformed random-agent state"):
+        RandomAgent(make_env(backend), seed=3).load(tmp_path / "a")
+    assert not marker.exists()
+
+
+def test_sac_files_are_data_and_checked(backend, tmp_path):
+    """Issue 25, item 1: a saved SAC is safetensors, a weights-only tensor dict, npz and JSON;
+    the buffer keeps only its filled rows; a buffer of another shape is a named error."""
+    import torch
+    from safetensors.torch import load_file
+
+    from rls3.agents import OPTIMIZERS_FILE
+
+    cfg = agent_cfg(tmp_path)
+    agent = build_agent("sac", make_env(backend), cfg, 0, "sim")
+    agent.save(tmp_path / "ck")
+    weights = load_file(str(tmp_path / "ck" / MODEL_FILE))
+    assert "log_ent_coef" in weights and any(k.startswith("policy.critic_target.")
+                                             for k in weights)
+    opt = torch.load(tmp_path / "ck" / OPTIMIZERS_FILE, weights_only=True)
+    assert set(opt) == {"actor.optimizer", "critic.optimizer", "ent_coef_optimizer"}
+    with np.load(tmp_path / "ck" / BUFFER_FILE, allow_pickle=False) as z:
+        assert z["observations"].shape == (cfg.pretrain_steps, 1, 32) and int(z["pos"]) == 120
+        arrays = {k: z[k] for k in z.files}
+    arrays["observations"] = arrays["observations"][:, :, :31]
+    with open(tmp_path / "ck" / BUFFER_FILE, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(AgentStateError, match=r"sac_buffer\.npz' does not hold this SAC's replay "
+                                              r"buffer: observations is float32\[120, 1, 31\]"):
+        SACAgent.from_folder(make_env(backend), tmp_path / "ck", cfg)

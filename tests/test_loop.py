@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_cli_config
+from conftest import plant_payload, tiny_cli_config
 
 from rls3.config import Config, ConfigError
 from rls3.data import read_dataset
 from rls3.loop import Loop, resume, run
+from rls3.replay import ReplayError
 from rls3.rundir import (CHECKPOINTS, CONFIG_FILE, LATEST_FILE, RUN_FILE, RunDirError,
                          budget_from_run, create_run, latest_checkpoint, load_run_config,
                          read_metrics, without_timings)
@@ -90,7 +91,7 @@ def test_tiny_sac_run(sac_run, root):
     d = sac_run.run_dir
     assert sac_run.iterations == 2 and sac_run.stop_reason == "max_iterations"
     marker = json.loads((d / RUN_FILE).read_text())
-    assert marker["format"] == "rls3-run" and marker["format_version"] == 2
+    assert marker["format"] == "rls3-run" and marker["format_version"] == 3
     cfg = Config.from_yaml(d / CONFIG_FILE)
     assert cfg == tiny_config(root)
     recs = read_metrics(d)
@@ -119,8 +120,8 @@ def test_tiny_sac_run(sac_run, root):
     assert len(batch) == 8
     ck = latest_checkpoint(d)
     assert ck is not None and ck.name == "iter_0002"
-    assert {p.name for p in ck.iterdir()} >= {"vlm", "agent", "rng.pkl", "state.json",
-                                              "manifest.json"}
+    assert {p.name for p in ck.iterdir()} >= {"vlm", "agent", "rng.json", "rng.safetensors",
+                                              "state.json", "manifest.json"}
     assert [p.name for p in (d / CHECKPOINTS).iterdir() if p.name.startswith("iter_")] == [
         "iter_0002"]
     assert any((d / "tb").iterdir()) and (d / "best_vlm").is_dir()
@@ -181,11 +182,17 @@ def _same_weights(a: Path, b: Path) -> None:
     wa, wb = load_file(str(ca / "vlm" / "model.safetensors")), load_file(
         str(cb / "vlm" / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    from stable_baselines3 import SAC
+    from rls3.agents import MODEL_FILE
 
-    pa = SAC.load(ca / "agent" / "sac.zip", device="cpu").policy.state_dict()
-    pb = SAC.load(cb / "agent" / "sac.zip", device="cpu").policy.state_dict()
+    pa = load_file(str(ca / "agent" / MODEL_FILE))
+    pb = load_file(str(cb / "agent" / MODEL_FILE))
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    import numpy as np
+
+    from rls3.agents import BUFFER_FILE
+
+    with np.load(ca / "agent" / BUFFER_FILE) as ba, np.load(cb / "agent" / BUFFER_FILE) as bb:
+        assert ba.files == bb.files and all(np.array_equal(ba[k], bb[k]) for k in ba.files)
 
 
 def test_bad_run_directories_are_refused_untouched(sac_run, root, tmp_path):
@@ -583,3 +590,202 @@ def test_random_agent_with_two_scene_workers(root):
     last = recs[-1]
     assert last["episodes"] == 2 and last["batch_size"] == 8 and last["workers"] == 2
     assert last["hardness_n"] == last["valid"]
+
+
+# ------------------------------------------------------------------------------------ issue 25
+# a run directory is data, never code: whatever a received run holds, resuming it runs none of it
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _reseal(run: Path, changed: Path) -> None:
+    """Rewrite the manifests (and the recorded batch digest) that cover `changed`, as whoever
+    edits a run directory can: only the content can tell a bad file then."""
+    from rls3.manifest import MANIFEST_FILE, sha256, write_manifest
+
+    ck = next((run / CHECKPOINTS).glob("iter_*"))
+    if changed.parent.parent == run / "data":   # a saved batch: its manifest, then its digest
+        if changed.name != MANIFEST_FILE:
+            write_manifest(changed.parent)
+        state = json.loads((ck / "state.json").read_text())
+        state["batch_digests"][str(int(changed.parent.name[5:]))] = sha256(
+            changed.parent / MANIFEST_FILE)
+        (ck / "state.json").write_text(json.dumps(state))
+        changed = ck / "state.json"
+    if ck in changed.parents and changed != ck / MANIFEST_FILE:
+        write_manifest(ck)
+
+
+def _stamps(run: Path) -> dict[Path, int]:
+    """Every file's modification time but the log's (a refused resume logs why)."""
+    return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != "run.log"}
+
+
+def _resume_files(run: Path) -> list[str]:
+    """Every file a resume of `run` reads (relative paths), plus the pickled names of the
+    previous checkpoint format."""
+    ck = f"{CHECKPOINTS}/iter_0001"
+    files = [str(p.relative_to(run)) for p in sorted((run / ck).rglob("*")) if p.is_file()]
+    files += [str(p.relative_to(run)) for p in sorted((run / "data" / "iter_0001").iterdir())]
+    files += [f"{CHECKPOINTS}/{LATEST_FILE}", RUN_FILE, CONFIG_FILE]
+    return files + [f"{ck}/rng.pkl", f"{ck}/agent/sac.zip", f"{ck}/agent/replay_buffer.pkl"]
+
+
+@pytest.mark.slow
+def test_a_pickle_payload_in_any_file_a_resume_reads_never_runs(interrupted_run, tmp_path):
+    """Issue 25, item 1: a payload whose unpickling creates a marker file, planted in each file
+    a resume reads (checkpoint, agent, RNG states, VLM, replayed batch, old pickled names) with
+    the manifests rewritten to match: the marker never appears, each resume is a RunDirError
+    and the run directory is left as it was."""
+    import pickle
+
+    probe = tmp_path / "probe"
+    plant_payload(tmp_path / "probe.pkl", probe)
+    pickle.loads((tmp_path / "probe.pkl").read_bytes())
+    assert probe.exists()                    # the payload does run when unpickled
+    marker = tmp_path / "marker"
+    files = _resume_files(interrupted_run)
+    assert {"checkpoints/iter_0001/rng.json", "checkpoints/iter_0001/agent/sac_buffer.npz",
+            "checkpoints/iter_0001/agent/sac_optimizers.pt",
+            "checkpoints/iter_0001/vlm/optimizer.pt"} <= set(files)
+    outcomes = {}
+    for i, rel in enumerate(files):
+        d = _copy(interrupted_run, tmp_path / f"run{i}")
+        plant_payload(d / rel, marker)
+        _reseal(d, d / rel)
+        before = _stamps(d)
+        with pytest.raises(RunDirError) as e:
+            resume(d)
+        outcomes[rel] = str(e.value)
+        assert not marker.exists(), rel
+        assert _stamps(d) == before, rel
+    assert all("\n" not in m for m in outcomes.values())
+    assert "pickle, which is never loaded" in outcomes["checkpoints/iter_0001/rng.pkl"]
+
+
+def test_a_run_of_the_pickled_format_is_refused_unread(sac_run, tmp_path):
+    """Issue 25, item 1: a run directory of run format 2 (its checkpoints held pickles) is not
+    continued, and its rng.pkl is never opened: one RunDirError saying how to go on."""
+    d = _copy(sac_run.run_dir, tmp_path / "v2")
+    marker = tmp_path / "marker"
+    plant_payload(d / CHECKPOINTS / "iter_0002" / "rng.pkl", marker)
+    _reseal(d, d / CHECKPOINTS / "iter_0002" / "rng.pkl")
+    run_json = json.loads((d / RUN_FILE).read_text())
+    run_json["format_version"] = 2
+    (d / RUN_FILE).write_text(json.dumps(run_json))
+    with pytest.raises(RunDirError, match=r"format 2, when checkpoints held pickles.*nothing was "
+                                          r"changed.*rls3 run --config"):
+        resume(d)
+    assert not marker.exists()
+    assert budget_from_run(d) == sac_run.final["cum_steps"]  # still readable
+
+
+def test_the_library_never_unpickles_a_file():
+    """Issue 25, item 1: no pickle/cloudpickle load and no SB3 zip or buffer load anywhere in
+    rls3; torch.load only with weights_only=True, np.load only with allow_pickle=False."""
+    import ast
+
+    import rls3
+
+    bad = []
+    for path in sorted(Path(rls3.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            if (name.split(".")[-1] in ("load_replay_buffer", "load_from_zip_file")
+                    or name in ("pickle.load", "pickle.loads", "cloudpickle.load",
+                                "cloudpickle.loads", "SAC.load", "dill.load", "joblib.load")
+                    or name == "torch.load" and kw.get("weights_only") != "True"
+                    or name == "np.load" and kw.get("allow_pickle") != "False"):
+                bad.append(f"{path.name}:{node.lineno} {name}")
+    assert bad == []
+
+
+def test_an_edited_config_yaml_is_refused_on_resume(sac_run, tmp_path):
+    """Issue 25, item 3: a config.yaml changed after the run was made is refused (the run would
+    mix two configurations); layout and comments do not count."""
+    d = _copy(sac_run.run_dir, tmp_path / "edited")
+    cfg_file = d / CONFIG_FILE
+    text = cfg_file.read_text()
+    cfg_file.write_text("# a comment\n" + text.replace("\n", "\n\n"))
+    assert load_run_config(d, resume=True) == load_run_config(sac_run.run_dir)
+    cfg_file.write_text(text.replace("seed: 0\n", "seed: 1\n", 1))
+    assert load_run_config(d).seed == 1
+    before = {p: p.stat().st_mtime_ns for p in d.rglob("*")}
+    with pytest.raises(RunDirError, match=r"config\.yaml' differs from the configuration the run "
+                                          r"was made with.*nothing was changed"):
+        resume(d)
+    assert {p: p.stat().st_mtime_ns for p in d.rglob("*")} == before
+
+
+def test_a_truncated_best_vlm_is_named_on_resume(sac_run, tmp_path):
+    """Issue 25, item 4: resume verifies best_vlm/ against its manifest: a truncated
+    model.safetensors is a RunDirError naming it, and nothing is rewritten."""
+    from rls3.rundir import BEST_VLM
+
+    d = _copy(sac_run.run_dir, tmp_path / "best")
+    f = d / BEST_VLM / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+    before = {p: p.stat().st_mtime_ns for p in d.rglob("*")}
+    with pytest.raises(RunDirError, match=r"best_vlm.*model\.safetensors altered.*nothing was "
+                                          r"changed"):
+        resume(d)
+    assert {p: p.stat().st_mtime_ns for p in d.rglob("*")} == before
+
+
+def test_latest_json_may_only_name_a_checkpoint_of_its_run(sac_run, tmp_path):
+    """Issue 25, item 4: LATEST.json naming a path out of its checkpoints folder (../, absolute,
+    another run's checkpoint through a link) or a folder of another iteration is corrupt."""
+    other = _copy(sac_run.run_dir, tmp_path / "other")
+    d = _copy(sac_run.run_dir, tmp_path / "run")
+    latest = d / CHECKPOINTS / LATEST_FILE
+    target = other / CHECKPOINTS / "iter_0002"
+    for ptr in ({"dir": f"../../other/{CHECKPOINTS}/iter_0002", "iteration": 2},
+                {"dir": str(target), "iteration": 2},
+                {"dir": "iter_0002/../iter_0002", "iteration": 2},
+                {"dir": "iter_0002", "iteration": 1}, {"dir": 2, "iteration": 2}):
+        latest.write_text(json.dumps(ptr))
+        with pytest.raises(RunDirError, match="LATEST.json' is corrupt"):
+            resume(d)
+    (d / CHECKPOINTS / "iter_0003").symlink_to(target)
+    latest.write_text(json.dumps({"dir": "iter_0003", "iteration": 3}))
+    with pytest.raises(RunDirError, match="symbolic link"):
+        resume(d)
+    latest.write_text(json.dumps({"dir": "iter_0002", "iteration": 2}))
+    assert latest_checkpoint(d) == d / CHECKPOINTS / "iter_0002"
+
+
+def test_a_replaced_replay_image_is_refused(sac_run, tmp_path):
+    """Issue 25, item 5: a valid PNG swapped into a saved batch (or the batch's manifest
+    rewritten to match it) is noticed when replay reads the batch back on resume."""
+    from rls3.manifest import write_manifest
+
+    d = _copy(sac_run.run_dir, tmp_path / "swapped")
+    batch = d / "data" / "iter_0001"
+    (batch / "00000.png").write_bytes((batch / "00001.png").read_bytes())
+    loop = Loop(d)
+    with pytest.raises(ReplayError, match=r"iter_0001' is not the batch this run saved "
+                                          r"\(00000\.png altered\)"):
+        loop._saved_batch(1)
+    write_manifest(batch)
+    with pytest.raises(ReplayError, match=r"manifest\.json altered"):
+        loop._saved_batch(1)
+    assert len(Loop(sac_run.run_dir)._saved_batch(1)) == 8   # the intact batch reads back
+
+
+@pytest.mark.slow
+def test_resume_with_a_replaced_replay_image_is_refused(interrupted_run, tmp_path):
+    """Issue 25, item 5, end to end: resuming a run whose replayed batch holds another (valid)
+    image is a RunDirError naming the batch, and changes nothing."""
+    d = _copy(interrupted_run, tmp_path / "swapped")
+    batch = d / "data" / "iter_0001"
+    (batch / "00003.png").write_bytes((batch / "00004.png").read_bytes())
+    before = _stamps(d)
+    with pytest.raises(RunDirError, match=r"iter_0001' is not the batch this run saved"):
+        resume(d)
+    assert _stamps(d) == before

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from rls3.sample import Sample
 
 if TYPE_CHECKING:  # torch-free at import: the registry and `rls3 report` load this module
+    import torch
+
     from rls3.vlm.distributed import DataParallel
 
 
@@ -84,12 +86,13 @@ class VLM(Protocol):
         """Restore weights written by `save`."""
         ...
 
-    def rng_state(self) -> Any:
-        """The state of the adapter's own random generator (fine-tuning's shuffling); a
-        checkpoint stores it so a resumed run continues bit-identically."""
+    def rng_state(self) -> torch.Tensor | None:
+        """The state of the adapter's own random generator (fine-tuning's shuffling) as a uint8
+        tensor, or None; a checkpoint stores it (as data, `rls3.rngstate`) so a resumed run
+        continues bit-identically."""
         ...
 
-    def set_rng_state(self, state: Any) -> None:
+    def set_rng_state(self, state: torch.Tensor) -> None:
         """Restore a state returned by `rng_state`."""
         ...
 

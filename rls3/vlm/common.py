@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from rls3.captions import Description
 from rls3.progress import progress_bar
+from rls3.safeload import NotDataError, load_torch_data
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +213,15 @@ def save_optimizer(folder: Path, optimizer: torch.optim.Optimizer | None) -> Non
 
 
 def load_optimizer_state(folder: Path) -> dict | None:
+    """The optimizer state saved in `folder` (None when there is none), read as data only
+    (`rls3.safeload`: NotDataError for anything but tensors and numbers)."""
     f = Path(folder) / OPTIMIZER_FILE
     if not f.is_file():
         return None
-    return torch.load(f, map_location="cpu", weights_only=True)
+    state = load_torch_data(f)
+    if not isinstance(state, dict):
+        raise NotDataError(f"{str(f)!r} does not hold an optimizer state dict")
+    return state
 
 
 def scale_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> None:
@@ -248,4 +254,3 @@ def shrink_weights(params: Sequence[tuple[str, torch.nn.Parameter]],
     for name, p in params:
         w0 = initial[name].to(device=p.device, dtype=p.dtype)
         p.copy_(w0 + float(factor) * (p - w0))
-
