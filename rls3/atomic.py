@@ -3,6 +3,7 @@ name and renamed into place, so a crash or a full disk never leaves a half-writt
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -31,6 +32,27 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_create(path: Path, text: str) -> None:
+    """Write `text` to `path` whole, only if `path` does not exist yet: FileExistsError when it
+    does (another process made it first). A temporary file is hard-linked into place, which fails
+    rather than replaces; on a file system without hard links an exclusive create is used."""
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            with open(path, "x") as f:
+                f.write(text)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def replace_folder(tmp: Path, folder: Path) -> None:

@@ -11,7 +11,8 @@
     rls3 scenes [--out scenes.png] [--layouts 3]
 
 Bad input ends with exit code 2 and a one-line message; Ctrl-C with exit code 130 (a run stays
-resumable).
+resumable); a scene worker or a data-parallel process that died or stalled with exit code 1 and a
+one-line message naming it (the run stays resumable).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, NoReturn
 from rls3.config import AGENTS, BACKENDS, PRESETS, Config, ConfigError, preset
 
 log = logging.getLogger("rls3.cli")
+EXIT_FAILED = 1          # a worker or data-parallel process failed (the run stays resumable)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_UNITY = 3           # the Unity bridge failed (the run stays resumable)
@@ -288,7 +290,8 @@ def _start_or_resume(args: argparse.Namespace, loop: Any, parallel: Any) -> Any:
             raise UsageError(f"--resume continues a run with its own config; drop "
                              f"{', '.join(given)}")
         if not args.resume.is_dir():
-            raise UsageError(f"run directory {str(args.resume)!r} does not exist")
+            what = "is a file, not a folder" if args.resume.exists() else "does not exist"
+            raise UsageError(f"run directory {str(args.resume)!r} {what}")
         return loop.resume(args.resume, progress=False if args.quiet else None,
                            parallel=parallel)
     cfg = resolve_config(args)
@@ -468,6 +471,17 @@ def cmd_scenes(args: argparse.Namespace) -> int:
     return 0
 
 
+#: errors of parallel processes that end a command with one line (module, class): looked up only
+#: in modules the command loaded, so `rls3 report` never imports torch to catch them
+PROCESS_ERRORS = (("rls3.workers", "WorkerError"),
+                  ("rls3.vlm.distributed", "CollectiveTimeoutError"))
+
+
+def _process_errors() -> tuple[type[BaseException], ...]:
+    """The `PROCESS_ERRORS` classes of the modules loaded so far (one not loaded raised none)."""
+    return tuple(getattr(sys.modules[m], name) for m, name in PROCESS_ERRORS if m in sys.modules)
+
+
 COMMANDS = {"run": cmd_run, "generate": cmd_generate, "eval": cmd_eval, "convert": cmd_convert,
             "report": cmd_report, "value": cmd_value, "scenes": cmd_scenes}
 
@@ -526,6 +540,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rls3 {args.command}: Unity bridge error ({type(e).__name__}): {e}{hint}",
               file=sys.stderr)
         return EXIT_UNITY
+    except _process_errors() as e:
+        hint = (" (the run keeps its last finished iteration; continue it with rls3 run "
+                "--resume RUN_DIR)") if args.command == "run" else ""
+        print(f"rls3 {args.command}: error: {e}{hint}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         hint = ""
         if args.command == "run":

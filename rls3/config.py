@@ -577,6 +577,8 @@ BACKEND_SEED_OPTIONS: dict[str, str] = {}
 BACKEND_IDENTITIES: dict[str, Callable[[BackendConfig], str]] = {}
 #: Checks that a backend can serve N scene workers (`env.workers`): name -> check(cfg, n).
 BACKEND_WORKER_CHECKS: dict[str, Callable[[BackendConfig, int], None]] = {}
+#: The largest image side (pixels) a backend can render on this machine: name -> limit().
+BACKEND_IMAGE_LIMITS: dict[str, Callable[[], int]] = {}
 
 
 def register_backend(name: str, factory: BackendFactory, check: BackendCheck | None = None,
@@ -584,7 +586,8 @@ def register_backend(name: str, factory: BackendFactory, check: BackendCheck | N
                      identity: Callable[[BackendConfig], str] | None = None,
                      log_option: str | None = None,
                      workers_check: Callable[[BackendConfig, int], None] | None = None,
-                     seed_option: str | None = None) -> None:
+                     seed_option: str | None = None,
+                     image_limit: Callable[[], int] | None = None) -> None:
     """Make `backend.name: <name>` (and `rls3 run --backend <name>`) build backends with
     `factory(backend_config, split)`; `check(backend_config)` (raising ConfigError) vets scene,
     object and option names up front; `image_option` names the option that sets the rendered
@@ -593,7 +596,9 @@ def register_backend(name: str, factory: BackendFactory, check: BackendCheck | N
     are not reused; `log_option` names a folder option for the backend's own logs (a run points
     it into its run directory); `workers_check(backend_config, n)` (raising ConfigError) says
     whether the backend can serve `env.workers` = n > 1 worker processes; `seed_option` names
-    the option seeding the backend's own random draws (a run fills it from its seed)."""
+    the option seeding the backend's own random draws (a run fills it from its seed);
+    `image_limit()` gives the largest image side it can render here (`env.image_size` above it
+    is refused before a run starts)."""
     BACKENDS[name] = factory
     if check is not None:
         BACKEND_CHECKS[name] = check
@@ -607,6 +612,8 @@ def register_backend(name: str, factory: BackendFactory, check: BackendCheck | N
         BACKEND_WORKER_CHECKS[name] = workers_check
     if seed_option is not None:
         BACKEND_SEED_OPTIONS[name] = seed_option
+    if image_limit is not None:
+        BACKEND_IMAGE_LIMITS[name] = image_limit
 
 
 def backend_identity(cfg: BackendConfig) -> str:
@@ -664,6 +671,13 @@ def _sim_check(cfg: BackendConfig) -> None:
             resolve_pool(cfg.objects, load_catalog())
         except (ValueError, AssetError) as e:
             raise ConfigError(f"invalid backend.objects={list(cfg.objects)!r}: {e}") from e
+
+
+def _sim_image_limit() -> int:
+    """The embedded renderer's largest image side on this machine (its OpenGL limits)."""
+    from rls3.sim.render import max_image_size
+
+    return max_image_size()
 
 
 def _unity_check(cfg: BackendConfig) -> None:
@@ -730,7 +744,7 @@ def _unity_workers_check(cfg: BackendConfig, n: int) -> None:
                           f"workers")
 
 
-register_backend("sim", _sim_backend, _sim_check)
+register_backend("sim", _sim_backend, _sim_check, image_limit=_sim_image_limit)
 register_backend("unity", _unity_backend, _unity_check, image_option="image_size",
                  identity=_unity_identity, log_option="log_folder",
                  workers_check=_unity_workers_check, seed_option="seed")
@@ -763,14 +777,25 @@ def available_memory() -> int | None:
     return None
 
 
+def check_image_size(cfg: Config) -> None:
+    """ConfigError when `env.image_size` is larger than the backend can render here."""
+    limit = BACKEND_IMAGE_LIMITS.get(cfg.backend.name)
+    if limit is not None:
+        top = limit()
+        _require(cfg.env.image_size <= top, "env.image_size", cfg.env.image_size,
+                 f"an integer in [8, {top}]: the {cfg.backend.name} backend's renderer draws at "
+                 f"most {top} x {top} pixels on this machine")
+
+
 def check_runnable(cfg: Config) -> None:
     """What can be checked before a run directory is made: the backend's scene/object/option
-    names, the VLM's options against its adapter, a state-dict file given as the clip
-    adapter's weights (read and checked, not converted), and whether SAC's replay buffer fits in
-    memory. Raises ConfigError naming the key."""
+    names and image size, the VLM's options against its adapter, a state-dict file given as the
+    clip adapter's weights (read and checked, not converted), and whether SAC's replay buffer
+    fits in memory. Raises ConfigError naming the key."""
     check = BACKEND_CHECKS.get(cfg.backend.name)
     if check is not None:
         check(cfg.backend)
+    check_image_size(cfg)
     workers_check = BACKEND_WORKER_CHECKS.get(cfg.backend.name)
     if cfg.env.workers > 1 and workers_check is not None:
         workers_check(cfg.backend, cfg.env.workers)

@@ -6,15 +6,18 @@ layout Hugging Face `datasets.load_dataset("imagefolder", data_dir=folder)` read
 beside it records how the set was made (split, size, image size, seed, scenes, backend).
 
 Writing is atomic (a temporary folder renamed into place); reading validates every record and raises
-`DatasetError` naming each missing, corrupt or malformed file. The fixed validation set (training
+`DatasetError` naming each missing, corrupt, oversized or malformed file, and each file that is a
+symbolic link leading out of the folder (never followed). The fixed validation set (training
 scenes) and test set (test scenes) are generated once per (backend, scenes, size, image size, seed)
-and cached under `data.dir`; runs only read them.
+and cached under `data.dir`; runs only read them. Runs started together on one `data.dir` may
+generate the same set at once: the first folder in place is kept and checked, the others dropped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,15 +66,20 @@ def make_sample(image: np.ndarray, state: SceneState, rng: np.random.Generator) 
 
 # ------------------------------------------------------------------------------------ writing
 def write_dataset(folder: str | Path, samples: Sequence[Sample], info: dict[str, Any] | None = None,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, keep_existing: bool = False) -> Path:
     """Write `samples` as PNGs + `metadata.jsonl` (+ `dataset.json` with `info`) into `folder`.
 
     The folder appears complete or not at all. An existing folder raises FileExistsError unless
-    `overwrite` is set."""
+    `overwrite` is set, or `keep_existing` (a shared cache that another process may be writing
+    too): then a folder that exists, or appears before this one is in place, is kept and this
+    write dropped; the caller checks what it got."""
     folder = Path(folder)
     if folder.exists() and not overwrite:
+        if keep_existing:
+            log.info("%s was written by another process first; keeping it", folder)
+            return folder
         raise FileExistsError(f"dataset folder {str(folder)!r} already exists")
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, keep_existing=keep_existing and not overwrite) as tmp:
         width = max(5, len(str(max(len(samples) - 1, 0))))
         with open(tmp / METADATA_FILE, "w") as f:
             for i, s in enumerate(samples):
@@ -94,6 +102,8 @@ def read_info(folder: str | Path) -> dict[str, Any]:
     f = Path(folder) / INFO_FILE
     if not f.is_file():
         return {}
+    if not _inside(Path(folder), f):
+        raise DatasetError(folder, [f"{INFO_FILE} is a symbolic link leading out of the folder"])
     try:
         info = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -122,6 +132,9 @@ def _scan(folder: Path, load: bool, progress: bool) -> tuple[list[Sample], list[
     meta_path = folder / METADATA_FILE
     if not meta_path.is_file():
         raise DatasetError(folder, [f"not a dataset folder: no {METADATA_FILE}"])
+    if not _inside(folder, meta_path):
+        raise DatasetError(folder, [f"{METADATA_FILE} is a symbolic link leading out of the "
+                                    f"folder"])
     info = read_info(folder)
     if info and info.get("format") != DATASET_FORMAT:
         raise DatasetError(folder, [f"{INFO_FILE} has format {info.get('format')!r}, expected "
@@ -160,8 +173,14 @@ def _scan(folder: Path, load: bool, progress: bool) -> tuple[list[Sample], list[
         if not path.is_file():
             problems.append(f"{name}: image file missing ({where})")
             continue
+        if not _inside(folder, path):
+            problems.append(f"{name}: a symbolic link leading out of the folder ({where})")
+            continue
         try:
             image = _load_image(path) if load else _check_image(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            problems.append(f"{name}: image too large to load ({e})")
+            continue
         except (OSError, SyntaxError, ValueError) as e:
             problems.append(f"{name}: corrupt image ({e})")
             continue
@@ -188,19 +207,28 @@ def _scan(folder: Path, load: bool, progress: bool) -> tuple[list[Sample], list[
     return samples, problems
 
 
+def _inside(folder: Path, path: Path) -> bool:
+    """Whether `path`, its symbolic links followed, stays inside `folder`."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
 def _check_image(path: Path) -> None:
-    with Image.open(path) as im:
-        im.verify()
-    with Image.open(path) as im:  # verify() misses truncated pixel data; decode it too
-        im.load()
+    with warnings.catch_warnings():  # PIL only warns below twice its pixel limit: refuse those
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:  # verify() misses truncated pixel data; decode it too
+            im.load()
 
 
 def _load_image(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        im.load()
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        return np.asarray(im, dtype=np.uint8).copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.load()
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.asarray(im, dtype=np.uint8).copy()
 
 
 # ------------------------------------------------------------------------------------ generating
@@ -271,15 +299,7 @@ def ensure_fixed_set(folder: Path, backend: SceneBackend, split: str, n: int, im
     want = {"split": split, "n": n, "image_size": image_size, "seed": seed,
             "backend": backend_name, "scenes": list(backend.scene_names)}
     if folder.exists() and not force:
-        info = read_info(folder)
-        diff = {k: (info.get(k), v) for k, v in want.items() if info.get(k) != v}
-        if diff:
-            raise DatasetError(folder, [f"exists but was made with different settings "
-                                        f"{ {k: a for k, (a, _) in diff.items()} }, wanted "
-                                        f"{ {k: b for k, (_, b) in diff.items()} }"])
-        problems = validate_dataset(folder)
-        if problems:
-            raise DatasetError(folder, problems + ["regenerate it with `rls3 generate --force`"])
+        _check_fixed_set(folder, want)
         log.info("using the fixed %s set %s (%d samples)", split, folder, n)
         return folder
     data_seed = fixed_set_seed(seed, split)
@@ -287,8 +307,25 @@ def ensure_fixed_set(folder: Path, backend: SceneBackend, split: str, n: int, im
              ", ".join(backend.scene_names), image_size)
     samples = generate_samples(backend, n, image_size, data_seed, progress=progress,
                                desc=f"{split} set")
-    write_dataset(folder, samples, info=want, overwrite=force)
+    # another run on the same data.dir may write this set at the same time: the first one in
+    # place is kept, and checked like any set found there
+    write_dataset(folder, samples, info=want, overwrite=force, keep_existing=not force)
+    if not force:
+        _check_fixed_set(folder, want)
     return folder
+
+
+def _check_fixed_set(folder: Path, want: dict[str, Any]) -> None:
+    """DatasetError unless the set in `folder` was made with the settings `want` and is sound."""
+    info = read_info(folder)
+    diff = {k: (info.get(k), v) for k, v in want.items() if info.get(k) != v}
+    if diff:
+        raise DatasetError(folder, [f"exists but was made with different settings "
+                                    f"{ {k: a for k, (a, _) in diff.items()} }, wanted "
+                                    f"{ {k: b for k, (_, b) in diff.items()} }"])
+    problems = validate_dataset(folder)
+    if problems:
+        raise DatasetError(folder, problems + ["regenerate it with `rls3 generate --force`"])
 
 
 def term_counts(samples: Iterable[Sample]) -> dict[str, int]:

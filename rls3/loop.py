@@ -39,7 +39,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -63,9 +63,10 @@ from rls3.progress import progress_bar
 from rls3.replay import ReplayError, SampleReplay
 from rls3.rngstate import RngStates
 from rls3.rundir import (BEST_VLM, CHECKPOINTS, CONFIG_FILE, LATEST_FILE, LOG_FILE, METRICS_FILE,
-                         STATE_FILE, RunDirError, append_metrics, batch_problems,
-                         check_resumable, create_run, latest_checkpoint, load_run_config,
-                         read_metrics, resolve_budget, saving, truncate_metrics)
+                         STATE_FILE, RunDirError, RunLock, append_metrics, batch_problems,
+                         check_resumable, check_run_paths, create_run, latest_checkpoint,
+                         load_run_config, lock_run, read_metrics, resolve_budget, saving,
+                         truncate_metrics)
 from rls3.sample import Sample
 from rls3.seeding import episode_seed, seed_globals, stream_rng
 from rls3.stopping import early_stopping
@@ -136,6 +137,21 @@ class Loop:
         self.parallel = parallel
         check_launch(self.cfg, parallel)
         self.on_phase = on_phase
+        self.replay: SampleReplay | None = None
+        # the env's image size reaches a backend that renders at its own size; its logs go here
+        self.backend_cfg = self.cfg.backend_config(log_folder=self.run_dir / "backend_logs")
+        self.backend_key = backend_identity(self.cfg.backend)  # caches: build identity too
+        # one owner per run directory, from before its checkpoint is read until `run` ends
+        self._lock: RunLock | None = lock_run(self.run_dir)
+        try:
+            self._read_checkpoint()
+        except BaseException:
+            self.release()
+            raise
+
+    def _read_checkpoint(self) -> None:
+        """The run's last committed checkpoint and counters (none: a fresh start), checked
+        against its metrics and config before anything is written."""
         self.ckpt = latest_checkpoint(self.run_dir)  # verified before anything is written
         check_resumable(self.run_dir, self.ckpt)
         self.state = RunState()
@@ -166,10 +182,12 @@ class Loop:
                 raise RunDirError(f"checkpoint {str(self.ckpt)!r} has no fine-tuning replay "
                                   f"state but the run's config has loop.replay on (was "
                                   f"{CONFIG_FILE} edited?); nothing was changed")
-        self.replay: SampleReplay | None = None
-        # the env's image size reaches a backend that renders at its own size; its logs go here
-        self.backend_cfg = self.cfg.backend_config(log_folder=self.run_dir / "backend_logs")
-        self.backend_key = backend_identity(self.cfg.backend)  # caches: build identity too
+
+    def release(self) -> None:
+        """Give up the run directory (`run` does when it ends; so does the process's end)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def finished(self) -> bool:
@@ -190,7 +208,15 @@ class Loop:
         return out[0], out[1]
 
     def run(self) -> RunResult:
-        """Run (or continue) to the end; returns the run's metrics records."""
+        """Run (or continue) to the end; returns the run's metrics records. The run directory is
+        released however this ends."""
+        try:
+            return self._run_logged()
+        finally:
+            self.release()
+
+    def _run_logged(self) -> RunResult:
+        """`_run` with run.log attached, and the reason recorded there when it stops early."""
         if self.finished:
             log.info("run %s already finished (%s)", self.run_dir, self.state.stop_reason)
             return RunResult(self.run_dir, self.state.iteration, self.state.stop_reason,
@@ -279,12 +305,10 @@ class Loop:
                 self._phase(i, "done")
             log.info("run finished after %d iterations (%s): %s", self.state.iteration,
                      self.state.stop_reason, self.run_dir)
-        finally:
-            if writer is not None:
-                writer.close()
-            if workers is not None:
-                workers.close()
-            backend.close()
+        except BaseException:
+            _close_all((writer, workers, backend), failing=True)
+            raise
+        _close_all((writer, workers, backend), failing=False)
         return RunResult(self.run_dir, self.state.iteration, self.state.stop_reason,
                          read_metrics(self.run_dir))
 
@@ -552,6 +576,25 @@ class Loop:
         writer.flush()
 
 
+def _close_all(resources: Sequence[Any], failing: bool) -> None:
+    """Close each resource (None: not made yet). While the run is already failing, a close's
+    own error is logged rather than raised: the first error is the one the user must see."""
+    first: Exception | None = None
+    for r in resources:
+        if r is None:
+            continue
+        try:
+            r.close()
+        except Exception as e:  # noqa: BLE001 - reported below, after the others are closed
+            if failing:
+                log.warning("closing %s failed as well: %s: %s", type(r).__name__,
+                            type(e).__name__, e)
+            elif first is None:
+                first = e
+    if first is not None:
+        raise first
+
+
 def _group_loss_fields(group_losses: list[dict[int, float]], n_steps: int) -> dict[str, Any]:
     """Per-step losses of the new batch and of the replayed samples (None where a step's
     mini-batch had none of them, or where the adapter does not report them), and their
@@ -577,6 +620,7 @@ def run(cfg: Config, run_dir: str | Path | None = None,
     cfg = resolve_budget(cfg).resolved()
     check_runnable(cfg)   # nothing is written for a config that cannot run
     check_launch(cfg, parallel)
+    check_run_paths(cfg, run_dir)
     d = create_run(cfg, run_dir)
     log.info("run directory %s", d)
     return Loop(d, on_phase=on_phase, parallel=parallel).run()

@@ -13,6 +13,7 @@ A run directory `runs/{preset}__{agent}__{seed}__{time}/` holds:
                     iteration
   best_vlm/         the VLM at its best validation score
   run.log           the log
+  run.lock          while a process runs or resumes the run: its PID, under an OS lock (`lock_run`)
 
 A run directory is data, never code: every file is JSON, YAML (safe loader), safetensors, npz
 (no pickled objects), PNG or a plain tensor dict read with `torch.load(weights_only=True)`, so
@@ -24,12 +25,15 @@ checkpoints folder, and a saved batch that differs from the digest its checkpoin
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -41,7 +45,7 @@ from safetensors import SafetensorError
 
 import rls3
 from rls3 import runtime
-from rls3.atomic import atomic_write
+from rls3.atomic import atomic_create, atomic_write
 from rls3.config import Config, ConfigError
 from rls3.manifest import MANIFEST_FILE, manifest_problems, sha256
 
@@ -62,6 +66,7 @@ RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "run.log"
+LOCK_FILE = "run.lock"
 CHECKPOINTS = "checkpoints"
 LATEST_FILE = "LATEST.json"
 STATE_FILE = "state.json"
@@ -86,24 +91,28 @@ def run_name(cfg: Config, when: datetime | None = None) -> str:
 
 
 def create_run(cfg: Config, run_dir: str | Path | None = None) -> Path:
-    """Make a new run directory (format marker + resolved config); nothing runs yet."""
-    if run_dir is None:
-        base = Path(cfg.runs_dir) / run_name(cfg)
-        run_dir, k = base, 1
-        while run_dir.exists():
-            k += 1
-            run_dir = base.with_name(f"{base.name}-{k}")
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirError(f"run directory {str(run_dir)!r} already exists and is not empty; "
-                          f"continue it with `rls3 run --resume {run_dir}`")
+    """Make a new run directory (format marker + resolved config); nothing runs yet. The folder
+    is claimed atomically, so two processes never share one: an automatic name takes the next
+    free `-2`, `-3`, ... suffix, and a given folder that another process claimed is refused."""
+    where = Path(cfg.runs_dir) if run_dir is None else Path(run_dir)
+    bad = folder_problem(where)
+    if bad:
+        raise RunDirError(f"cannot make a run directory in {str(where)!r}: {bad}")
+    run_dir = _new_folder(where, run_name(cfg)) if run_dir is None else where
+    taken = RunDirError(f"run directory {str(run_dir)!r} already exists and is not empty; "
+                        f"continue it with `rls3 run --resume {run_dir}`")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise taken
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
               "rls3_version": rls3.__version__,
               "created": datetime.now().isoformat(timespec="seconds"),
               **runtime.status().record()}
     marker["config_sha256"] = config_digest(cfg)
-    atomic_write(run_dir / RUN_FILE, json.dumps(marker, indent=2))
+    try:  # whoever puts run.json there first owns the folder
+        atomic_create(run_dir / RUN_FILE, json.dumps(marker, indent=2))
+    except FileExistsError:
+        raise taken from None
     atomic_write(run_dir / CONFIG_FILE, cfg.to_yaml())
     return run_dir
 
@@ -114,12 +123,133 @@ def config_digest(cfg: Config) -> str:
     return hashlib.sha256(cfg.to_yaml().encode()).hexdigest()
 
 
+def _new_folder(parent: Path, name: str) -> Path:
+    """`parent/name`, else `name-2`, `name-3`, ...: the first one this process creates itself
+    (an exclusive mkdir, so concurrent callers get different folders)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        folder = parent / (name if k == 1 else f"{name}-{k}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise RunDirError(f"no free run directory name {name}-N under {str(parent)!r}")
+
+
+def folder_problem(path: str | Path, existing_read_only: bool = False) -> str | None:
+    """Why a folder cannot be made and written at `path` (a file in its place or above it, no
+    write permission, a read-only file system), or None. With `existing_read_only` a folder that
+    exists already need not be writable (a shared cache that may hold all a run reuses)."""
+    p = Path(path)
+    while not p.is_dir():
+        if os.path.lexists(p):
+            return f"{str(p)!r} is a file, not a folder"
+        if p.parent == p:
+            return f"{str(p)!r} does not exist"
+        p = p.parent
+    if p == Path(path) and existing_read_only:
+        return None
+    if os.access(p, os.W_OK | os.X_OK):
+        return None
+    read_only = bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    return f"{str(p)!r} is " + ("on a read-only file system" if read_only else "not writable")
+
+
+def check_run_paths(cfg: Config, run_dir: str | Path | None = None) -> None:
+    """Before a run folder exists: the run directory (or `runs_dir`), `data.dir` and SAC's
+    `agent.pretrained_dir` can be made and written (RunDirError / ConfigError naming the path);
+    an existing `data.dir` / `pretrained_dir` may be read-only (it may hold what the run reuses)."""
+    if run_dir is not None:
+        bad = folder_problem(run_dir)
+        if bad:
+            raise RunDirError(f"cannot use run directory {str(run_dir)!r}: {bad}")
+    checks = [("data.dir", cfg.data.dir, True)]
+    if run_dir is None:
+        checks.insert(0, ("runs_dir", cfg.runs_dir, False))
+    if cfg.agent.name == "sac" and cfg.agent.pretrained_dir:
+        checks.append(("agent.pretrained_dir", cfg.agent.pretrained_dir, True))
+    for key, path, cache in checks:
+        bad = folder_problem(path, existing_read_only=cache)
+        if bad:
+            raise ConfigError(f"invalid {key}={path!r}: {bad}; it must be a folder this user "
+                              f"can write (or create)")
+
+
+# ------------------------------------------------------------------------------------ ownership
+class RunLock:
+    """The OS lock (`flock`) on a run directory's `run.lock`, which holds the owner's PID. The
+    kernel drops it when its process ends, however it ends: a lock file left by a killed run is
+    not in force."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (idempotent)."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while locked: nobody is using this file any more
+        os.close(self._fd)
+        self._fd = None
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
+def lock_run(run_dir: str | Path) -> RunLock:
+    """Become `run_dir`'s one owner (held until `RunLock.release` or the process's end), or
+    RunDirError naming the process that is (another run or --resume of it)."""
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirError(f"cannot lock run directory {str(run_dir)!r}: {e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _lock_holder(fd) if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
+            os.close(fd)
+            if holder is None:
+                raise RunDirError(f"cannot lock run directory {str(run_dir)!r}: {e}") from e
+            raise RunDirError(
+                f"run directory {str(run_dir)!r} is in use by process {holder} (a run or "
+                f"--resume of it is still going); let it finish or stop it, then continue "
+                f"with `rls3 run --resume {run_dir}`") from None
+        try:  # the previous owner may have removed the file between our open and our lock
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(fd), current):
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return RunLock(path, fd)
+
+
+def _lock_holder(fd: int) -> str:
+    """The PID written in a lock file held by another process ("unknown" if it has not written
+    it yet)."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text:
+            return text
+        time.sleep(0.01)
+    return "unknown"
+
+
 def check_run_dir(run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Read and check a run directory's format marker; RunDirError if it is not a usable run
     (for `resume`: one this version can continue)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunDirError(f"run directory {str(run_dir)!r} does not exist")
+        what = "is a file, not a folder" if os.path.lexists(run_dir) else "does not exist"
+        raise RunDirError(f"run directory {str(run_dir)!r} {what}")
     f = run_dir / RUN_FILE
     if not f.is_file():
         raise RunDirError(f"{str(run_dir)!r} is not an rls3 run directory (no {RUN_FILE})")
@@ -169,8 +299,13 @@ def without_timings(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
 
 
+#: torn metrics files already warned about ((path, size): a report reads each run per figure)
+_TORN_WARNED: set[tuple[str, int]] = set()
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All metrics records of a run, in order (a torn last line from a crash is skipped)."""
+    """All metrics records of a run, in order (a torn last line from a crash is skipped, with one
+    warning per file and size)."""
     f = Path(run_dir) / METRICS_FILE
     if not f.is_file():
         return []
@@ -183,7 +318,10 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             out.append(json.loads(line))
         except json.JSONDecodeError as e:
             if i == len(lines) - 1:
-                log.warning("%s: ignoring a torn last line", f)
+                seen = (str(f.resolve()), f.stat().st_size)
+                if seen not in _TORN_WARNED:
+                    _TORN_WARNED.add(seen)
+                    log.warning("%s: ignoring a torn last line", f)
                 continue
             raise RunDirError(f"{str(f)!r} line {i + 1} is not valid JSON: {e}") from e
     return out

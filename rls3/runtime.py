@@ -92,6 +92,15 @@ def active_allocator() -> str:
     return "tcmalloc" if "libtcmalloc" in maps else "glibc"
 
 
+def _mapped(library: str) -> bool:
+    """Whether `library` (its real path) is loaded into this process."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    return os.path.realpath(library) in maps
+
+
 def status() -> AllocatorStatus:
     """The allocator in use and why, without changing anything."""
     want, lib, now = wanted(), find_tcmalloc(), active_allocator()
@@ -102,6 +111,9 @@ def status() -> AllocatorStatus:
             note = (f"tcmalloc not found{where}, running with glibc malloc: VLM fine-tuning and "
                     f"evaluation run ~2x slower ({INSTALL_HINT}; {ENV_VAR}=system silences "
                     f"this)")
+        elif _mapped(lib):
+            note = (f"{lib} is preloaded but is not tcmalloc ({LIB_VAR} must name a libtcmalloc "
+                    f"library): VLM fine-tuning and evaluation may run ~2x slower")
         else:
             note = (f"{lib} could not be preloaded, running with glibc malloc: VLM fine-tuning "
                     f"and evaluation run ~2x slower")

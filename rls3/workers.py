@@ -26,7 +26,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,7 +54,8 @@ WorkerStepFeedback = Callable[[Frame, int], float]
 
 
 class WorkerError(RuntimeError):
-    """A scene worker process failed (its own traceback is on stderr, above)."""
+    """A scene worker process failed: the message names which one and how it ended (a Python
+    error in it prints its own traceback on stderr, above)."""
 
 
 def worker_backend_config(cfg: BackendConfig, index: int) -> BackendConfig:
@@ -75,6 +79,130 @@ class WorkerFactory:
     def __call__(self) -> Rls3Env:
         backend = make_backend(worker_backend_config(self.backend, self.index), "train")
         return Rls3Env(backend, self.env)
+
+
+class WorkerProcesses(SubprocVecEnv):
+    """stable-baselines3's `SubprocVecEnv` that names a dead worker (`WorkerError`: which one,
+    killed by which signal or exited with which code) instead of a bare EOFError from its pipe,
+    and whose `close` ends every worker process, also after a worker died or an exchange was cut
+    short (where SB3's would wait forever for a reply already read)."""
+
+    def __init__(self, env_fns: list[Callable[[], Any]], start_method: str) -> None:
+        self._broken = False
+        try:
+            super().__init__(env_fns, start_method=start_method)
+        except _PIPE_ERRORS as e:
+            what = self._ended()
+            self._stop_processes()
+            hint = ("" if "killed by" in what else "; if its error says it started before the "
+                    "main process finished bootstrapping, the script that starts the run needs "
+                    "an `if __name__ == '__main__':` guard")
+            raise WorkerError(f"the scene workers did not start: {what}{hint}") from e
+
+    @contextmanager
+    def _named(self, when: str) -> Iterator[None]:
+        """A broken pipe to a worker (it died) as a WorkerError naming it; any exchange cut
+        short leaves the pipes in an unknown state, which `close` then does not rely on."""
+        try:
+            yield
+        except _PIPE_ERRORS as e:
+            self._broken = True
+            raise WorkerError(f"a scene worker process ended {when}: {self._ended()}") from e
+        except BaseException:
+            self._broken = True
+            raise
+
+    def step_async(self, actions: np.ndarray) -> None:
+        with self._named("during collection"):
+            super().step_async(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        with self._named("during collection"):
+            return super().step_wait()
+
+    def reset(self) -> Any:
+        with self._named("at an episode reset"):
+            return super().reset()
+
+    def env_method(self, method_name: str, *method_args: Any, indices: Any = None,
+                   **method_kwargs: Any) -> list[Any]:
+        with self._named(f"in {method_name}"):
+            return super().env_method(method_name, *method_args, indices=indices,
+                                      **method_kwargs)
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        with self._named(f"reading {attr_name}"):
+            return super().get_attr(attr_name, indices)
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        with self._named(f"setting {attr_name}"):
+            super().set_attr(attr_name, value, indices)
+
+    def close(self) -> None:
+        """Close every worker: SB3's handshake when all is well, else `_stop_processes`."""
+        if self.closed:
+            return
+        if not self._broken and all(p.exitcode is None for p in self.processes):
+            try:
+                super().close()
+                return
+            except _PIPE_ERRORS as e:   # a worker ended since its last reply
+                log.debug("closing the scene workers: %s: %s", type(e).__name__, e)
+        self._stop_processes()
+        self.closed = True
+
+    def _ended(self, wait_s: float = 2.0) -> str:
+        """Which workers have ended and how, waiting up to `wait_s` for a dying one's exit to
+        register (its pipe closes first)."""
+        procs = list(getattr(self, "processes", []))
+        deadline = time.monotonic() + wait_s
+        while True:
+            ended = [(w, p) for w, p in enumerate(procs) if p.exitcode is not None]
+            if ended or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        if not ended:
+            return "its pipe closed (the process could not be identified)"
+        return "; ".join(_how_it_ended(w, p.pid, p.exitcode) for w, p in ended)
+
+    def _stop_processes(self, grace_s: float = 10.0) -> None:
+        """Ask each live worker to close (after reading any reply it is still sending), give it
+        `grace_s` to exit (its backend closes), then terminate or kill it; reap them all."""
+        procs = list(getattr(self, "processes", []))
+        remotes = list(getattr(self, "remotes", ()))
+        for p, remote in zip(procs, remotes):
+            if p.exitcode is not None:
+                continue
+            try:
+                while remote.poll(0):
+                    remote.recv()
+                remote.send(("close", None))
+            except (*_PIPE_ERRORS, OSError):
+                continue
+        deadline = time.monotonic() + grace_s
+        for p in procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for remote in remotes:
+            remote.close()
+
+
+def _how_it_ended(w: int, pid: int | None, code: int) -> str:
+    """'worker 1 (pid 123) was killed by SIGKILL' / '... exited with code 1 (its error is
+    printed above)'."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"worker {w} (pid {pid}) was killed by {name}"
+    return f"worker {w} (pid {pid}) exited with code {code}" + (
+        " (its error is printed above)" if code else "")
 
 
 class FeedbackVecEnv(VecEnvWrapper):
@@ -108,12 +236,7 @@ class FeedbackVecEnv(VecEnvWrapper):
         return obs
 
     def step_wait(self) -> VecEnvStepReturn:
-        try:
-            obs, rewards, dones, infos = self.venv.step_wait()
-        except _PIPE_ERRORS as e:
-            raise WorkerError(f"a scene worker process died during collection ({type(e).__name__}"
-                              f": {e}); its traceback is above. The run keeps its last finished "
-                              f"iteration: continue it with `rls3 run --resume`") from e
+        obs, rewards, dones, infos = self.venv.step_wait()
         rewards = np.asarray(rewards, dtype=np.float64).copy()
         for w, info in enumerate(infos):
             rewards[w] += self._apply(w, info, bool(dones[w]))
@@ -159,14 +282,7 @@ def make_workers(backend: BackendConfig, env: EnvConfig, n: int,
         log.warning("%d scene workers on %d CPU cores: they will time-share (slower, not "
                     "wrong)", n, cores)
     log.info("starting %d scene workers (%s)", n, START_METHOD)
-    try:
-        venv = SubprocVecEnv([WorkerFactory(backend, env, w) for w in range(n)],
-                             start_method=START_METHOD)
-    except _PIPE_ERRORS as e:
-        raise WorkerError(f"a scene worker process failed to start its backend ({type(e).__name__}"
-                          f": {e}); its traceback is above. A script that starts a run with "
-                          f"workers needs an `if __name__ == '__main__':` guard (workers are "
-                          f"started with {START_METHOD!r})") from e
+    venv = WorkerProcesses([WorkerFactory(backend, env, w) for w in range(n)], START_METHOD)
     try:
         return FeedbackVecEnv(venv, env.t0, **hooks)
     except BaseException:

@@ -264,7 +264,8 @@ def test_a_worker_that_cannot_start_is_a_named_error():
     from rls3.config import BackendConfig
     from rls3.workers import WorkerError, make_workers
 
-    with pytest.raises(WorkerError, match="scene worker process failed to start"):
+    with pytest.raises(WorkerError, match=r"scene workers did not start: worker \d \(pid \d+\) "
+                                          r"exited with code 1 \(its error is printed above\)"):
         make_workers(BackendConfig(train_scenes=("no_such_room",)),
                      EnvConfig(t0=3, image_size=16, render=False), 2, {})
     with pytest.raises(ValueError, match="2 or more workers"):

@@ -373,3 +373,20 @@ def test_tiny_run_on_an_openai_checkpoint(tiny_pth, tmp_path, capsys, monkeypatc
     assert code == 0, err
     assert "| NegCLIP (baseline) |" in (d / "report" / "report.md").read_text()
     assert (d / "report" / "fig5_score_vs_data.png").is_file()
+
+
+def test_an_image_size_the_renderer_cannot_draw_is_one_line_before_a_run_folder(tmp_path,
+                                                                                 capsys):
+    """env.image_size=100000: exit 2 with one line naming the value and this machine's limit
+    (the OpenGL maximum), and no run folder (was: a run folder, then a raw GLError)."""
+    tiny_cli_config(tmp_path).to_yaml(tmp_path / "c.yaml")
+    code, _, err = call(["run", "--config", tmp_path / "c.yaml", "-q", "--set",
+                         "env.image_size=100000"], capsys)
+    from rls3.sim.render import max_image_size
+
+    top = max_image_size()
+    assert 1024 <= top < 100000
+    lines = [ln for ln in err.splitlines() if ln.strip() and "pybullet build time" not in ln]
+    assert code == 2 and len(lines) == 1, err
+    assert f"env.image_size=100000: must be an integer in [8, {top}]" in lines[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()

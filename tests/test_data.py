@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import multiprocessing
+import struct
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_cli_config
 
 from rls3.data import (INFO_FILE, METADATA_FILE, DatasetError, complexity_counts, ensure_fixed_set,
                        fixed_set_dir, generate_samples, read_dataset, read_info, term_counts,
@@ -82,6 +88,57 @@ def test_malformed_state_is_named(tmp_path, samples):
         read_dataset(folder)
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small PNG file whose header claims a `width` x `height` image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)   # 8-bit RGB
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+            + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_a_named_image(tmp_path, samples):
+    """PNG headers claiming 20000 x 20000 (PIL: an error) or 12000 x 12000 pixels (PIL: only a
+    warning, then a 430 MB decode): each named as too large, never decoded."""
+    folder = write_dataset(tmp_path / "ds", samples)
+    (folder / "00001.png").write_bytes(_png_claiming(20000, 20000))
+    (folder / "00002.png").write_bytes(_png_claiming(12000, 12000))
+    with pytest.raises(DatasetError) as e:
+        read_dataset(folder)
+    assert [p.split(":")[0] for p in e.value.problems] == ["00001.png", "00002.png"]
+    assert all("image too large to load" in p for p in e.value.problems)
+    assert validate_dataset(folder) == e.value.problems
+
+
+def test_symbolic_links_out_of_the_folder_are_not_followed(tmp_path, samples):
+    folder = write_dataset(tmp_path / "ds", samples)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (folder / "00001.png").rename(outside / "secret.png")
+    (folder / "00001.png").symlink_to(outside / "secret.png")
+    (folder / "00003.png").unlink()
+    (folder / "00003.png").symlink_to(folder / "00000.png")   # inside the folder: fine
+    with pytest.raises(DatasetError) as e:
+        read_dataset(folder)
+    assert e.value.problems == [f"00001.png: a symbolic link leading out of the folder "
+                                f"({METADATA_FILE} line 2)"]
+    (folder / "00001.png").unlink()
+    (folder / "00001.png").symlink_to("../elsewhere/secret.png")   # relative: the same
+    assert len(validate_dataset(folder)) == 1
+    (folder / "00001.png").unlink()
+    (outside / "secret.png").rename(folder / "00001.png")
+    assert len(read_dataset(folder)) == 5
+    for name in (METADATA_FILE, INFO_FILE):
+        (folder / name).rename(outside / name)
+        (folder / name).symlink_to(outside / name)
+        with pytest.raises(DatasetError, match=f"{name} is a symbolic link leading out"):
+            read_dataset(folder)
+        (folder / name).unlink()
+        (outside / name).rename(folder / name)
+
+
 def test_not_a_dataset(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         read_dataset(tmp_path / "nope")
@@ -142,3 +199,41 @@ def test_fixed_sets_are_made_once(tmp_path, backends):
     (folder / "00000.png").write_bytes(b"junk")
     with pytest.raises(DatasetError, match="00000.png"):
         ensure_fixed_set(folder, train, "val", 3, 32, 0, "sim")
+
+
+def _prepare_at_once(cfg, barrier, out) -> None:
+    """Child process: wait for the others, prepare the fixed sets, report what it then reads."""
+    from rls3.data import prepare_fixed_sets
+
+    barrier.wait()
+    try:
+        sets = prepare_fixed_sets(cfg)
+    except (OSError, ValueError) as e:
+        out.put(f"{type(e).__name__}: {e}")
+        return
+    got = []
+    for split, folder, _ in sets:
+        h = hashlib.sha256()
+        for s in read_dataset(folder):
+            h.update(s.image.tobytes())
+            h.update(json.dumps(s.metadata(), sort_keys=True).encode())
+        got.append((split, str(folder), h.hexdigest()))
+    out.put(got)
+
+
+def test_runs_starting_together_on_an_empty_data_dir_share_the_fixed_sets(tmp_path):
+    """Two processes generate the same missing fixed sets at once into one `data.dir`: both
+    finish, with the same folders holding the same frames, and no temporary folder is left."""
+    cfg = tiny_cli_config(tmp_path).resolved()
+    ctx = multiprocessing.get_context("spawn")   # each its own GL context
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_prepare_at_once, args=(cfg, barrier, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert all(isinstance(g, list) for g in got), got
+    assert got[0] == got[1] and [split for split, _, _ in got[0]] == ["val", "test"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == \
+        sorted(Path(folder).name for _, folder, _ in got[0])

@@ -64,6 +64,20 @@ def test_a_missing_or_refused_library_keeps_glibc_and_says_so(tmp_path):
     assert _active_after_ensure("system", library=str(bogus)) == "glibc PASSIVE"
 
 
+def test_a_preloaded_library_that_is_not_tcmalloc_is_named_as_such():
+    """`RLS3_TCMALLOC` naming a real library that is not tcmalloc (here glibc's libm): it is
+    preloaded once, and the note says it is loaded but not tcmalloc, not that it "could not be
+    preloaded"."""
+    maps = Path("/proc/self/maps").read_text().split()
+    lib = next((m for m in maps if m.endswith("/libm.so.6")), None)
+    if lib is None:
+        pytest.skip("no libm.so.6 mapped in this process")
+    out = _active_after_ensure(None, library=lib)
+    assert out.startswith("glibc PASSIVE"), out
+    assert f"{lib} is preloaded but is not tcmalloc" in out and "RLS3_TCMALLOC" in out
+    assert "could not be preloaded" not in out
+
+
 @pytest.fixture(scope="module")
 def runs_under_both(tmp_path_factory):
     """The same tiny `rls3 run` (console entry, so it re-executes itself) under each allocator,

@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from rls3.vlm.common import batches
-from rls3.vlm.distributed import (SampleCodec, Shards, check_processes, deal,
-                                  launched_world_size, scale_grad, undeal)
+from rls3.vlm.distributed import (DEFAULT_TIMEOUT_S, TIMEOUT_VAR, SampleCodec, Shards,
+                                  check_processes, collective_timeout, deal, launched_world_size,
+                                  scale_grad, undeal)
 
 WORKER = Path(__file__).with_name("_dp_worker.py")
+STALL = Path(__file__).with_name("_dp_stall.py")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -217,3 +219,47 @@ def test_processes_that_disagree_with_the_launch_are_refused(tmp_path, capsys, m
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["scenes", "--out", str(tmp_path / "s.png")]) == 2
     assert "`rls3 scenes` runs in one process, but 2 were launched" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ stalls
+def test_collective_timeout_is_read_from_the_environment():
+    assert collective_timeout({}) == DEFAULT_TIMEOUT_S == 1800
+    assert collective_timeout({TIMEOUT_VAR: " 60 "}) == 60.0
+    for bad in ("0", "-5", "soon", "nan", "inf", "1e9"):
+        with pytest.raises(ValueError, match=f"{TIMEOUT_VAR}={bad!r} must be a number of "
+                                             f"seconds"):
+            collective_timeout({TIMEOUT_VAR: bad})
+
+
+def test_a_stalled_process_ends_the_main_one_with_a_named_error(tmp_path):
+    """Process 1 stops (SIGSTOP) after joining the group: the main process's next collective
+    ends after RLS3_COLLECTIVE_TIMEOUT seconds with a CollectiveTimeoutError naming the call and
+    the limit, instead of waiting silently."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    go = tmp_path / "go"
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                   **{TIMEOUT_VAR: "4"})
+        procs.append(subprocess.Popen([sys.executable, str(STALL), str(go)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        for p in procs:   # both imported: they join the group within the short timeout
+            assert p.stdout.readline().strip() == "ready", p.communicate()[1][-2000:]
+        go.touch()
+        out, err = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            p.kill()          # process 1 is still stopped
+            p.wait()
+    assert procs[0].returncode == 3, err[-3000:]
+    assert "the all-gather got no answer from the other processes within 4 s" in out
+    assert TIMEOUT_VAR in out
+    waited = float(out.split("named after ")[1].split("s:")[0])
+    assert 3.5 <= waited < 60

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -104,6 +105,19 @@ def _offscreen(width: int, height: int) -> pyrender.OffscreenRenderer:
     if (r.viewport_width, r.viewport_height) != (width, height):
         r.viewport_width, r.viewport_height = width, height
     return r
+
+
+@functools.cache
+def max_image_size() -> int:
+    """The largest image side the process's GL context can render: the smaller of its
+    GL_MAX_RENDERBUFFER_SIZE and GL_MAX_VIEWPORT_DIMS (asked once; creates the context)."""
+    from OpenGL import GL
+
+    r = _CONTEXT[0] if _CONTEXT else _offscreen(64, 64)
+    r._platform.make_current()  # pyrender keeps its context current only while it renders
+    buffer = int(GL.glGetIntegerv(GL.GL_MAX_RENDERBUFFER_SIZE))
+    viewport = int(np.min(GL.glGetIntegerv(GL.GL_MAX_VIEWPORT_DIMS)))
+    return min(buffer, viewport)
 
 
 class Renderer:

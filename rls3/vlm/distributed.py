@@ -18,14 +18,23 @@ What is split and how (the contrastive adapters, `rls3.vlm.contrastive`):
 `DataParallel` wraps `accelerate.Accelerator`; `launched_world_size` (in `rls3.runtime`) reads the
 launcher's environment; `RemoteVLM` / `serve` let only the main process run the loop (scene,
 agent, run directory) while the others execute its VLM calls in the same order.
+
+A process that stalls without dying (stopped, swapping, stuck) would keep the others waiting in
+a collective: the main process gives up after ``RLS3_COLLECTIVE_TIMEOUT`` seconds (default 1800,
+torch's own for gloo) with a `CollectiveTimeoutError`, and the launcher ends the rest. The other
+processes wait far longer (`SERVE_TIMEOUT_S`): between its VLM calls the main process runs the
+scene and the agent, which may take hours.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -39,6 +48,34 @@ log = logging.getLogger(__name__)
 COLLECTIVE_METHODS = ("feedback", "finetune", "evaluate", "load", "set_rng_state",
                       "clear_eval_cache", "set_lr_scale", "remember_initial", "shrink",
                       "restore_initial")
+
+
+TIMEOUT_VAR = "RLS3_COLLECTIVE_TIMEOUT"
+#: seconds the main process waits in a collective for the other processes, unless TIMEOUT_VAR says
+DEFAULT_TIMEOUT_S = 1800.0
+#: seconds the other processes wait for the main process's next call (it collects meanwhile)
+SERVE_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+class CollectiveTimeoutError(RuntimeError):
+    """A collective got no answer from the other processes within the timeout."""
+
+
+def collective_timeout(environ: dict[str, str] | None = None) -> float:
+    """The main process's collective timeout in seconds (`TIMEOUT_VAR`, default
+    `DEFAULT_TIMEOUT_S`); ValueError naming the variable for anything but a positive number."""
+    env = os.environ if environ is None else environ
+    raw = env.get(TIMEOUT_VAR, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= SERVE_TIMEOUT_S:
+        raise ValueError(f"{TIMEOUT_VAR}={raw!r} must be a number of seconds in (0, "
+                         f"{SERVE_TIMEOUT_S:.0f}]")
+    return value
 
 
 def check_processes(expected: int | None, world_size: int) -> None:
@@ -95,11 +132,18 @@ class DataParallel:
 
     def __init__(self, mixed_precision: str | None = None) -> None:
         from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
 
         cuda = torch.cuda.is_available()
         if mixed_precision is None:
             mixed_precision = "bf16" if cuda else "no"
-        self.accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed_precision)
+        # each process sets its own wait limit: the main one `collective_timeout()`, the others
+        # long enough to wait out the main process's scene collection between two VLM calls
+        main = int(os.environ.get("RANK", "0")) == 0
+        self.timeout_s = collective_timeout() if main else SERVE_TIMEOUT_S
+        handler = InitProcessGroupKwargs(timeout=timedelta(seconds=self.timeout_s))
+        self.accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed_precision,
+                                       kwargs_handlers=[handler])
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
@@ -114,7 +158,8 @@ class DataParallel:
 
         if local.shape[0] != shards.widest:
             raise ValueError(f"local rows {local.shape[0]} != widest shard {shards.widest}")
-        full = gather(local.detach().contiguous())
+        with self._collective("gather"):
+            full = gather(local.detach().contiguous())
         return [full[q * shards.widest: q * shards.widest + shards.sizes[q]]
                 for q in range(self.world_size)]
 
@@ -127,7 +172,8 @@ class DataParallel:
         live = [p for p in params if p.grad is not None]
         if not live:
             return
-        flat = reduce(torch.cat([p.grad.reshape(-1) for p in live]), reduction="mean")
+        with self._collective("gradient all-reduce"):
+            flat = reduce(torch.cat([p.grad.reshape(-1) for p in live]), reduction="mean")
         offset = 0
         for p in live:
             n = p.numel()
@@ -146,7 +192,8 @@ class DataParallel:
     def gather_objects(self, obj: Any) -> list[Any]:
         """`obj` of every process, in rank order (on every process)."""
         out: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(out, obj)
+        with self._collective("all-gather"):
+            torch.distributed.all_gather_object(out, obj)
         return out
 
     def broadcast(self, obj: Any = None) -> Any:
@@ -154,8 +201,22 @@ class DataParallel:
         from accelerate.utils import broadcast_object_list
 
         box = [obj]
-        broadcast_object_list(box, from_process=0)
+        with self._collective("broadcast"):
+            broadcast_object_list(box, from_process=0)
         return box[0]
+
+    @contextmanager
+    def _collective(self, what: str) -> Iterator[None]:
+        """A collective's timeout as a CollectiveTimeoutError naming it and the limit."""
+        try:
+            yield
+        except RuntimeError as e:
+            if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
+                raise
+            raise CollectiveTimeoutError(
+                f"data-parallel process {self.rank} of {self.world_size}: the {what} got no "
+                f"answer from the other processes within {self.timeout_s:g} s (one of them "
+                f"stalled, was stopped or is stuck); {TIMEOUT_VAR} sets this limit") from e
 
 
 def init_data_parallel(mixed_precision: str | None = None) -> DataParallel | None:
