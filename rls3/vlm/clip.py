@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rls3.vlm.common import (load_hf_config, load_optimizer_state, read_meta, resize_batch,
-                             save_optimizer, write_meta)
+from rls3.vlm.common import (aligned, load_hf_config, load_optimizer_state, read_meta,
+                             resize_batch, save_optimizer, write_meta)
 from rls3.vlm.contrastive import MAX_LOGIT_SCALE, ContrastiveVLM
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def load_dual_encoder(source: str | Path, progress: bool = True) -> tuple[nn.Mod
     model = getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(src)
     tokenizer = AutoTokenizer.from_pretrained(src)
     image_processor = AutoImageProcessor.from_pretrained(src)
-    return model.eval(), tokenizer, image_processor
+    return aligned(model).eval(), tokenizer, image_processor
 
 
 def _features(out: Any) -> torch.Tensor:

@@ -254,3 +254,25 @@ def shrink_weights(params: Sequence[tuple[str, torch.nn.Parameter]],
     for name, p in params:
         w0 = initial[name].to(device=p.device, dtype=p.dtype)
         p.copy_(w0 + float(factor) * (p - w0))
+
+
+#: bytes of alignment the CPU kernels expect of a tensor's data (torch's own allocations have it)
+ALIGNMENT = 64
+
+
+@torch.no_grad()
+def aligned(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with every parameter and buffer whose data is not `ALIGNMENT`-byte aligned
+    copied into fresh memory. transformers' `from_pretrained` can leave weights at offsets of a
+    memory-mapped safetensors file, and the CPU kernels then round differently in the last bits
+    than for the same weights in aligned memory: a resumed run would not repeat the
+    uninterrupted one exactly."""
+    for m in module.modules():
+        for name, p in m._parameters.items():
+            if p is not None and p.data_ptr() % ALIGNMENT:
+                p.data = p.data.clone()
+        for name, b in m._buffers.items():
+            if b is not None and b.data_ptr() % ALIGNMENT:
+                m._buffers[name] = b.clone()
+    return module
+

@@ -26,8 +26,9 @@ from torch import nn
 
 from rls3.sample import Sample
 from rls3.vlm.base import Feedback, Metrics
-from rls3.vlm.common import (META_FILE, batches, breakdown, check_positive, load_hf_config,
-                             load_optimizer_state, progress, read_meta, resolve_device,
+from rls3.vlm.common import (META_FILE, aligned, batches, breakdown, check_positive,
+                             load_hf_config, load_optimizer_state, progress, read_meta,
+                             resolve_device,
                              resolve_dtype, save_optimizer, scale_learning_rate, seeded_generator,
                              shrink_weights, to_pil, weight_snapshot, write_meta)
 from rls3.vlm.distributed import DataParallel, Shards
@@ -56,7 +57,7 @@ def load_paligemma(source: str | Path, dtype: torch.dtype = torch.float32) -> tu
     kw = {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
     model = PaliGemmaForConditionalGeneration.from_pretrained(src, **kw)
     processor = AutoProcessor.from_pretrained(src)
-    return model.eval(), processor
+    return aligned(model).eval(), processor
 
 
 def freeze_all_but_lm_attention(model: nn.Module) -> list[str]:
