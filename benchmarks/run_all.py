@@ -33,7 +33,13 @@ PY = sys.executable
 NOT_RUN = {"gpu": "no GPU was available where these results were made; on a GPU machine run "
                   "`python benchmarks/bench_gpu.py` (about 5-8 minutes on an H100)"}
 ORDER = ["yield", "agent_settings", "throughput", "allocator", "learning", "replay", "loop",
-         "scaling", "workers", "data_efficiency", "dp"]
+         "scaling", "workers", "data_efficiency", "sampler", "dp"]
+#: `--fast`: the sampler benchmark's runs shrunk to seconds (tests/test_bench_sampler.py uses these)
+SAMPLER_FAST = ("env.t0=4", "env.image_size=32", "loop.episodes=1", "loop.iterations=2",
+                "loop.k=1", "vlm.name=clip-tiny", "agent.pretrain_steps=100",
+                "agent.learning_starts=50", "agent.batch_size=16", "agent.buffer_size=2000",
+                "agent.net_arch=[16, 16]", "backend.train_scenes=[kitchen]",
+                "backend.test_scenes=[test_study]")
 
 
 def commands(out: Path, fast: bool) -> dict[str, list[str]]:
@@ -69,6 +75,11 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
             "data_efficiency": b("bench_data_efficiency.py") + [
                 "--seeds", "0", "--parallel", "1", "--runs-dir", str(ROOT / "runs" / "bench-fast"),
                 "--out", str(out / "comparison")] + tiny + ["--set", "loop.iterations=2"],
+            "sampler": b("bench_sampler.py") + [
+                "--seeds", "0,1", "--variants", "random,sac,random-cosine", "--val-size", "3",
+                "--test-size", "3", "--runs-dir", str(ROOT / "runs" / "bench-fast-sampler"),
+                "--data-dir", str(ROOT / "runs" / "bench-fast-sampler-data"),
+                "--out", str(out / "sampler")] + [a for s in SAMPLER_FAST for a in ("--set", s)],
             "dp": b("bench_dp.py") + ["--vlm", "clip-tiny", "--samples", "16", "--epochs", "1",
                                       "--out", str(out / "dp.json")],
         }
@@ -87,6 +98,7 @@ def commands(out: Path, fast: bool) -> dict[str, list[str]]:
         "scaling": b("bench_scaling.py") + ["--out", str(out / "scaling.json")],
         "workers": b("bench_workers.py") + ["--repeats", "2", "--out", str(out / "workers.json")],
         "data_efficiency": b("bench_data_efficiency.py") + ["--out", str(out / "comparison")],
+        "sampler": b("bench_sampler.py") + ["--out", str(out / "sampler")],
         "dp": b("bench_dp.py") + ["--repeats", "2", "--out", str(out / "dp.json")],
     }
 
@@ -198,6 +210,7 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
     import bench_learning
     import bench_loop
     import bench_replay
+    import bench_sampler
     import bench_scaling
     import bench_throughput
     import bench_vlm
@@ -236,6 +249,11 @@ def write_readme(out: Path, res: dict[str, dict], status: dict[str, str], comman
                  + ["", "Full report with all figures: [comparison/report.md]"
                         "(comparison/report.md)."],
                  "comparison/comparison.json", ["data_efficiency.png", "comparison_yield.png"]),
+                ("sampler", "Does the agent's data teach more than random's? (paired seeds, "
+                 "500/1000-frame sets, in the loop and as a dataset)",
+                 lambda r: bench_sampler.table(r) + ["", "Details: [sampler/README.md]"
+                                                         "(sampler/README.md)."],
+                 "sampler/sampler.json", ["sampler/test_vs_valid.png"]),
                 ("dp", "Data-parallel VLM fine-tuning on CPUs (1 vs 2 processes, accelerate)",
                  bench_dp.markdown, "dp.json", []),
                 ("gpu", "Paper-size VLMs on one GPU (`benchmarks/bench_gpu.py`, not in "
@@ -277,7 +295,8 @@ def collect(out: Path) -> dict[str, dict]:
              "throughput": "throughput.json", "allocator": "vlm_allocator.json",
              "learning": "learning.json", "replay": "replay.json", "loop": "loop.json",
              "scaling": "scaling.json", "workers": "workers.json",
-             "data_efficiency": "comparison/comparison.json", "dp": "dp.json", "gpu": "gpu.json"}
+             "data_efficiency": "comparison/comparison.json", "sampler": "sampler/sampler.json",
+             "dp": "dp.json", "gpu": "gpu.json"}
     return {k: r for k, f in files.items() if (r := _load(out / f)) is not None}
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["env.t0=4", "env.image_size=32", "loop.episodes=1", "loop.iterations=2", "loop.k=1",
-        "vlm.name=clip-tiny", "agent.pretrain_steps=100", "agent.learning_starts=50",
-        "agent.batch_size=16", "agent.buffer_size=2000", "agent.net_arch=[16, 16]",
-        "backend.train_scenes=[kitchen]", "backend.test_scenes=[test_study]"]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run_all import SAMPLER_FAST as TINY  # noqa: E402  (run_all --fast runs the same)
 
 
 @pytest.mark.slow
