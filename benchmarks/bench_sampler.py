@@ -52,6 +52,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
                       "replay_of": "random"},
     "random-shrink": {"agent": "random", "sets": ["loop.finetune.shrink=0.5"],
                       "replay_of": "random"},
+    # SAC's saved batches under another schedule: what the schedule makes of the same samples
+    # (in the loop SAC's data would also change with the VLM it is fed back by)
+    "sac-data-cosine": {"agent": "sac", "sets": ["loop.finetune.lr_schedule=cosine"],
+                        "replay_of": "sac"},
+    "sac-data-shrink": {"agent": "sac", "sets": ["loop.finetune.shrink=0.5"],
+                        "replay_of": "sac"},
 }
 
 
@@ -187,7 +193,7 @@ def run_curve(name: str, v: dict[str, Any], seed: int, args: argparse.Namespace
         steps = [r["cum_steps"] for r in src]
         # the data costs what the source run's collection cost; fine-tuning is re-measured
         wall = [0.0] + [r.get("elapsed_s") or 0.0 for r in src[1:]]
-        cost = {"wall_s": wall[-1], "replay_wall_s": rep["wall_s"], "cpu_s": None}
+        cost = {"wall_s": wall[-1], "replay_wall_s": rep.get("wall_s"), "cpu_s": None}
     else:
         recs = [r for r in read_metrics(runs / f"{name}__{seed}")
                 if isinstance(r.get("iteration"), int)]
@@ -202,6 +208,7 @@ def run_curve(name: str, v: dict[str, Any], seed: int, args: argparse.Namespace
     best = max(range(1, len(val)), key=lambda i: (val[i], -i)) if len(val) > 1 else 0
     out = {"seed": seed, "test": test, "val": val, "cum_valid": valid, "cum_steps": steps,
            "wall": wall, "auc": sum(test[1:]) / max(1, len(test) - 1), "final": test[-1],
+           "val_auc": sum(val[1:]) / max(1, len(val) - 1), "final_val": val[-1],
            "best_val_iteration": best, "best_val_test": test[best], "steps": steps[-1],
            "valid": valid[-1], **cost}
     if not args.no_value and not v.get("replay_of"):
@@ -217,8 +224,8 @@ def summarize(variants: dict[str, dict[str, Any]], seeds: list[int],
     per: dict[str, list[dict[str, Any]]] = {}
     for name, v in variants.items():
         per[name] = [run_curve(name, v, s, args) for s in seeds]
-    keys = ("auc", "final", "best_val_test", "dataset_value", "steps", "valid", "wall_s",
-            "cpu_s")
+    keys = ("auc", "final", "best_val_test", "val_auc", "final_val", "dataset_value", "steps",
+            "valid", "wall_s", "cpu_s")
     res: dict[str, Any] = {"seeds": seeds, "variants": {}}
     base = per.get("random")
     for name, runs in per.items():
@@ -228,7 +235,8 @@ def summarize(variants: dict[str, dict[str, Any]], seeds: list[int],
             entry[k] = _ci(xs) if xs else None
         if base is not None and name != "random":
             entry["vs_random"] = {k: _ci([a[k] - b[k] for a, b in zip(runs, base)])
-                                  for k in ("auc", "final", "best_val_test", "wall_s")
+                                  for k in ("auc", "final", "best_val_test", "val_auc",
+                                            "wall_s")
                                   if all(r.get(k) is not None for r in runs + base)}
         if all(r.get("dataset_value") is not None for r in runs):
             entry["loop_minus_value"] = _ci([r["final"] - r["dataset_value"] for r in runs])
@@ -288,14 +296,15 @@ def _fmt(c: dict[str, Any] | None, d: int = 3) -> str:
 
 def table(res: dict[str, Any]) -> list[str]:
     """The markdown table of every variant (means with 95% intervals over seeds)."""
-    lines = ["| variant | seeds | test AUC | final test | best-val test | dataset value | "
-             "loop − value | AUC − random | final − random | steps | wall s (iter.) | CPU s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | seeds | val AUC | test AUC | final test | best-val test | dataset value "
+             "| loop − value | AUC − random | final − random | steps | wall s (iter.) | CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in res["variants"].items():
         vs = e.get("vs_random", {})
         lines.append("| " + " | ".join([
             name + (" (offline)" if e["spec"].get("replay_of") else ""),
-            str(len(e["runs"])), _fmt(e["auc"]), _fmt(e["final"]), _fmt(e["best_val_test"]),
+            str(len(e["runs"])), _fmt(e["val_auc"]), _fmt(e["auc"]), _fmt(e["final"]),
+            _fmt(e["best_val_test"]),
             _fmt(e.get("dataset_value")), _fmt(e.get("loop_minus_value")),
             _fmt(vs.get("auc")), _fmt(vs.get("final")),
             f"{e['steps']['mean']:.0f}", f"{e['wall_s']['mean']:.0f}",
