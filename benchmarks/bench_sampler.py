@@ -129,12 +129,15 @@ def run_one(name: str, v: dict[str, Any], seed: int, args: argparse.Namespace) -
     return usage
 
 
-def value_of(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The dataset value of a finished run (cached beside it)."""
+def value_of(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The dataset value of a finished run (cached beside it; with --no-value only a cached
+    one, else None)."""
     runs = Path(args.runs_dir).resolve()
     f = runs / f"{name}__{seed}.value.json"
     if f.is_file():
         return json.loads(f.read_text())
+    if args.no_value:
+        return None
     from rls3.value import dataset_value
 
     res = dataset_value(runs / f"{name}__{seed}", progress=False)
@@ -211,11 +214,23 @@ def run_curve(name: str, v: dict[str, Any], seed: int, args: argparse.Namespace
            "val_auc": sum(val[1:]) / max(1, len(val) - 1), "final_val": val[-1],
            "best_val_iteration": best, "best_val_test": test[best], "steps": steps[-1],
            "valid": valid[-1], **cost}
-    if not args.no_value and not v.get("replay_of"):
-        val_res = value_of(name, seed, args)
+    val_res = None if v.get("replay_of") else value_of(name, seed, args)
+    if val_res is not None:
         out["dataset_value"] = val_res["test"]["score"]
         out["dataset_value_val"] = val_res["val"]["score"]
     return out
+
+
+def _available(name: str, v: dict[str, Any], seed: int, args: argparse.Namespace) -> bool:
+    """Whether (variant, seed) can be summarised: its run (or its replay's source run) has
+    finished, and with --summarize-only its replay was already computed."""
+    runs = Path(args.runs_dir).resolve()
+    src = v.get("replay_of") or name
+    if not _finished(runs / f"{src}__{seed}"):
+        return False
+    if v.get("replay_of"):   # --summarize-only computes no replay
+        return not args.summarize_only or (runs / f"{name}__{seed}.replay.json").is_file()
+    return (runs / f"{name}__{seed}.usage.json").is_file()
 
 
 def summarize(variants: dict[str, dict[str, Any]], seeds: list[int],
@@ -223,7 +238,9 @@ def summarize(variants: dict[str, dict[str, Any]], seeds: list[int],
     """Per variant: per-seed curves and the means, and paired differences against random."""
     per: dict[str, list[dict[str, Any]]] = {}
     for name, v in variants.items():
-        per[name] = [run_curve(name, v, s, args) for s in seeds]
+        per[name] = [run_curve(name, v, s, args) for s in seeds if _available(name, v, s, args)]
+        if len(per[name]) < len(seeds):
+            print(f"{name}: {len(per[name])} of {len(seeds)} seeds finished", flush=True)
     keys = ("auc", "final", "best_val_test", "val_auc", "final_val", "dataset_value", "steps",
             "valid", "wall_s", "cpu_s")
     res: dict[str, Any] = {"seeds": seeds, "variants": {}}
@@ -234,12 +251,16 @@ def summarize(variants: dict[str, dict[str, Any]], seeds: list[int],
             xs = [r[k] for r in runs if r.get(k) is not None]
             entry[k] = _ci(xs) if xs else None
         if base is not None and name != "random":
-            entry["vs_random"] = {k: _ci([a[k] - b[k] for a, b in zip(runs, base)])
+            by_seed = {r["seed"]: r for r in base}
+            pairs = [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
+            entry["vs_random"] = {k: _ci([a[k] - b[k] for a, b in pairs])
                                   for k in ("auc", "final", "best_val_test", "val_auc",
                                             "wall_s")
-                                  if all(r.get(k) is not None for r in runs + base)}
-        if all(r.get("dataset_value") is not None for r in runs):
-            entry["loop_minus_value"] = _ci([r["final"] - r["dataset_value"] for r in runs])
+                                  if pairs and all(a.get(k) is not None and
+                                                   b.get(k) is not None for a, b in pairs)}
+        valued = [r for r in runs if r.get("dataset_value") is not None]
+        if valued:
+            entry["loop_minus_value"] = _ci([r["final"] - r["dataset_value"] for r in valued])
         res["variants"][name] = entry
     return res
 
@@ -262,6 +283,8 @@ def plot(res: dict[str, Any], out: Path, info: dict[str, Any]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, e in res["variants"].items():
             runs = e["runs"]
+            if not runs:
+                continue
             n = min(len(r["test"]) for r in runs)
             x = np.mean([r[key][:n] for r in runs], axis=0)
             y = np.array([r["test"][:n] for r in runs])
@@ -300,6 +323,8 @@ def table(res: dict[str, Any]) -> list[str]:
              "| loop − value | AUC − random | final − random | steps | wall s (iter.) | CPU s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in res["variants"].items():
+        if not e["runs"]:
+            continue
         vs = e.get("vs_random", {})
         lines.append("| " + " | ".join([
             name + (" (offline)" if e["spec"].get("replay_of") else ""),
@@ -325,7 +350,8 @@ def main() -> None:
                     help="fixed sets' seed (quick's settings were chosen on seed 0's sets)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override for every run (e.g. loop.iterations=3 for a smoke test)")
-    ap.add_argument("--no-value", action="store_true", help="skip the datasets' own value")
+    ap.add_argument("--no-value", action="store_true",
+                    help="do not compute the datasets' own value (use those already computed)")
     ap.add_argument("--summarize-only", action="store_true", help="no new runs")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler"))
     args = ap.parse_args()
