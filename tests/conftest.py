@@ -138,3 +138,29 @@ def plant_payload(path: Path, marker: Path) -> None:
             np.savez(f, observations=np.array([payload], dtype=object))
     else:
         path.write_bytes(pickle.dumps(payload))
+
+
+def kill_after_first_checkpoint(cfg: Config, run_dir: Path) -> None:
+    """Start `rls3 run` of `cfg` in `run_dir` as a child process and SIGKILL it as soon as its
+    first iteration's checkpoint is committed (for resume-after-kill tests)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg_file = run_dir.parent / f"{run_dir.name}.yaml"
+    cfg.to_yaml(cfg_file)
+    proc = subprocess.Popen([sys.executable, "-m", "rls3.cli", "run", "--config", str(cfg_file),
+                             "--run-dir", str(run_dir), "--no-report", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = run_dir / "checkpoints" / "LATEST.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and json.loads(latest.read_text())["iteration"] >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+

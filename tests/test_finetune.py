@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_cli_config
+from conftest import kill_after_first_checkpoint, tiny_cli_config
 
 from rls3.cli import main
 from rls3.config import Config, ConfigError, LoopConfig, preset
 from rls3.finetune import MAX_LR_CHUNKS, chunks, cosine_factor
 from rls3.loop import resume, run
-from rls3.rundir import CHECKPOINTS, LATEST_FILE, RunDirError, latest_checkpoint, read_metrics
-from rls3.rundir import without_timings
+from rls3.rundir import RunDirError, latest_checkpoint, read_metrics, without_timings
 from rls3.value import (dataset_value, loop_sample_passes, read_run_data, replay_schedule,
                         trainer_for)
 from rls3.vlm import build_vlm
@@ -174,21 +169,8 @@ def test_finetune_options_resume_bit_identically_after_sigkill(root, tmp_path):
     over = {"loop.finetune.lr_schedule": "cosine", "loop.finetune.shrink": 0.5,
             "loop.iterations": 3}
     full = run(_cfg(root, **over), run_dir=tmp_path / "full")
-    cfg_file = tmp_path / "c.yaml"
-    _cfg(root, **over).to_yaml(cfg_file)
     d = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "rls3.cli", "run", "--config", str(cfg_file),
-                             "--run-dir", str(d), "--no-report", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        ck = d / CHECKPOINTS / LATEST_FILE
-        if ck.is_file() and json.loads(ck.read_text())["iteration"] >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(_cfg(root, **over), d)
     assert latest_checkpoint(d).name == "iter_0001"
     resume(d)
     a, b = read_metrics(d), read_metrics(full.run_dir)

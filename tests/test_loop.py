@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import plant_payload, tiny_cli_config
+from conftest import kill_after_first_checkpoint, plant_payload, tiny_cli_config
 
 from rls3.config import Config, ConfigError
 from rls3.data import read_dataset
@@ -295,22 +291,8 @@ def test_bad_budget_source(tmp_path, root):
 def test_resume_after_the_process_is_killed(sac_run, root, tmp_path):
     """`rls3 run` killed with SIGKILL after its first checkpoint resumes to the same result,
     with fine-tuning replay on: iteration 2 replays iteration 1's batch read back from disk."""
-    cfg = tiny_config(root)
-    cfg_file = tmp_path / "c.yaml"
-    cfg.to_yaml(cfg_file)
     d = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "rls3.cli", "run", "--config", str(cfg_file),
-                             "--run-dir", str(d), "--no-report", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        ck = d / CHECKPOINTS / LATEST_FILE
-        if ck.is_file() and json.loads(ck.read_text())["iteration"] >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(tiny_config(root), d)
     assert latest_checkpoint(d).name == "iter_0001"
     res = resume(d)
     assert res.iterations == 2

@@ -276,3 +276,43 @@ def aligned(module: torch.nn.Module) -> torch.nn.Module:
                 m._buffers[name] = b.clone()
     return module
 
+
+class InitialWeights:
+    """Learning-rate scaling and pulls toward the initial weights (`loop.finetune`), shared by
+    the adapters; the adapter provides `name`, `trainable_parameters()`, `optimizer` and the
+    fields `_initial` (None until `remember_initial`) and `_optimizer`."""
+
+    name: str
+    _initial: dict[str, torch.Tensor] | None
+    _optimizer: torch.optim.Optimizer | None
+
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        raise NotImplementedError
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def set_lr_scale(self, factor: float) -> None:
+        """Run the next fine-tuning steps at `factor` times each parameter group's base learning
+        rate (`loop.finetune.lr_schedule`)."""
+        scale_learning_rate(self.optimizer, factor)
+
+    def remember_initial(self) -> None:
+        """Keep a copy of the trainable weights as they are now: the w0 `shrink` pulls toward."""
+        self._initial = weight_snapshot(self.trainable_parameters())
+
+    def shrink(self, factor: float) -> None:
+        """w <- w0 + factor * (w - w0) on the trainable weights (`loop.finetune.shrink`)."""
+        if self._initial is None:
+            raise RuntimeError(f"{self.name}: shrink needs remember_initial() first")
+        shrink_weights(self.trainable_parameters(), self._initial, factor)
+
+    def restore_initial(self) -> None:
+        """The trainable weights back to `remember_initial`'s copy and a fresh optimizer: the
+        adapter as it was built, its frozen-prefix caches kept (offline re-training)."""
+        if self._initial is None:
+            raise RuntimeError(f"{self.name}: restore_initial needs remember_initial() first")
+        shrink_weights(self.trainable_parameters(), self._initial, 0.0)
+        self._optimizer = None
+

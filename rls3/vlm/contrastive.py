@@ -46,9 +46,8 @@ from torch import nn
 from rls3.captions import Description, mirror
 from rls3.sample import Sample
 from rls3.vlm.base import Feedback, Metrics
-from rls3.vlm.common import (autocast, batches, breakdown, check_positive, progress,
-                             resolve_device, resolve_dtype, scale_learning_rate, seeded_generator,
-                             shrink_weights, weight_snapshot)
+from rls3.vlm.common import (InitialWeights, autocast, batches, breakdown, check_positive,
+                             progress, resolve_device, resolve_dtype, seeded_generator)
 from rls3.vlm.distributed import DataParallel, Shards, scale_grad
 
 log = logging.getLogger(__name__)
@@ -169,7 +168,7 @@ def _mirrored(sample: Sample) -> tuple[np.ndarray, Description]:
     return np.ascontiguousarray(sample.image[:, ::-1]), d
 
 
-class ContrastiveVLM:
+class ContrastiveVLM(InitialWeights):
     """Base class of the CLIP-type adapters: implements the `VLM` Protocol on top of a few hooks.
 
     Each tower is split into a frozen *prefix* (run once per fine-tuning call without gradients;
@@ -285,29 +284,6 @@ class ContrastiveVLM:
 
     def set_rng_state(self, state: torch.Tensor) -> None:
         self._generator.set_state(state)
-
-    def set_lr_scale(self, factor: float) -> None:
-        """Run the next fine-tuning steps at `factor` times each parameter group's base learning
-        rate (`loop.finetune.lr_schedule`)."""
-        scale_learning_rate(self.optimizer, factor)
-
-    def remember_initial(self) -> None:
-        """Keep a copy of the trainable weights as they are now: the w0 `shrink` pulls toward."""
-        self._initial = weight_snapshot(self.trainable_parameters())
-
-    def shrink(self, factor: float) -> None:
-        """w <- w0 + factor * (w - w0) on the trainable weights (`loop.finetune.shrink`)."""
-        if self._initial is None:
-            raise RuntimeError(f"{self.name}: shrink needs remember_initial() first")
-        shrink_weights(self.trainable_parameters(), self._initial, factor)
-
-    def restore_initial(self) -> None:
-        """The trainable weights back to `remember_initial`'s copy and a fresh optimizer: the
-        adapter as it was built, its frozen-prefix caches kept (offline re-training)."""
-        if self._initial is None:
-            raise RuntimeError(f"{self.name}: restore_initial needs remember_initial() first")
-        shrink_weights(self.trainable_parameters(), self._initial, 0.0)
-        self._optimizer = None
 
     # ----------------------------------------------------------------- embeddings
     @torch.no_grad()

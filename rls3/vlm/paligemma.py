@@ -26,11 +26,10 @@ from torch import nn
 
 from rls3.sample import Sample
 from rls3.vlm.base import Feedback, Metrics
-from rls3.vlm.common import (META_FILE, aligned, batches, breakdown, check_positive,
-                             load_hf_config, load_optimizer_state, progress, read_meta,
-                             resolve_device,
-                             resolve_dtype, save_optimizer, scale_learning_rate, seeded_generator,
-                             shrink_weights, to_pil, weight_snapshot, write_meta)
+from rls3.vlm.common import (META_FILE, InitialWeights, aligned, batches, breakdown,
+                             check_positive, load_hf_config, load_optimizer_state, progress,
+                             read_meta, resolve_device, resolve_dtype, save_optimizer,
+                             seeded_generator, to_pil, write_meta)
 from rls3.vlm.distributed import DataParallel, Shards
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ def freeze_all_but_lm_attention(model: nn.Module) -> list[str]:
     return names
 
 
-class PaliGemmaVLM:
+class PaliGemmaVLM(InitialWeights):
     """PaliGemma behind the `VLM` Protocol (see the module docstring).
 
     `weights`: hub name or folder (`load_paligemma`); `tiny=True` builds a tiny random model with
@@ -153,29 +152,6 @@ class PaliGemmaVLM:
 
     def set_rng_state(self, state: torch.Tensor) -> None:
         self._generator.set_state(state)
-
-    def set_lr_scale(self, factor: float) -> None:
-        """Run the next fine-tuning steps at `factor` times each parameter group's base learning
-        rate (`loop.finetune.lr_schedule`)."""
-        scale_learning_rate(self.optimizer, factor)
-
-    def remember_initial(self) -> None:
-        """Keep a copy of the trainable weights as they are now: the w0 `shrink` pulls toward."""
-        self._initial = weight_snapshot(self.trainable_parameters())
-
-    def shrink(self, factor: float) -> None:
-        """w <- w0 + factor * (w - w0) on the trainable weights (`loop.finetune.shrink`)."""
-        if self._initial is None:
-            raise RuntimeError(f"{self.name}: shrink needs remember_initial() first")
-        shrink_weights(self.trainable_parameters(), self._initial, factor)
-
-    def restore_initial(self) -> None:
-        """The trainable weights back to `remember_initial`'s copy and a fresh optimizer: the
-        adapter as it was built, its frozen-prefix caches kept (offline re-training)."""
-        if self._initial is None:
-            raise RuntimeError(f"{self.name}: restore_initial needs remember_initial() first")
-        shrink_weights(self.trainable_parameters(), self._initial, 0.0)
-        self._optimizer = None
 
     @property
     def module(self) -> nn.Module:
