@@ -39,10 +39,9 @@ def cosine_factor(t: float, lr_min: float) -> float:
 
 
 def chunks(k: int, points: Sequence[int], schedule: str) -> list[tuple[int, int, float]]:
-    """The iteration's `finetune` calls as (first unit, units, lr factor): one call per
-    validation point for a constant rate; with "cosine" also cut into at most `MAX_LR_CHUNKS`
-    near-equal pieces. The third value is the piece's midpoint as a share of K (where the
-    cosine factor is taken)."""
+    """The iteration's `finetune` calls as (first unit, units, midpoint as a share of K): one
+    call per validation point for a constant rate; with "cosine" also cut into at most
+    `MAX_LR_CHUNKS` near-equal pieces, each run at the cosine factor of its midpoint."""
     cuts = set(points)
     if schedule == "cosine":
         n = min(k, MAX_LR_CHUNKS)
