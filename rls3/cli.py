@@ -428,6 +428,10 @@ def cmd_value(args: argparse.Namespace) -> int:
     from rls3.value import dataset_value, replay_schedule
 
     check_run_dir(args.run)
+    for flag, v in (("--passes", args.passes), ("--iterations", args.iterations),
+                    ("--test-size", args.test_size)):
+        if v is not None and v < 1:
+            raise UsageError(f"{flag} must be >= 1, got {v}")
     if args.overrides and not args.schedule:
         raise UsageError("--set changes the replayed schedule: use it with --schedule")
     bad = [o for o in args.overrides if not o.strip().startswith("loop.")]

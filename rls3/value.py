@@ -77,24 +77,19 @@ def read_run_data(run_dir: str | Path, iterations: int | None = None,
     return RunData(d, cfg, records, batches)
 
 
-def loop_sample_passes(cfg: Config, records: Sequence[dict[str, Any]]) -> int:
+def loop_sample_passes(cfg: Config, records: Sequence[dict[str, Any]],
+                       batch_size: int = 1) -> int:
     """Sample passes the run's fine-tuning spent: K epochs over each iteration's fine-tuning
-    set (CLIP-type), or K steps of `vlm.batch_size`-sample mini-batches (PaliGemma)."""
+    set (CLIP-type), or its optimizer steps times `batch_size` (PaliGemma, whose K counts
+    steps; pass the adapter's mini-batch size)."""
     if _counts_steps(cfg):
-        return sum(len(r.get("finetune_losses") or []) for r in records) * _batch_size(cfg)
+        return sum(len(r.get("finetune_losses") or []) for r in records) * batch_size
     return sum(int(r.get("finetune_set") or r.get("batch_size") or 0) * cfg.loop.k
                for r in records)
 
 
 def _counts_steps(cfg: Config) -> bool:
     return get_vlm_spec(cfg.vlm.name).adapter == "paligemma"
-
-
-def _batch_size(cfg: Config) -> int:
-    if cfg.vlm.batch_size:
-        return int(cfg.vlm.batch_size)
-    spec = get_vlm_spec(cfg.vlm.name)
-    return int(spec.options.get("batch_size", 32 if spec.adapter != "paligemma" else 8))
 
 
 def _fixed_sets(cfg: Config, progress: bool) -> tuple[list[Sample], list[Sample]]:
@@ -143,17 +138,18 @@ def dataset_value(run_dir: str | Path, *, iterations: int | None = None,
     rd = read_run_data(run_dir, iterations, progress=progress)
     cfg = _with_sets(rd.cfg, data_dir, test_size, progress)
     samples = rd.samples
-    budget = passes if passes is not None else loop_sample_passes(cfg, rd.records)
+    trainer = trainer or Trainer(cfg)
+    vlm = trainer.fresh()
+    batch = int(getattr(vlm, "batch_size", 1))
+    budget = passes if passes is not None else loop_sample_passes(cfg, rd.records, batch)
     if budget < 1:
         raise ValueError(f"passes must be >= 1, got {budget!r}")
     if _counts_steps(cfg):
-        units = max(1, round(budget / _batch_size(cfg)))
-        spent = units * _batch_size(cfg)
+        units = max(1, round(budget / batch))
+        spent = units * batch
     else:
         units = max(1, round(budget / len(samples)))
         spent = units * len(samples)
-    trainer = trainer or Trainer(cfg)
-    vlm = trainer.fresh()
     log.info("dataset value of %s: %d samples of %d iterations, %d %s (%d sample passes; the "
              "loop spent %d)", rd.run_dir, len(samples), len(rd.records), units,
              "steps" if _counts_steps(cfg) else "epochs", spent, budget)

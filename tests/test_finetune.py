@@ -242,6 +242,7 @@ def test_rls3_value_command(random_run, tmp_path, capsys):
                        ([str(random_run.run_dir), "--schedule", "--set", "seed=3"], "loop.*"),
                        ([str(random_run.run_dir), "--schedule", "--set",
                          "loop.finetune.shrink=7"], "loop.finetune.shrink"),
+                       ([str(random_run.run_dir), "--passes", "0"], "--passes"),
                        ([str(tmp_path / "nope")], "nope")):
         capsys.readouterr()
         assert main(["value", "-q", *argv]) == 2
