@@ -20,14 +20,19 @@ def temp_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.parent / f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}"
 
 
+def _write_synced(path: Path, text: str) -> None:
+    """Write `text` to `path` and fsync it (the temporary file of an atomic write)."""
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file, fsync and a rename."""
     tmp = temp_sibling(path)
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -40,10 +45,7 @@ def atomic_create(path: Path, text: str) -> None:
     rather than replaces; on a file system without hard links an exclusive create is used."""
     tmp = temp_sibling(path)
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, text)
         try:
             os.link(tmp, path)
         except OSError as e:

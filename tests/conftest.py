@@ -164,3 +164,15 @@ def kill_after_first_checkpoint(cfg: Config, run_dir: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
+
+@pytest.fixture
+def restore_rls3_logging():
+    """`rls3.cli.main` configures the "rls3" logger for a terminal; give other tests theirs
+    back."""
+    import logging
+
+    lg = logging.getLogger("rls3")
+    saved = lg.handlers[:], lg.level, lg.propagate
+    yield
+    lg.handlers[:], lg.level, lg.propagate = saved
+

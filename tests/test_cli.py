@@ -17,15 +17,8 @@ from rls3.rundir import METRICS_FILE, create_run
 from rls3.vlm.synthetic import make_samples
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """`main` configures the "rls3" logger for a terminal; give other tests theirs back."""
-    import logging
-
-    lg = logging.getLogger("rls3")
-    saved = lg.handlers[:], lg.level, lg.propagate
-    yield
-    lg.handlers[:], lg.level, lg.propagate = saved
+#: `main` configures the "rls3" logger for a terminal: every test here gives it back after
+pytestmark = pytest.mark.usefixtures("restore_rls3_logging")
 
 
 def call(argv, capsys):

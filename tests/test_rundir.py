@@ -21,13 +21,8 @@ from rls3.rundir import (CONFIG_FILE, LOCK_FILE, METRICS_FILE, RUN_FILE, RunDirE
                          check_run_paths, create_run, lock_run, read_metrics)
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """`main` configures the "rls3" logger for a terminal; give other tests theirs back."""
-    lg = logging.getLogger("rls3")
-    saved = lg.handlers[:], lg.level, lg.propagate
-    yield
-    lg.handlers[:], lg.level, lg.propagate = saved
+#: `main` configures the "rls3" logger for a terminal: every test here gives it back after
+pytestmark = pytest.mark.usefixtures("restore_rls3_logging")
 
 
 def _stderr_lines(err: str) -> list[str]:
