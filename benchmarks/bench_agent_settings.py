@@ -64,7 +64,8 @@ def run_variant(name: str, steps: int, chunk: int, eval_steps: int, seed: int = 
     import torch
 
     from rls3.agents import SACAgent
-    from rls3.config import make_backend, preset
+    from rls3.backends import make_backend
+    from rls3.config import preset
     from rls3.env import Rls3Env
 
     torch.set_num_threads(1)

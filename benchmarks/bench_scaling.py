@@ -53,7 +53,8 @@ def iteration_time(overrides: dict, agent: str = "sac", preset: str = "quick") -
 
 
 def _make_env(size: int):  # module level: picklable for SubprocVecEnv
-    from rls3.config import make_backend, preset
+    from rls3.backends import make_backend
+    from rls3.config import preset
     from rls3.env import Rls3Env
 
     cfg = preset("quick")

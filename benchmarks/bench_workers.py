@@ -95,7 +95,9 @@ def env_point(workers: int, steps: int, size: int, seed: int = 0) -> dict[str, A
     process."""
     from dataclasses import replace
 
-    from rls3.config import make_backend, preset
+    from rls3.backends import make_backend
+
+    from rls3.config import preset
     from rls3.env import Rls3Env
     from rls3.workers import make_workers
 
@@ -147,7 +149,8 @@ def env_point(workers: int, steps: int, size: int, seed: int = 0) -> dict[str, A
 
 def frame_pipe_cost(size: int, reps: int = 50) -> dict[str, Any]:
     """Seconds and bytes to pickle + unpickle one rendered `Frame` (what a worker sends back)."""
-    from rls3.config import make_backend, preset
+    from rls3.backends import make_backend
+    from rls3.config import preset
     from rls3.env import Frame
 
     backend = make_backend(preset("quick").backend, "train")

@@ -61,7 +61,8 @@ def _roll(env, act, steps: int, seed: int) -> dict[str, dict[str, int]]:
 def run(preset: str = "quick", seeds: tuple[int, ...] = (0, 1, 2), steps: int = 600,
         pretrain_steps: int | None = None, progress: bool = False) -> dict:
     from rls3.agents import RandomAgent, pretrained_sac  # noqa: F401  (the loop's agents)
-    from rls3.config import make_backend, preset as make_preset
+    from rls3.backends import make_backend
+    from rls3.config import preset as make_preset
     from rls3.env import Rls3Env
 
     cfg = make_preset(preset)

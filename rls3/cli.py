@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rls3.config import AGENTS, BACKENDS, PRESETS, Config, ConfigError, preset
+from rls3.backends import BackendSpec, CliOption, available_backends, backend_specs
+from rls3.config import AGENTS, PRESETS, Config, ConfigError, preset
 
 log = logging.getLogger("rls3.cli")
 EXIT_FAILED = 1          # a worker or data-parallel process failed (the run stays resumable)
@@ -51,18 +52,36 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one value, e.g. --set loop.eta=0.3 (repeatable)")
     p.add_argument("--seed", type=int, help="run seed")
-    p.add_argument("--backend", help=f"scene backend ({', '.join(sorted(BACKENDS))})")
-    u = p.add_argument_group("Unity backend (--backend unity)")
-    u.add_argument("--unity-build", metavar="PATH",
-                   help="Unity player executable ('testpeer' runs the embedded simulator behind "
-                   "the real ML-Agents protocol)")
-    u.add_argument("--unity-editor", action="store_true",
-                   help="connect to a running Unity Editor (press Play; port 5004)")
-    u.add_argument("--unity-worker-id", type=int, metavar="N", help="ML-Agents worker id")
-    u.add_argument("--unity-base-port", type=int, metavar="PORT", help="ML-Agents base port")
-    u.add_argument("--unity-timeout", type=float, metavar="S", help="seconds to wait per exchange")
-    u.add_argument("--unity-no-graphics", action="store_true",
-                   help="start the player with -nographics (renders no images)")
+    p.add_argument("--backend", help=f"scene backend ({', '.join(available_backends())})")
+    for spec in backend_specs():   # each backend's own flags, --<backend>-<flag>
+        if spec.cli_options:
+            group = p.add_argument_group(f"{spec.title or spec.name} (--backend {spec.name})")
+            for o in spec.cli_options:
+                if o.type is None:
+                    group.add_argument(_flag(spec, o), action="store_true", help=o.help)
+                else:
+                    group.add_argument(_flag(spec, o), type=o.type, metavar=o.metavar,
+                                       help=o.help)
+
+
+def _flag(spec: BackendSpec, option: CliOption) -> str:
+    return f"--{spec.name}-{option.flag}"
+
+
+def _backend_flags(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    """`backend.options` set by a backend's own flags (ConfigError when they are not the run's
+    backend's)."""
+    for spec in backend_specs():
+        given = {}
+        for o in spec.cli_options:
+            value = getattr(args, _flag(spec, o)[2:].replace("-", "_"), None)
+            if value is not None and value is not False:
+                given[o.key] = True if o.type is None else value
+        if given:
+            if (getattr(args, "backend", None) or cfg.backend.name) != spec.name:
+                raise ConfigError(f"--{spec.name}-* options need --backend {spec.name}")
+            return {**cfg.backend.options, **given}
+    return {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,17 +191,9 @@ def resolve_config(args: argparse.Namespace) -> Config:
         flags["seed"] = args.seed
     if getattr(args, "backend", None):
         flags["backend.name"] = args.backend
-    unity = {"build": getattr(args, "unity_build", None),
-             "editor": getattr(args, "unity_editor", False) or None,
-             "worker_id": getattr(args, "unity_worker_id", None),
-             "base_port": getattr(args, "unity_base_port", None),
-             "timeout_s": getattr(args, "unity_timeout", None),
-             "no_graphics": getattr(args, "unity_no_graphics", False) or None}
-    unity = {k: v for k, v in unity.items() if v is not None}
-    if unity:
-        if (getattr(args, "backend", None) or cfg.backend.name) != "unity":
-            raise ConfigError("--unity-* options need --backend unity")
-        flags["backend.options"] = {**cfg.backend.options, **unity}
+    options = _backend_flags(args, cfg)
+    if options:
+        flags["backend.options"] = options
     if getattr(args, "agent", None):
         flags["agent.name"] = args.agent
     if getattr(args, "vlm", None):

@@ -1,5 +1,6 @@
 """Typed run configuration: frozen dataclasses whose defaults are the paper's numbers, named
-presets, YAML in/out, `key=value` overrides, and the scene-backend registry.
+presets, YAML in/out and `key=value` overrides (the schema only: the backend specs live in
+`rls3.backends`, the checks made before a run starts in `rls3.preflight`).
 
 A `Config` is built as: preset (`paper-clip`, `paper-paligemma`, `quick`) -> YAML file (any
 subset of keys) -> CLI flags -> `--set section.key=value` overrides. Every value is checked on construction;
@@ -16,27 +17,24 @@ from __future__ import annotations
 
 import math
 import os
-import types
-import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
-from rls3.env import EnvConfig
-from rls3.scene import SceneBackend
+from rls3.backends import BackendConfig, get_backend_spec
+from rls3.coerce import build_record, deep_merge, to_plain
+from rls3.configerror import ConfigError
+from rls3.configerror import require as _require
+from rls3.envconfig import EnvConfig
 from rls3.seeding import child_seed
 
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it and what is allowed."""
-
-
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"invalid {key}={value!r}: must be {allowed}")
+__all__ = ["AGENTS", "FEEDBACK_MODES", "REWARD_NORMS", "SIGNALS", "STEP_CAP_T0", "BUDGET_UNITS",
+           "LR_SCHEDULES", "PRESETS", "AgentConfig", "BackendConfig", "Config", "ConfigError",
+           "DataConfig", "EarlyStoppingConfig", "EnvConfig", "FinetuneConfig", "LoopConfig",
+           "ReplayConfig", "VLMConfig", "parse_assignment", "preset"]
 
 
 AGENTS: tuple[str, ...] = ("sac", "random")
@@ -51,31 +49,6 @@ BUDGET_UNITS: tuple[str, ...] = ("steps", "valid")
 
 
 # ------------------------------------------------------------------------------------ sections
-@dataclass(frozen=True)
-class BackendConfig:
-    """Which scene backend to use and which scenes it serves for training and testing.
-
-    `train_scenes` / `test_scenes` are a split name ("train", "test") or a list of scene names;
-    `options` are passed to the backend's factory (e.g. a Unity executable path).
-    """
-
-    name: str = "sim"
-    train_scenes: str | tuple[str, ...] = "train"
-    test_scenes: str | tuple[str, ...] = "test"
-    objects: tuple[str, ...] | None = None
-    shadows: bool = True
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _require(self.name in BACKENDS, "backend.name", self.name, f"one of {sorted(BACKENDS)}")
-        for key in ("train_scenes", "test_scenes"):
-            v = getattr(self, key)
-            _require(isinstance(v, str) and bool(v) or isinstance(v, tuple) and len(v) > 0,
-                     f"backend.{key}", v, "a split name or a non-empty list of scene names")
-        _require(self.objects is None or len(self.objects) >= 3, "backend.objects", self.objects,
-                 "null (the default pool) or a list of at least 3 object names")
-
-
 @dataclass(frozen=True)
 class ReplayConfig:
     """Replay of earlier fine-tuning samples (a departure from the paper, which fine-tunes each
@@ -255,7 +228,9 @@ class VLMConfig:
     processes: int | None = None
 
     def __post_init__(self) -> None:
-        known = known_vlms()
+        from rls3.vlm import available_vlms  # the registry alone: no adapter, nothing above us
+
+        known = available_vlms()
         _require(self.processes is None or (isinstance(self.processes, int)
                                             and self.processes >= 1), "vlm.processes",
                  self.processes, "null or an integer >= 1")
@@ -398,15 +373,13 @@ class Config:
         `log_folder`, and one that draws random numbers of its own is seeded from the run seed
         (`rls3.seeding`), unless its options say otherwise."""
         options = dict(self.backend.options)
-        image = BACKEND_IMAGE_OPTIONS.get(self.backend.name)
-        if image is not None:
-            options.setdefault(image, self.env.image_size)
-        logs = BACKEND_LOG_OPTIONS.get(self.backend.name)
-        if logs is not None and log_folder is not None:
-            options.setdefault(logs, str(log_folder))
-        seed = BACKEND_SEED_OPTIONS.get(self.backend.name)
-        if seed is not None:
-            options.setdefault(seed, child_seed(self.seed, "backend"))
+        spec = get_backend_spec(self.backend.name)
+        if spec.image_option is not None:
+            options.setdefault(spec.image_option, self.env.image_size)
+        if spec.log_option is not None and log_folder is not None:
+            options.setdefault(spec.log_option, str(log_folder))
+        if spec.seed_option is not None:
+            options.setdefault(spec.seed_option, child_seed(self.seed, "backend"))
         return replace(self.backend, options=options)
 
     @property
@@ -417,7 +390,7 @@ class Config:
     # ---------------------------------------------------------------- conversions
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), the YAML layout."""
-        return _to_plain(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], base: Config | None = None) -> Config:
@@ -427,8 +400,8 @@ class Config:
             raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
         if base is None:
             base = preset(data["preset"]) if data.get("preset") in PRESETS else cls()
-        merged = _deep_merge(base.to_dict(), data, "")
-        return _build(cls, merged, "")
+        merged = deep_merge(base.to_dict(), data, "")
+        return build_record(cls, merged, "")
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
@@ -558,411 +531,3 @@ def preset(name: str) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; allowed: {sorted(PRESETS)}")
     return PRESETS[name]()
-
-
-# ------------------------------------------------------------------------------------ registries
-BackendFactory = Callable[[BackendConfig, str], SceneBackend]
-BackendCheck = Callable[[BackendConfig], None]
-#: Scene backends by name: factory(backend_config, split) -> SceneBackend, split "train"/"test".
-BACKENDS: dict[str, BackendFactory] = {}
-#: Optional checks of a backend's config that run before anything is built or written.
-BACKEND_CHECKS: dict[str, BackendCheck] = {}
-#: Backends that render at a size set through an option: backend name -> option name.
-BACKEND_IMAGE_OPTIONS: dict[str, str] = {}
-#: Backends that write logs of their own into a folder option: backend name -> option name.
-BACKEND_LOG_OPTIONS: dict[str, str] = {}
-#: Backends that draw random numbers of their own, seeded through an option: name -> option.
-BACKEND_SEED_OPTIONS: dict[str, str] = {}
-#: Backends whose scenes come from an artefact outside rls3: name -> identity(backend_config).
-BACKEND_IDENTITIES: dict[str, Callable[[BackendConfig], str]] = {}
-#: Checks that a backend can serve N scene workers (`env.workers`): name -> check(cfg, n).
-BACKEND_WORKER_CHECKS: dict[str, Callable[[BackendConfig, int], None]] = {}
-#: The largest image side (pixels) a backend can render on this machine: name -> limit().
-BACKEND_IMAGE_LIMITS: dict[str, Callable[[], int]] = {}
-
-
-def register_backend(name: str, factory: BackendFactory, check: BackendCheck | None = None,
-                     image_option: str | None = None,
-                     identity: Callable[[BackendConfig], str] | None = None,
-                     log_option: str | None = None,
-                     workers_check: Callable[[BackendConfig, int], None] | None = None,
-                     seed_option: str | None = None,
-                     image_limit: Callable[[], int] | None = None) -> None:
-    """Make `backend.name: <name>` (and `rls3 run --backend <name>`) build backends with
-    `factory(backend_config, split)`; `check(backend_config)` (raising ConfigError) vets scene,
-    object and option names up front; `image_option` names the option that sets the rendered
-    image size (a run fills it with `env.image_size`); `identity(backend_config)` names what the
-    scenes come from (a build file), so cached data sets and pre-trained agents of another build
-    are not reused; `log_option` names a folder option for the backend's own logs (a run points
-    it into its run directory); `workers_check(backend_config, n)` (raising ConfigError) says
-    whether the backend can serve `env.workers` = n > 1 worker processes; `seed_option` names
-    the option seeding the backend's own random draws (a run fills it from its seed);
-    `image_limit()` gives the largest image side it can render here (`env.image_size` above it
-    is refused before a run starts)."""
-    BACKENDS[name] = factory
-    if check is not None:
-        BACKEND_CHECKS[name] = check
-    if image_option is not None:
-        BACKEND_IMAGE_OPTIONS[name] = image_option
-    if identity is not None:
-        BACKEND_IDENTITIES[name] = identity
-    if log_option is not None:
-        BACKEND_LOG_OPTIONS[name] = log_option
-    if workers_check is not None:
-        BACKEND_WORKER_CHECKS[name] = workers_check
-    if seed_option is not None:
-        BACKEND_SEED_OPTIONS[name] = seed_option
-    if image_limit is not None:
-        BACKEND_IMAGE_LIMITS[name] = image_limit
-
-
-def backend_identity(cfg: BackendConfig) -> str:
-    """The key caches use for a backend: its name, plus the identity of its scene source when it
-    has one (e.g. ``unity-3f2a9c1e`` for a Unity build's path, size and modification time)."""
-    fn = BACKEND_IDENTITIES.get(cfg.name)
-    return cfg.name if fn is None else f"{cfg.name}-{fn(cfg)}"
-
-
-def make_backend(cfg: BackendConfig, split: str) -> SceneBackend:
-    """Build the backend serving `split` ("train" or "test") scenes."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if cfg.name not in BACKENDS:
-        raise ConfigError(f"unknown backend {cfg.name!r}; allowed: {sorted(BACKENDS)}")
-    return BACKENDS[cfg.name](cfg, split)
-
-
-def _sim_backend(cfg: BackendConfig, split: str) -> SceneBackend:
-    from rls3.sim import SimBackend
-
-    scenes = cfg.train_scenes if split == "train" else cfg.test_scenes
-    return SimBackend(scenes if isinstance(scenes, str) else list(scenes),
-                      objects=list(cfg.objects) if cfg.objects is not None else None,
-                      shadows=cfg.shadows, **cfg.options)
-
-
-def _unity_backend(cfg: BackendConfig, split: str) -> SceneBackend:
-    from rls3.bridges import unity_backend_factory  # lazy: mlagents-envs is an optional extra
-
-    return unity_backend_factory(cfg, split)
-
-
-def _sim_check(cfg: BackendConfig) -> None:
-    """Scene names, object names and options of the embedded simulator (the rules `SimBackend`
-    applies, without building it)."""
-    import inspect
-
-    from rls3.assets import AssetError, load_catalog
-    from rls3.sim.backend import SimBackend, resolve_pool, resolve_scenes
-
-    allowed = [p for p in inspect.signature(SimBackend.__init__).parameters
-               if p not in ("self", "scenes", "objects", "shadows", "catalog")]
-    bad = sorted(set(cfg.options) - set(allowed))
-    _require(not bad, "backend.options", cfg.options,
-             f"options the sim backend takes (allowed: {allowed or 'none'}; unknown: {bad})")
-    for key in ("train_scenes", "test_scenes"):
-        v = getattr(cfg, key)
-        try:
-            resolve_scenes(v)
-        except ValueError as e:
-            raise ConfigError(f"invalid backend.{key}={v!r}: {e}") from e
-    if cfg.objects is not None:
-        try:
-            resolve_pool(cfg.objects, load_catalog())
-        except (ValueError, AssetError) as e:
-            raise ConfigError(f"invalid backend.objects={list(cfg.objects)!r}: {e}") from e
-
-
-def _sim_image_limit() -> int:
-    """The embedded renderer's largest image side on this machine (its OpenGL limits)."""
-    from rls3.sim.render import max_image_size
-
-    return max_image_size()
-
-
-def _unity_check(cfg: BackendConfig) -> None:
-    """Option names of the Unity bridge (scene and object names are known only once a player
-    answers)."""
-    try:
-        from rls3.bridges import UNITY_OPTIONS
-    except ImportError as e:
-        raise ConfigError(f"backend.name='unity' needs the Unity extra (mlagents-envs): {e}") \
-            from e
-    bad = sorted(set(cfg.options) - set(UNITY_OPTIONS))
-    _require(not bad, "backend.options", cfg.options,
-             f"options of the unity backend (allowed: {list(UNITY_OPTIONS)}; unknown: {bad})")
-
-
-def _unity_identity(cfg: BackendConfig) -> str:
-    """A Unity build's path, size and modification time (the Editor and the test peer: their
-    name), hashed."""
-    import hashlib
-
-    build = cfg.options.get("build")
-    if cfg.options.get("editor") or not build:
-        what = "editor"
-    elif not os.path.exists(str(build)):
-        what = str(build)      # the test peer's "testpeer[...]" or a path checked at launch
-    else:
-        st = os.stat(build)
-        what = f"{os.path.abspath(build)}|{st.st_size}|{st.st_mtime_ns}"
-    return hashlib.sha256(what.encode()).hexdigest()[:8]
-
-
-def _unity_workers_check(cfg: BackendConfig, n: int) -> None:
-    """N scene workers need N Unity players, each on its own port: worker w takes worker id
-    k + 1 + w (k: `backend.options.worker_id`, kept by the main process's player), i.e. port
-    base_port + k + 1 + w. The Editor serves one; ports in use are named before anything starts
-    (the test peer without a base port picks free ports itself)."""
-    import socket
-
-    opts = cfg.options
-    if opts.get("editor"):
-        raise ConfigError(f"invalid env.workers={n}: the Unity Editor serves one scene (port "
-                          f"{opts.get('base_port', 5004)}); scene workers need a player build "
-                          f"(backend.options.build), or use env.workers=1")
-    build = str(opts.get("build") or "")
-    if opts.get("base_port") is None and (build == "testpeer" or build.startswith("testpeer:")):
-        return
-    base_port, worker_id = int(opts.get("base_port") or 5005), int(opts.get("worker_id", 0))
-    ports = [base_port + worker_id + 1 + w for w in range(n)]
-    if ports[-1] > 65535:
-        raise ConfigError(f"invalid env.workers={n}: worker ports {ports[0]}-{ports[-1]} run past "
-                          f"65535; lower backend.options.base_port / worker_id or the workers")
-    busy = []
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                busy.append(port)
-    if busy:
-        raise ConfigError(f"invalid env.workers={n}: the workers' Unity players need ports "
-                          f"{ports[0]}-{ports[-1]} (base port {base_port} + worker ids "
-                          f"{worker_id + 1}-{worker_id + n}) but {busy} are in use; free them, "
-                          f"choose another backend.options.base_port / worker_id, or use fewer "
-                          f"workers")
-
-
-register_backend("sim", _sim_backend, _sim_check, image_limit=_sim_image_limit)
-register_backend("unity", _unity_backend, _unity_check, image_option="image_size",
-                 identity=_unity_identity, log_option="log_folder",
-                 workers_check=_unity_workers_check, seed_option="seed")
-
-
-#: share of the available memory SAC's replay buffer may take before a run is refused
-BUFFER_MEMORY_SHARE = 0.8
-
-
-def replay_buffer_bytes(cfg: Config, pool: int = 9, scenes: int | None = None) -> int:
-    """SB3 SAC's replay-buffer size in bytes for `cfg` (float32 observations and next
-    observations, actions, reward, done and timeout flags per transition)."""
-    from rls3.env import OBS_SIZE, relative_size
-
-    if scenes is None:
-        v = cfg.backend.train_scenes
-        scenes = 5 if v == "train" else 1 if isinstance(v, str) else len(v)
-    obs = relative_size(pool, scenes) if cfg.env.observation == "relative" else OBS_SIZE
-    return int(cfg.agent.buffer_size) * (2 * obs + 3 + 3) * 4
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (MemAvailable), None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def check_image_size(cfg: Config) -> None:
-    """ConfigError when `env.image_size` is larger than the backend can render here."""
-    limit = BACKEND_IMAGE_LIMITS.get(cfg.backend.name)
-    if limit is not None:
-        top = limit()
-        _require(cfg.env.image_size <= top, "env.image_size", cfg.env.image_size,
-                 f"an integer in [8, {top}]: the {cfg.backend.name} backend's renderer draws at "
-                 f"most {top} x {top} pixels on this machine")
-
-
-def check_runnable(cfg: Config) -> None:
-    """What can be checked before a run directory is made: the backend's scene/object/option
-    names and image size, the VLM's options against its adapter, a state-dict file given as the
-    clip adapter's weights (read and checked, not converted), and whether SAC's replay buffer
-    fits in memory. Raises ConfigError naming the key."""
-    check = BACKEND_CHECKS.get(cfg.backend.name)
-    if check is not None:
-        check(cfg.backend)
-    check_image_size(cfg)
-    workers_check = BACKEND_WORKER_CHECKS.get(cfg.backend.name)
-    if cfg.env.workers > 1 and workers_check is not None:
-        workers_check(cfg.backend, cfg.env.workers)
-    from rls3.vlm import check_vlm_options, get_vlm_spec
-
-    kw = cfg.vlm.build_kwargs()
-    options = {**get_vlm_spec(cfg.vlm.name).options,
-               **{k: v for k, v in kw.items() if k not in ("weights", "device", "dtype")}}
-    try:
-        check_vlm_options(cfg.vlm.name, options)
-    except ValueError as e:
-        raise ConfigError(f"invalid vlm.options={cfg.vlm.options!r}: {e}") from e
-    if get_vlm_spec(cfg.vlm.name).adapter == "clip" and cfg.vlm.weights:
-        from rls3.vlm.openai_clip import inspect_checkpoint, is_state_dict_source
-
-        if is_state_dict_source(cfg.vlm.weights):    # read and checked, not yet converted
-            try:
-                inspect_checkpoint(cfg.vlm.weights)
-            except (ValueError, OSError) as e:
-                raise ConfigError(f"invalid vlm.weights={cfg.vlm.weights!r}: {e}") from e
-    if cfg.agent.name == "sac":
-        pool = len(cfg.backend.objects) if cfg.backend.objects is not None else 9
-        need, have = replay_buffer_bytes(cfg, pool), available_memory()
-        if have is not None and need > BUFFER_MEMORY_SHARE * have:
-            raise ConfigError(
-                f"invalid agent.buffer_size={cfg.agent.buffer_size}: SAC's replay buffer would "
-                f"take {need / 2**30:.1f} GiB, more than {BUFFER_MEMORY_SHARE:.0%} of the "
-                f"{have / 2**30:.1f} GiB available; lower it (it needs no more than "
-                f"agent.pretrain_steps plus the run's env steps)")
-
-
-def known_vlms() -> tuple[str, ...]:
-    """Names `rls3.vlm.build_vlm` accepts (the registry's, imported lazily: config loads no
-    adapter)."""
-    from rls3.vlm import available_vlms
-
-    return available_vlms()
-
-
-# ------------------------------------------------------------------------------------ plumbing
-def _to_plain(obj: Any) -> Any:
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
-    if isinstance(obj, Mapping):
-        return {str(k): _to_plain(v) for k, v in obj.items()}
-    return obj
-
-
-def _deep_merge(base: dict[str, Any], new: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in new.items():
-        name = f"{prefix}{key}"
-        if key not in base:
-            allowed = ", ".join(base)
-            where = f"section {prefix[:-1]!r}" if prefix else "the top level"
-            raise ConfigError(f"unknown key {name!r}; allowed keys in {where}: {allowed}")
-        if isinstance(base[key], dict) and isinstance(value, Mapping) and key == "options":
-            # free-form options merge key by key (`--set backend.options.image_size=64` keeps
-            # the build path); a null value removes an option
-            merged = {**base[key], **value}
-            out[key] = {k: v for k, v in merged.items() if v is not None}
-        elif isinstance(base[key], dict) and isinstance(value, Mapping):
-            out[key] = _deep_merge(base[key], value, f"{name}.")
-        else:
-            out[key] = value
-    return out
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    names = {f.name for f in fields(cls)}
-    for key in data:
-        if key not in names:
-            raise ConfigError(f"unknown key {prefix + key!r}; allowed: {sorted(names)}")
-    for f in fields(cls):
-        if f.name not in data:
-            continue
-        kwargs[f.name] = _coerce(hints[f.name], data[f.name], prefix + f.name)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        msg = str(e)
-        if msg.startswith("invalid ") and prefix:  # EnvConfig style: "invalid t0=-1: must be ..."
-            raise ConfigError(f"invalid {prefix}{msg[len('invalid '):]}") from e
-        raise ConfigError(f"{prefix[:-1] or cls.__name__}: {msg}") from e
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"invalid {key}={value!r}: must be a mapping (section)")
-        return _build(tp, value, key + ".")
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"invalid {key}=None: a value is required")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[-1] if len(errors) == 1 else
-                          f"invalid {key}={value!r}: must be {_describe(tp)}")
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"invalid {key}={value!r}: must be a list")
-        (elem, *_rest) = typing.get_args(tp)
-        return tuple(_coerce(elem, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"invalid {key}={value!r}: must be a mapping")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"invalid {key}={value!r}: must be true or false")
-        return value
-    if tp in (int, float) and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-5" (and "1e12") as a string
-            value = float(value) if tp is float else int(value)
-        except ValueError:
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"invalid {key}={value!r}: must be an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"invalid {key}={value!r}: must be a number")
-        if not math.isfinite(value):
-            raise ConfigError(f"invalid {key}={value!r}: must be a finite number")
-        return float(value)
-    if tp is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith(
-                "ent_coef"):
-            return str(value)
-        if not isinstance(value, str):
-            raise ConfigError(f"invalid {key}={value!r}: must be a string")
-        return value
-    if tp is Any:
-        return value
-    raise ConfigError(f"{key}: unsupported config type {tp!r}")  # pragma: no cover
-
-
-def _describe(tp: Any) -> str:
-    names = []
-    for arg in typing.get_args(tp):
-        if arg is type(None):
-            names.append("null")
-        elif typing.get_origin(arg) is tuple:
-            names.append("a list")
-        else:
-            names.append(getattr(arg, "__name__", str(arg)))
-    return " or ".join(names)
-

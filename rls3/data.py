@@ -27,8 +27,9 @@ from PIL import Image
 
 import rls3
 from rls3.atomic import atomic_folder
+from rls3.backends import BackendConfig, backend_identity, make_backend
 from rls3.captions import describe
-from rls3.config import BackendConfig, Config, backend_identity, make_backend
+from rls3.config import Config
 from rls3.progress import progress_bar
 from rls3.sample import Sample
 from rls3.scene import SceneBackend, SceneState

@@ -36,10 +36,10 @@ import numpy as np
 from gymnasium import spaces
 
 from rls3 import ENV_ID
-from rls3.scene import DEFAULT_IMAGE_SIZE, SceneBackend, SceneState
+from rls3.envconfig import OBSERVATIONS, EnvConfig  # noqa: F401  (re-exported: the env's settings)
+from rls3.scene import SceneBackend, SceneState
 
 OBS_SIZE = 32  # the paper observation
-OBSERVATIONS: tuple[str, ...] = ("paper", "relative")
 Feedback = Callable[[Sequence["Frame"]], float]
 StepFeedback = Callable[["Frame"], float]
 #: Two valid frames show the same layout when no object moved more than this (metres).
@@ -67,46 +67,6 @@ class Frame:
     image: np.ndarray
     state: SceneState
     step: int
-
-
-@dataclass(frozen=True)
-class EnvConfig:
-    """Episode and action settings (defaults: the paper's T0 = 200)."""
-
-    t0: int = 200
-    max_steps: int = 0  # hard cap on steps per episode; 0 means 10 * t0
-    image_size: int = DEFAULT_IMAGE_SIZE
-    max_step_xy: float = 0.4  # metres moved per unit action along x and y
-    max_step_z: float = 0.6  # metres per unit action along z (reach a shelf in one move)
-    scene_every: int = 0  # valid frames per scene before cycling inside an episode; 0 = t0 // 5
-    swap_prob: float = 0.25  # chance that the next object to move is first swapped with the pool
-    render: bool = True
-    observation: str = "paper"  # "paper" (32 absolute values) or "relative" (see RELATIVE_LAYOUT)
-    #: scene worker processes the loop collects with (`rls3.workers`); `Rls3Env` ignores it
-    workers: int = 1
-
-    def __post_init__(self) -> None:
-        _check(self.t0 >= 1, "t0", self.t0, "an integer >= 1")
-        _check(self.max_steps == 0 or self.max_steps >= self.t0, "max_steps", self.max_steps,
-               "0 (auto) or >= t0")
-        _check(self.image_size >= 8, "image_size", self.image_size, "an integer >= 8")
-        _check(self.max_step_xy > 0 and self.max_step_z > 0, "max_step_xy/max_step_z",
-               (self.max_step_xy, self.max_step_z), "positive metres")
-        _check(self.scene_every >= 0, "scene_every", self.scene_every, ">= 0")
-        _check(0.0 <= self.swap_prob <= 1.0, "swap_prob", self.swap_prob, "in [0, 1]")
-        _check(isinstance(self.workers, int) and not isinstance(self.workers, bool)
-               and self.workers >= 1, "workers", self.workers,
-               "an integer >= 1 (1: collect in this process; N > 1: N worker processes)")
-        _check(self.observation in OBSERVATIONS, "observation", self.observation,
-               f"one of {list(OBSERVATIONS)}")
-
-    @property
-    def step_cap(self) -> int:
-        return self.max_steps or 10 * self.t0
-
-    @property
-    def frames_per_scene(self) -> int:
-        return self.scene_every or max(1, self.t0 // 5)
 
 
 class Rls3Env(gym.Env):
@@ -355,7 +315,3 @@ def _finite(x: float) -> float:
 def _wrap(angle: float) -> float:
     return (angle + math.pi) % (2 * math.pi) - math.pi
 
-
-def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid {name}={value!r}: must be {allowed}")

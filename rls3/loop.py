@@ -52,13 +52,15 @@ from safetensors import SafetensorError
 from rls3 import runtime
 from rls3.agents import Agent, RandomAgent, SACAgent, build_agent
 from rls3.atomic import atomic_folder, atomic_write
+from rls3.backends import backend_identity, make_backend
 from rls3.collector import EpisodeCollector, RunningNorm
-from rls3.config import Config, backend_identity, check_runnable, make_backend
+from rls3.config import Config
 from rls3.data import (DatasetError, complexity_counts, prepare_fixed_sets, read_dataset,
                        term_counts, write_dataset)
 from rls3.env import Rls3Env
 from rls3.finetune import NEW, REPLAYED, Finetuner
 from rls3.manifest import MANIFEST_FILE, sha256, write_manifest
+from rls3.preflight import check_runnable
 from rls3.progress import progress_bar
 from rls3.replay import ReplayError, SampleReplay
 from rls3.rngstate import RngStates

@@ -30,14 +30,14 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
-from rls3.config import BackendConfig, make_backend
+from rls3.backends import BackendConfig, get_backend_spec, make_backend
 from rls3.env import EnvConfig, Frame, Rls3Env
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,9 @@ class WorkerError(RuntimeError):
 
 
 def worker_backend_config(cfg: BackendConfig, index: int) -> BackendConfig:
-    """Worker `index`'s backend settings: the run's, except that a Unity player gets its own
-    worker id (the main process's backend keeps `worker_id` k; worker w takes k + 1 + w)."""
-    if cfg.name != "unity":
-        return cfg
-    options = dict(cfg.options)
-    options["worker_id"] = int(options.get("worker_id", 0)) + 1 + index
-    return replace(cfg, options=options)
+    """Worker `index`'s backend settings: the run's, unless its backend's spec gives each
+    worker its own (a Unity player: worker w takes worker id k + 1 + w, k the main process's)."""
+    return get_backend_spec(cfg.name).config_for_worker(cfg, index)
 
 
 @dataclass(frozen=True)
@@ -272,9 +268,7 @@ def make_workers(backend: BackendConfig, env: EnvConfig, n: int,
     applies `hooks` (the collector's `env_hooks()`: `feedback` or `step_feedback`)."""
     if n < 2:
         raise ValueError(f"make_workers is for 2 or more workers, got {n} (1: use Rls3Env)")
-    from rls3.config import BACKEND_WORKER_CHECKS
-
-    check = BACKEND_WORKER_CHECKS.get(backend.name)
+    check = get_backend_spec(backend.name).workers_check
     if check is not None:  # a resumed run was checked when it started; ports may be taken now
         check(backend, n)
     cores = os.cpu_count() or 1

@@ -186,7 +186,7 @@ def test_sample_feedback_reaches_the_buffer_before_the_next_gradient_step_with_t
     """Issue 14: with two scene workers the main process scores each worker's valid frames
     (FeedbackVecEnv) and the reward is in SAC's replay buffer (one row per vec step, one column
     per worker) when the next gradient steps run; SAC trains 2 x gradient_steps per vec step."""
-    from rls3.config import BackendConfig
+    from rls3.backends import BackendConfig
     from rls3.workers import make_workers
 
     scores, workers_seen = [], []
@@ -261,7 +261,7 @@ def test_pretrained_buffer_is_laid_out_for_n_envs():
 def test_a_worker_that_cannot_start_is_a_named_error():
     """A worker process whose backend fails to build ends in one WorkerError, not a bare pipe
     error."""
-    from rls3.config import BackendConfig
+    from rls3.backends import BackendConfig
     from rls3.workers import WorkerError, make_workers
 
     with pytest.raises(WorkerError, match=r"scene workers did not start: worker \d \(pid \d+\) "

@@ -1,12 +1,13 @@
-"""Config: paper defaults, presets, YAML round trip, overrides, validation messages, registries."""
+"""Config: paper defaults, presets, YAML round trip, overrides, validation messages, and the
+backend settings a run fills in."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from rls3.config import (BACKENDS, PRESETS, STEP_CAP_T0, Config, ConfigError, EarlyStoppingConfig,
-                         LoopConfig, make_backend, parse_assignment, preset, register_backend)
+from rls3.config import (PRESETS, STEP_CAP_T0, Config, ConfigError, EarlyStoppingConfig, LoopConfig,
+                         parse_assignment, preset)
 from rls3.seeding import child_seed
 
 
@@ -145,23 +146,6 @@ def test_env_step_cap_resolves():
     assert c.override(["env.max_steps=500"]).env_config.max_steps == 500
 
 
-def test_backend_registry_is_extensible():
-    made = []
-
-    def factory(cfg, split):
-        made.append((cfg.options["port"], split))
-        return "a backend"
-
-    register_backend("fake", factory)
-    try:
-        c = preset("quick").override(["backend.name=fake", "backend.options={port: 5004}"])
-        assert make_backend(c.backend, "test") == "a backend" and made == [(5004, "test")]
-        with pytest.raises(ValueError, match="split"):
-            make_backend(c.backend, "val")
-    finally:
-        BACKENDS.pop("fake")
-
-
 @pytest.mark.parametrize("assignment, key", [
     ("loop.feedback=step", "loop.feedback"), ("loop.reward_norm=zscore", "loop.reward_norm"),
     ("env.observation=pixels", "env.observation"),
@@ -175,7 +159,7 @@ def test_backend_options_merge_and_unity_runs_get_size_logs_and_build_identity(t
     """Issue 13, item 7: `--set backend.options.image_size=64` keeps the build path (null
     removes an option); a Unity run asks the player for the env's image size and logs into the
     run directory; caches key on the build file's identity."""
-    from rls3.config import backend_identity
+    from rls3.backends import backend_identity
 
     build = tmp_path / "Player.x86_64"
     build.write_bytes(b"v1")
@@ -202,33 +186,6 @@ def test_backend_options_merge_and_unity_runs_get_size_logs_and_build_identity(t
     build.write_bytes(b"v2, rebuilt")
     os.utime(build, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert backend_identity(plain.backend) != first
-
-
-def test_workers_the_backend_cannot_serve_are_named_before_anything_starts():
-    """Issue 14: N Unity workers need a player build and N free ports (base_port + worker_id +
-    1..N); the Editor serves one. Named by `check_runnable`, before a run directory exists."""
-    import socket
-
-    from rls3.config import check_runnable
-
-    editor = preset("quick").override({"backend.name": "unity", "env.workers": 2,
-                                       "backend.options": {"editor": True}})
-    with pytest.raises(ConfigError, match="env.workers=2: the Unity Editor serves one"):
-        check_runnable(editor)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        busy = s.getsockname()[1]
-        cfg = preset("quick").override({"backend.name": "unity", "env.workers": 3,
-                                        "backend.options": {"build": "/nonexistent/player",
-                                                            "base_port": busy - 2}})
-        with pytest.raises(ConfigError) as e:
-            check_runnable(cfg)
-    msg = str(e.value)
-    assert "env.workers=3" in msg and f"[{busy}] are in use" in msg
-    assert f"{busy - 1}-{busy + 1}" in msg and "worker ids 1-3" in msg
-    # the main process keeps worker id 0; one worker needs no extra port
-    check_runnable(cfg.override({"env.workers": 1}))
 
 
 def test_resolved_makes_local_vlm_weights_absolute_and_keeps_hub_ids(tmp_path):

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from conftest import tiny_cli_config
 
-from rls3.config import BackendConfig
+from rls3.backends import BackendConfig
 from rls3.env import EnvConfig
 from rls3.rundir import CHECKPOINTS, LATEST_FILE, latest_checkpoint
 from rls3.workers import WorkerError, make_workers

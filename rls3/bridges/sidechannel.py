@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import struct
 import uuid
+import warnings
 from collections.abc import Iterable
 
-from mlagents_envs.side_channel import IncomingMessage, OutgoingMessage, SideChannel
+with warnings.catch_warnings():  # mlagents_envs' generated protobuf code and its distutils import
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from mlagents_envs.side_channel import IncomingMessage, OutgoingMessage, SideChannel
 
 from rls3.bridges.errors import UnityProtocolError
 from rls3.bridges.messages import CHANNEL_ID

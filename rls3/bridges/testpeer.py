@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,17 +35,22 @@ from typing import Any
 
 import grpc
 import numpy as np
-from mlagents_envs.communicator_objects.agent_info_pb2 import AgentInfoProto
-from mlagents_envs.communicator_objects.brain_parameters_pb2 import (
-    ActionSpecProto,
-    BrainParametersProto,
-)
-from mlagents_envs.communicator_objects.capabilities_pb2 import UnityRLCapabilitiesProto
-from mlagents_envs.communicator_objects.command_pb2 import QUIT, RESET
-from mlagents_envs.communicator_objects.observation_pb2 import PNG
-from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
-from mlagents_envs.communicator_objects.unity_to_external_pb2_grpc import UnityToExternalProtoStub
 from PIL import Image
+
+with warnings.catch_warnings():  # mlagents_envs' generated protobuf code and its distutils import
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from mlagents_envs.communicator_objects.agent_info_pb2 import AgentInfoProto
+    from mlagents_envs.communicator_objects.brain_parameters_pb2 import (
+        ActionSpecProto,
+        BrainParametersProto,
+    )
+    from mlagents_envs.communicator_objects.capabilities_pb2 import UnityRLCapabilitiesProto
+    from mlagents_envs.communicator_objects.command_pb2 import QUIT, RESET
+    from mlagents_envs.communicator_objects.observation_pb2 import PNG
+    from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
+    from mlagents_envs.communicator_objects.unity_to_external_pb2_grpc import (
+        UnityToExternalProtoStub,
+    )
 
 from rls3.bridges.messages import (
     ACTION_SIZE,
@@ -55,6 +61,7 @@ from rls3.bridges.messages import (
     Op,
 )
 from rls3.bridges.sidechannel import pack, unpack
+from rls3.bridges.spec import parse_peer_scenes, parse_testpeer_build  # noqa: F401  (re-exported)
 from rls3.scene import (DEFAULT_IMAGE_SIZE, Camera, Feasibility, ObjectPose, Reason, SceneBackend,
                         SceneState, Surface, Vec3)
 
@@ -485,10 +492,6 @@ def make_scene_backend(kind: str = "sim", scenes: str | Sequence[str] = "train",
     return SimBackend(scenes, objects=objects, shadows=shadows)
 
 
-def _scenes_arg(text: str) -> str | list[str]:
-    return text if text in ("train", "test") else [s for s in text.split(",") if s]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of the stand-in player (accepts what mlagents passes to a Unity player)."""
     p = argparse.ArgumentParser(prog="rls3-test-peer", description=__doc__.split("\n")[0])
@@ -509,7 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         log.info("ignoring player arguments %s", unknown)
     objects = [o for o in a.rls3_peer_objects.split(",") if o] or None
-    peer = TestPeer(lambda: make_scene_backend(a.rls3_peer_backend, _scenes_arg(a.rls3_peer_scenes),
+    peer = TestPeer(lambda: make_scene_backend(a.rls3_peer_backend,
+                                               parse_peer_scenes(a.rls3_peer_scenes),
                                                objects, not a.rls3_peer_no_shadows),
                     a.mlagents_port, host=a.rls3_peer_host, image_size=a.rls3_image_size,
                     faults=PeerFaults.parse(a.rls3_peer_fault), exit_on_crash=True)
@@ -549,18 +553,6 @@ def write_player_script(directory: str | os.PathLike[str] | None = None, *, back
         tmp.chmod(0o755)
         os.replace(tmp, path)  # atomic: concurrent writers never expose a half-written script
     return str(path)
-
-
-def parse_testpeer_build(build: str) -> dict[str, Any] | None:
-    """``testpeer[:SCENES[:toy]]`` (e.g. ``testpeer:kitchen,bedroom``) -> player settings, or None
-    for a real build path."""
-    if build != "testpeer" and not build.startswith("testpeer:"):
-        return None
-    parts = build.split(":")
-    out: dict[str, Any] = {"scenes": _scenes_arg(parts[1]) if len(parts) > 1 and parts[1] else "train"}
-    if len(parts) > 2:
-        out["backend"] = parts[2]
-    return out
 
 
 if __name__ == "__main__":

@@ -29,21 +29,27 @@ from typing import Any
 
 import grpc
 import numpy as np
-from mlagents_envs.base_env import ActionTuple, DecisionSteps
-from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
-from mlagents_envs.communicator_objects.unity_to_external_pb2_grpc import (
-    add_UnityToExternalProtoServicer_to_server,
-)
-from mlagents_envs.environment import UnityEnvironment
-from mlagents_envs.exception import (
-    UnityCommunicatorStoppedException,
-    UnityEnvironmentException,
-    UnityException,
-    UnityTimeOutException,
-    UnityWorkerInUseException,
-)
-from mlagents_envs.rpc_communicator import RpcCommunicator, UnityToExternalServicerImplementation
 from PIL import Image
+
+with warnings.catch_warnings():  # mlagents_envs' generated protobuf code and its distutils import
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from mlagents_envs.base_env import ActionTuple, DecisionSteps
+    from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
+    from mlagents_envs.communicator_objects.unity_to_external_pb2_grpc import (
+        add_UnityToExternalProtoServicer_to_server,
+    )
+    from mlagents_envs.environment import UnityEnvironment
+    from mlagents_envs.exception import (
+        UnityCommunicatorStoppedException,
+        UnityEnvironmentException,
+        UnityException,
+        UnityTimeOutException,
+        UnityWorkerInUseException,
+    )
+    from mlagents_envs.rpc_communicator import (
+        RpcCommunicator,
+        UnityToExternalServicerImplementation,
+    )
 
 from rls3.bridges.errors import (
     MetadataError,
@@ -65,12 +71,11 @@ from rls3.bridges.messages import (
     Op,
 )
 from rls3.bridges.sidechannel import MetadataChannel
+from rls3.bridges.spec import EDITOR_PORT, PLAYER_BASE_PORT
 from rls3.scene import Feasibility, SceneState, Vec3
 
 log = logging.getLogger(__name__)
 
-EDITOR_PORT = UnityEnvironment.DEFAULT_EDITOR_PORT  # 5004
-PLAYER_BASE_PORT = UnityEnvironment.BASE_ENVIRONMENT_PORT  # 5005
 POLL_S = 0.05  # how often a wait checks for a dead player / dropped connection
 MAX_IDLE_STEPS = 100  # steps without a decision (DecisionPeriod > 1) before giving up
 
