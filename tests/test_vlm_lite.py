@@ -154,7 +154,7 @@ def test_mirror_augment_pairs_flipped_images_with_mirrored_captions(lite, sample
     vlm = fresh(lite)
     assert vlm.mirror_augment                        # on by default for lite
     vlm.finetune(samples, 1)
-    _, table, img_cache, _ = vlm._prefix_memo
+    table, img_cache = vlm.caches.batch.table, vlm.caches.batch.images
     n = len(samples)
     assert table.index.shape[0] == 2 * n             # rows n..2n-1: the flipped copies
     with torch.no_grad():
@@ -168,12 +168,12 @@ def test_mirror_augment_pairs_flipped_images_with_mirrored_captions(lite, sample
     odd[0] = dataclasses.replace(odd[0], description=desc("A square, somewhere."))
     vlm = fresh(lite)
     vlm.finetune(odd, 1)
-    _, table, img_cache, _ = vlm._prefix_memo
+    table, img_cache = vlm.caches.batch.table, vlm.caches.batch.images
     torch.testing.assert_close(img_cache["fine"][4], img_cache["fine"][0])
     assert table.texts[table.index[4, 0]] == "A square, somewhere."
     off = fresh(lite, mirror_augment=False)
     steps_off = off.finetune(samples, 1)
-    assert off._prefix_memo[1].index.shape[0] == n and len(steps_off) == n // 4
+    assert off.caches.batch.table.index.shape[0] == n and len(steps_off) == n // 4
     assert fresh(lite).finetune(samples, 1) != steps_off   # flips change what is trained on
     with pytest.raises(ValueError, match="mirror_augment must be true or false"):
         make_lite(mirror_augment="yes")
