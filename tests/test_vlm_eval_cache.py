@@ -22,7 +22,8 @@ def test_cached_evaluation_equals_fresh(name: str, tmp_path) -> None:
     vlm, ref = _vlm(name), _vlm(name)
     ref.eval_cache_samples = 0                       # never caches
     assert vlm.evaluate(samples).to_dict() == ref.evaluate(samples).to_dict()
-    assert len(vlm.caches.evaluated) == 3 and not len(ref.caches.evaluated)   # 10 samples in groups of 4
+    # 10 samples in groups of 4: three chunks held
+    assert len(vlm.caches.evaluated) == 3 and not len(ref.caches.evaluated)
     assert vlm.evaluate(samples).to_dict() == ref.evaluate(samples).to_dict()   # warm cache
     # fine-tuning changes only the suffix: cached prefixes stay valid
     assert vlm.finetune(batch, 1) == ref.finetune(batch, 1)
@@ -102,3 +103,21 @@ def test_replayed_samples_reuse_their_fine_tuning_prefixes(name: str) -> None:
     assert len(vlm.caches.trained) == 5
     vlm.clear_eval_cache()
     assert not len(vlm.caches.trained)
+
+
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_consecutive_calls_on_one_batch_reuse_its_prefixes(name: str) -> None:
+    """The loop fine-tunes one batch in several calls (validating in between): later calls
+    reuse the batch's frozen prefixes and take the steps one call would have taken."""
+    batch = make_samples(8, seed=6, size=64)
+    one, split = _vlm(name), _vlm(name)
+    want = one.finetune(batch, 2)
+    rows: list[int] = []
+    prefix = split.image_prefix
+    split.image_prefix = lambda x: (rows.append(x.shape[0]), prefix(x))[1]
+    got = split.finetune(batch, 1)
+    computed = sum(rows)
+    assert got + split.finetune(batch, 1) == want
+    assert computed > 0 and sum(rows) == computed    # the second call computed no prefix
+    assert split.caches.batch is not None and split.caches.batch.serves(
+        batch, len(batch) * (2 if split.mirror_augment else 1))

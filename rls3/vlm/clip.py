@@ -64,8 +64,9 @@ class ClipVLM(ContrastiveVLM):
 
     `weights`: hub name, folder or OpenAI-CLIP / open_clip state-dict file (see
     `load_dual_encoder`); `tiny`: 'clip' or 'siglip' builds a tiny random model offline instead
-    (tests), 'clip-b32' or 'siglip-base' a random one of the paper's size (GPU benchmarks). The frozen prefix of the contrastive base class is
-    just the resized uint8 pixels, so fine-tuning preprocesses each image once per call.
+    (tests), 'clip-b32' or 'siglip-base' a random one of the paper's size (GPU benchmarks).
+    The frozen prefix of the contrastive base class is just the resized uint8 pixels, so
+    fine-tuning preprocesses each image once per call.
     """
 
     kind = "clip"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -282,49 +282,56 @@ class PaliGemmaVLM(AdapterShell):
         self.model.eval()
         opt = self.optimizer
         params = [p for _, p in self.trainable_parameters()]
-
-        def minibatches():  # seeded shuffled passes; the last batch of a pass may be short
-            while True:
-                perm = torch.randperm(len(samples), generator=self._generator).tolist()
-                for sl in batches(len(samples), self.batch_size):
-                    yield perm[sl]
-
-        stream = minibatches()
+        stream = self._minibatches(len(samples))
         losses: list[float] = []
         t0 = time.perf_counter()
         with progress(k, f"{self.name} finetune", self.progress, unit="step") as bar:
             for _ in range(k):
-                rows = next(stream)
-                local_loss = None
-                if self.parallel is not None:
-                    loss, local_loss, row_sum, row_tok = self._parallel_loss(samples, rows)
-                else:
-                    batch = self.training_inputs([samples[i] for i in rows])
-                    row_sum, row_tok = self._loss_rows(batch)
-                    loss = row_sum.sum() / row_tok.sum().clamp(min=1)
-                if groups is not None:
-                    per: dict[int, list[int]] = {}
-                    for j, i in enumerate(rows):
-                        per.setdefault(int(groups[i]), []).append(j)
-                    self.last_group_losses.append({
-                        g: float(row_sum[js].sum().detach() / row_tok[js].sum().clamp(min=1))
-                        for g, js in sorted(per.items())})
-                opt.zero_grad(set_to_none=True)
-                if self.parallel is not None and local_loss is not None:
-                    # this process's share, scaled so that averaging gives the batch gradient
-                    (local_loss * self.parallel.world_size).backward()
-                    self.parallel.mean_gradients(params)
-                else:
-                    loss.backward()
-                if self.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-                opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(self._step(samples, next(stream), groups, opt, params))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         log.info("%s: %d steps in %.1fs, loss %.4f -> %.4f", self.name, k,
                  time.perf_counter() - t0, losses[0], losses[-1])
         return losses
+
+    def _minibatches(self, n: int) -> Iterator[list[int]]:
+        """Rows of the mini-batches of `batch_size`: seeded shuffled passes over the n samples
+        (a pass is drawn when its first batch is asked for; its last batch may be short)."""
+        while True:
+            perm = torch.randperm(n, generator=self._generator).tolist()
+            for sl in batches(n, self.batch_size):
+                yield perm[sl]
+
+    def _step(self, samples: list[Sample], rows: list[int], groups: Sequence[int] | None,
+              opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> float:
+        """One optimizer step on `samples[rows]`: the token-mean answer loss (and each group's),
+        its gradient (each process back-propagating its share), clipping, AdamW; returns the
+        loss."""
+        local_loss = None
+        if self.parallel is not None:
+            loss, local_loss, row_sum, row_tok = self._parallel_loss(samples, rows)
+        else:
+            batch = self.training_inputs([samples[i] for i in rows])
+            row_sum, row_tok = self._loss_rows(batch)
+            loss = row_sum.sum() / row_tok.sum().clamp(min=1)
+        if groups is not None:
+            per: dict[int, list[int]] = {}
+            for j, i in enumerate(rows):
+                per.setdefault(int(groups[i]), []).append(j)
+            self.last_group_losses.append({
+                g: float(row_sum[js].sum().detach() / row_tok[js].sum().clamp(min=1))
+                for g, js in sorted(per.items())})
+        opt.zero_grad(set_to_none=True)
+        if self.parallel is not None and local_loss is not None:
+            # this process's share, scaled so that averaging gives the batch gradient
+            (local_loss * self.parallel.world_size).backward()
+            self.parallel.mean_gradients(params)
+        else:
+            loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        opt.step()
+        return float(loss.detach())
 
     # checkpoints (`AdapterShell.save` / `load`) -----------------------------------------------
     def _save_weights(self, folder: Path) -> None:
