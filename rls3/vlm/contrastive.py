@@ -260,7 +260,7 @@ class ContrastiveVLM(AdapterShell):
         super()._forget_weights()
         self.caches.clear()
 
-    def _chunk_prefix(self, chunk: list[Sample], memo: bool) -> tuple[TextTable, Any, Any]:
+    def _chunk_prefix(self, chunk: Sequence[Sample], memo: bool) -> tuple[TextTable, Any, Any]:
         """Text table and frozen-prefix outputs of one evaluation chunk (cached when `memo`)."""
         hit = self.caches.evaluated.get(chunk) if memo else None
         if hit is not None:
