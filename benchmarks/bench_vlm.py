@@ -47,7 +47,8 @@ import torch  # noqa: E402  (after _common: the allocator is chosen before torch
 
 from rls3.vlm import build_vlm  # noqa: E402
 from rls3.vlm.common import batches  # noqa: E402
-from rls3.vlm.contrastive import ContrastiveVLM, _to, text_table  # noqa: E402
+from rls3.vlm.caches import to_device  # noqa: E402
+from rls3.vlm.contrastive import ContrastiveVLM, text_table  # noqa: E402
 
 
 def load_samples(args: argparse.Namespace) -> list:
@@ -64,8 +65,8 @@ def bare_forward(vlm: ContrastiveVLM, samples: list) -> callable:
     for sl in batches(len(samples), vlm.batch_size):
         chunk = samples[sl]
         table = text_table([s.description for s in chunk])
-        prepared.append((_to(vlm.image_inputs([s.image for s in chunk]), vlm.device),
-                         _to(vlm.text_inputs(list(table.texts)), vlm.device)))
+        prepared.append((to_device(vlm.image_inputs([s.image for s in chunk]), vlm.device),
+                         to_device(vlm.text_inputs(list(table.texts)), vlm.device)))
 
     @torch.no_grad()
     def run() -> None:
@@ -235,7 +236,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for cap, acc in ((keep_cap, t_reuse), (0, t_noreuse)):
             vlm.feedback_cache_samples = cap
-            vlm._prefix_memo = None
+            vlm.caches.batch = None
 
             def feedback_then_finetune() -> None:
                 vlm.feedback(samples)

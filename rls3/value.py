@@ -140,7 +140,7 @@ def dataset_value(run_dir: str | Path, *, iterations: int | None = None,
     samples = rd.samples
     trainer = trainer or Trainer(cfg)
     vlm = trainer.fresh()
-    batch = int(getattr(vlm, "batch_size", 1))
+    batch = vlm.batch_size
     budget = passes if passes is not None else loop_sample_passes(cfg, rd.records, batch)
     if budget < 1:
         raise ValueError(f"passes must be >= 1, got {budget!r}")

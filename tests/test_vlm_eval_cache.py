@@ -22,21 +22,22 @@ def test_cached_evaluation_equals_fresh(name: str, tmp_path) -> None:
     vlm, ref = _vlm(name), _vlm(name)
     ref.eval_cache_samples = 0                       # never caches
     assert vlm.evaluate(samples).to_dict() == ref.evaluate(samples).to_dict()
-    assert len(vlm._eval_memo) == 3 and not ref._eval_memo   # 10 samples in groups of 4
+    # 10 samples in groups of 4: three chunks held
+    assert len(vlm.caches.evaluated) == 3 and not len(ref.caches.evaluated)
     assert vlm.evaluate(samples).to_dict() == ref.evaluate(samples).to_dict()   # warm cache
     # fine-tuning changes only the suffix: cached prefixes stay valid
     assert vlm.finetune(batch, 1) == ref.finetune(batch, 1)
     assert vlm.evaluate(samples).to_dict() == ref.evaluate(samples).to_dict()
     # feedback never fills the cache
-    n = len(vlm._eval_memo)
+    n = len(vlm.caches.evaluated)
     vlm.feedback(batch)
-    assert len(vlm._eval_memo) == n
+    assert len(vlm.caches.evaluated) == n
     # load() replaces every weight, so the cache is dropped
     other = _vlm(name)
     other.finetune(make_samples(8, seed=7, size=64), 2)
     other.save(tmp_path / "w")
     vlm.load(tmp_path / "w")
-    assert not vlm._eval_memo
+    assert not len(vlm.caches.evaluated)
     assert vlm.evaluate(samples).to_dict() == other.evaluate(samples).to_dict()
 
 
@@ -44,9 +45,9 @@ def test_cache_is_bounded() -> None:
     vlm = _vlm("lite")
     vlm.eval_cache_samples = 5
     vlm.evaluate(make_samples(10, seed=5, size=64))
-    assert sum(len(v[0]) for v in vlm._eval_memo.values()) <= 5
+    assert vlm.caches.evaluated.samples <= 5
     vlm.clear_eval_cache()
-    assert not vlm._eval_memo
+    assert not len(vlm.caches.evaluated)
 
 
 @pytest.mark.parametrize("name", list(ADAPTERS))
@@ -60,17 +61,17 @@ def test_finetune_reuses_the_feedback_prefixes(name: str) -> None:
     prefix = vlm.image_prefix
     vlm.image_prefix = lambda x: (rows.append(x.shape[0]), prefix(x))[1]
     vlm.feedback(episode)
-    assert len(vlm._feedback_memo) == len(episode) and sum(rows) == len(episode)
+    assert len(vlm.caches.fed_back) == len(episode) and sum(rows) == len(episode)
     rows.clear()
     got, want = vlm.finetune(kept, 2), ref.finetune(kept, 2)
     assert sum(rows) == (len(kept) if vlm.mirror_augment else 0)
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
-    assert not vlm._feedback_memo                    # cleared once the batch is formed
+    assert not len(vlm.caches.fed_back)                    # cleared once the batch is formed
     vlm.feedback_cache_samples = 3                   # bounded
     vlm.feedback(episode)
-    assert len(vlm._feedback_memo) == 3
+    assert len(vlm.caches.fed_back) == 3
     vlm.clear_eval_cache()
-    assert not vlm._feedback_memo
+    assert not len(vlm.caches.fed_back)
 
 
 @pytest.mark.parametrize("name", list(ADAPTERS))
@@ -86,7 +87,7 @@ def test_replayed_samples_reuse_their_fine_tuning_prefixes(name: str) -> None:
     vlm.image_prefix = lambda x: (rows.append(x.shape[0]), prefix(x))[1]
     copies = 2 if vlm.mirror_augment else 1
     assert vlm.finetune(first, 1) == ref.finetune(first, 1)
-    assert sum(rows) == copies * len(first) and len(vlm._train_memo) == len(first)
+    assert sum(rows) == copies * len(first) and len(vlm.caches.trained) == len(first)
     rows.clear()
     groups = [0] * len(new) + [1] * len(first)
     got, want = vlm.finetune(new + first, 2, groups=groups), ref.finetune(new + first, 2)
@@ -99,6 +100,24 @@ def test_replayed_samples_reuse_their_fine_tuning_prefixes(name: str) -> None:
         vlm.finetune(new, 1, groups=[0])
     vlm.train_cache_samples = 5                      # bounded, least recently used dropped
     vlm.finetune(make_samples(4, seed=11, size=64), 1)
-    assert len(vlm._train_memo) == 5
+    assert len(vlm.caches.trained) == 5
     vlm.clear_eval_cache()
-    assert not vlm._train_memo
+    assert not len(vlm.caches.trained)
+
+
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_consecutive_calls_on_one_batch_reuse_its_prefixes(name: str) -> None:
+    """The loop fine-tunes one batch in several calls (validating in between): later calls
+    reuse the batch's frozen prefixes and take the steps one call would have taken."""
+    batch = make_samples(8, seed=6, size=64)
+    one, split = _vlm(name), _vlm(name)
+    want = one.finetune(batch, 2)
+    rows: list[int] = []
+    prefix = split.image_prefix
+    split.image_prefix = lambda x: (rows.append(x.shape[0]), prefix(x))[1]
+    got = split.finetune(batch, 1)
+    computed = sum(rows)
+    assert got + split.finetune(batch, 1) == want
+    assert computed > 0 and sum(rows) == computed    # the second call computed no prefix
+    assert split.caches.batch is not None and split.caches.batch.serves(
+        batch, len(batch) * (2 if split.mirror_augment else 1))

@@ -55,9 +55,15 @@ class Metrics:
 
 @runtime_checkable
 class VLM(Protocol):
-    """A vision-language model RLS3 can query for feedback, fine-tune, evaluate and checkpoint."""
+    """A vision-language model RLS3 can query for feedback, fine-tune, evaluate and checkpoint.
+
+    Every method the loop (`rls3.loop`, `.collector`, `.finetune`, `.value`, `.rngstate`) or the
+    data-parallel layer (`rls3.vlm.distributed.COLLECTIVE_METHODS`) calls is listed here;
+    `rls3.vlm.shell.AdapterShell` implements all but feedback, finetune and evaluate."""
 
     name: str
+    #: samples per mini-batch: fine-tuning's, and the groups feedback and evaluation score
+    batch_size: int
     #: per optimizer step of the last `finetune` call that was given `groups`: group label ->
     #: mean training loss of that group's samples in the step's mini-batch
     last_group_losses: list[dict[int, float]]
@@ -110,6 +116,11 @@ class VLM(Protocol):
 
     def restore_initial(self) -> None:
         """Trainable weights back to the kept w0 and a fresh optimizer (caches kept)."""
+        ...
+
+    def clear_eval_cache(self) -> None:
+        """Forget whatever is cached per sample (frozen-prefix outputs of evaluated, fed-back
+        and fine-tuned samples); results are unchanged, only recomputed."""
         ...
 
     def distribute(self, group: DataParallel | None) -> None:

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rls3.vlm.common import (aligned, load_hf_config, load_optimizer_state, read_meta,
-                             resize_batch, save_optimizer, write_meta)
+from rls3.vlm.common import aligned, load_hf_config, resize_batch
 from rls3.vlm.contrastive import MAX_LOGIT_SCALE, ContrastiveVLM
 
 log = logging.getLogger(__name__)
@@ -65,8 +64,9 @@ class ClipVLM(ContrastiveVLM):
 
     `weights`: hub name, folder or OpenAI-CLIP / open_clip state-dict file (see
     `load_dual_encoder`); `tiny`: 'clip' or 'siglip' builds a tiny random model offline instead
-    (tests), 'clip-b32' or 'siglip-base' a random one of the paper's size (GPU benchmarks). The frozen prefix of the contrastive base class is
-    just the resized uint8 pixels, so fine-tuning preprocesses each image once per call.
+    (tests), 'clip-b32' or 'siglip-base' a random one of the paper's size (GPU benchmarks).
+    The frozen prefix of the contrastive base class is just the resized uint8 pixels, so
+    fine-tuning preprocesses each image once per call.
     """
 
     kind = "clip"
@@ -89,10 +89,7 @@ class ClipVLM(ContrastiveVLM):
                              "'openai/clip-vit-base-patch32', a local folder or an OpenAI-CLIP "
                              "/ open_clip .pt/.pth/.safetensors file)")
         self._install(model, tokenizer, image_processor)
-        if weights is not None and Path(str(weights)).expanduser().is_dir():
-            opt_state = load_optimizer_state(Path(str(weights)).expanduser())
-            if opt_state is not None:
-                self.optimizer.load_state_dict(opt_state)
+        self._resume_optimizer_from(weights)
 
     def _install(self, model: nn.Module, tokenizer: Any, image_processor: Any) -> None:
         self.module = model.to(self.device).eval()
@@ -109,9 +106,6 @@ class ClipVLM(ContrastiveVLM):
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.max_text_length = int(model.config.text_config.max_position_embeddings)
-        self._optimizer = None
-        self._prefix_memo = None
-        self.clear_eval_cache()
 
     # hooks -----------------------------------------------------------------------------------
     def image_inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -136,26 +130,17 @@ class ClipVLM(ContrastiveVLM):
     def logit_scale(self) -> torch.Tensor:
         return self.module.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE).reshape(())
 
-    # checkpoints -------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write a transformers checkpoint folder (model, tokenizer, image processor) plus the
-        rls3 metadata and the optimizer state; `load_dual_encoder` reads it back."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
+    # checkpoints (`AdapterShell.save` / `load`) -----------------------------------------------
+    def _save_weights(self, folder: Path) -> None:
+        """A transformers checkpoint folder (model, tokenizer, image processor):
+        `load_dual_encoder` reads it back."""
         self.module.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         self.image_processor.save_pretrained(folder)
-        write_meta(folder, {"kind": self.kind, "name": self.name, "format": 1,
-                            "model_type": self.model_type})
-        save_optimizer(folder, self._optimizer)
 
-    def load(self, path: str | Path) -> None:
-        """Replace the model by the checkpoint in `path` (a `save` folder or any CLIP/SigLIP
-        transformers folder); restores the optimizer state when the folder has one."""
-        folder = Path(path)
-        if (folder / "rls3_vlm.json").is_file():
-            read_meta(folder, self.kind)
+    def _checkpoint_options(self) -> dict[str, Any]:
+        return {"model_type": self.model_type}
+
+    def _load_weights(self, folder: Path, meta: dict[str, Any] | None) -> None:
+        """The model of a `save` folder or of any CLIP/SigLIP transformers folder."""
         self._install(*load_dual_encoder(folder, self.progress))
-        opt_state = load_optimizer_state(folder)
-        if opt_state is not None:
-            self.optimizer.load_state_dict(opt_state)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,9 +45,10 @@ from torch import nn
 from rls3.captions import Description, mirror
 from rls3.sample import Sample
 from rls3.vlm.base import Feedback, Metrics
-from rls3.vlm.common import (InitialWeights, autocast, batches, breakdown, check_positive,
-                             progress, resolve_device, resolve_dtype, seeded_generator)
-from rls3.vlm.distributed import DataParallel, Shards, scale_grad
+from rls3.vlm.caches import BatchPrefix, PrefixCaches, concat, select_rows, to_device
+from rls3.vlm.common import autocast, batches, breakdown, progress
+from rls3.vlm.distributed import Shards, scale_grad
+from rls3.vlm.shell import AdapterShell
 
 log = logging.getLogger(__name__)
 
@@ -124,26 +124,6 @@ def hard_negative_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, index: t
     return torch.logsumexp(logits, dim=1) - logits[:, 0]
 
 
-def _select_rows(cache: Any, rows: torch.Tensor) -> Any:
-    if isinstance(cache, torch.Tensor):
-        return cache[rows]
-    if isinstance(cache, dict):
-        return {k: _select_rows(v, rows) for k, v in cache.items()}
-    raise TypeError(f"cannot index a cache of type {type(cache).__name__}")
-
-
-def _concat(parts: list[Any]) -> Any:
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts)
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    return {k: v.to(device, non_blocking=True) for k, v in x.items()}
-
-
 def _group_labels(groups: Sequence[int] | None, n: int) -> torch.Tensor | None:
     """`groups` as a (n,) long tensor (None stays None); ValueError on a length mismatch."""
     if groups is None:
@@ -151,6 +131,16 @@ def _group_labels(groups: Sequence[int] | None, n: int) -> torch.Tensor | None:
     if len(groups) != n:
         raise ValueError(f"groups has {len(groups)} labels for {n} samples")
     return torch.as_tensor(list(groups), dtype=torch.long)
+
+
+def _mini_batch_texts(table: TextTable, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of `table.texts` the samples `rows` of a batch need, and those samples'
+    caption/negative index into that selection (-1 where a negative is absent)."""
+    sub = table.index[rows]
+    needed = torch.unique(sub[sub >= 0])
+    lut = torch.full((len(table.texts),), -1, dtype=torch.long)
+    lut[needed] = torch.arange(len(needed))
+    return needed, torch.where(sub >= 0, lut[sub.clamp(min=0)], -1)
 
 
 def _group_means(values: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
@@ -168,25 +158,23 @@ def _mirrored(sample: Sample) -> tuple[np.ndarray, Description]:
     return np.ascontiguousarray(sample.image[:, ::-1]), d
 
 
-class ContrastiveVLM(InitialWeights):
+class ContrastiveVLM(AdapterShell):
     """Base class of the CLIP-type adapters: implements the `VLM` Protocol on top of a few hooks.
 
     Each tower is split into a frozen *prefix* (run once per fine-tuning call without gradients;
-    its outputs are cached across the K epochs) and a trainable *suffix*. Subclasses provide:
+    its outputs are cached across the K epochs, `rls3.vlm.caches`) and a trainable *suffix*.
+    Subclasses provide:
 
     - `module`: the `nn.Module` holding every weight;
     - `image_inputs(images)` / `text_inputs(texts)`: CPU preprocessing (pixels, token ids);
     - `image_prefix` / `image_suffix`, `text_prefix` / `text_suffix` (on `self.device`);
-    - `logit_scale()`: 1/tau as a tensor; `trainable_parameters()`; `save` / `load`.
+    - `logit_scale()`: 1/tau as a tensor; the checkpoint hooks of `AdapterShell`.
 
     All modules stay in eval mode, also while fine-tuning (BatchNorm statistics frozen, no
     dropout), so results depend only on the weights, the data and the seed. `mirror_augment`
     flips samples while fine-tuning (see the module doc).
     """
 
-    name: str
-    kind: str
-    module: nn.Module
     #: at most this many evaluated samples keep their frozen-prefix outputs (0 disables the cache)
     eval_cache_samples: int = 4096
     #: at most this many fed-back samples keep their frozen image-prefix outputs until the next
@@ -202,51 +190,14 @@ class ContrastiveVLM(InitialWeights):
                  dtype: str | torch.dtype | None = None, batch_size: int = 32, lr: float = 1e-4,
                  weight_decay: float = 0.01, grad_clip: float | None = 1.0, seed: int = 0,
                  progress: bool = True, mirror_augment: bool = False) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        check_positive("lr", lr)
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        self.name = name
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.batch_size = batch_size
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.grad_clip = grad_clip
-        self.seed = int(seed)
-        self.progress = progress
+        super().__init__(name, device=device, dtype=dtype, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
+                         progress=progress)
         if not isinstance(mirror_augment, bool):
             raise ValueError(f"mirror_augment must be true or false, got {mirror_augment!r}")
         self.mirror_augment = mirror_augment
-        self._generator = seeded_generator(seed)
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._initial: dict[str, torch.Tensor] | None = None   # w0 of `shrink`
-        # frozen-prefix outputs of the last fine-tuning batch (the loop fine-tunes the same batch
-        # in several calls, validating in between); holds the samples so their ids stay unique
-        self._prefix_memo: tuple[list[Sample], TextTable, Any, Any] | None = None
-        # frozen-prefix outputs of evaluated chunks, keyed by the chunk's sample ids: the loop
-        # evaluates the same fixed validation/test samples every iteration, and the prefix is
-        # frozen, so only the suffix must run again (about 10x faster evaluation with `lite`).
-        # Holds the samples so their ids stay unique; cleared by `load`.
-        self._eval_memo: dict[tuple[int, ...], tuple[list[Sample], TextTable, Any, Any]] = {}
-        # frozen image-prefix output (one row) of each sample scored by `feedback` since the last
-        # `finetune`: the loop fine-tunes on a subset of exactly those samples. Keyed by id,
-        # holding the sample so the id stays unique; cleared by `finetune` and `load`.
-        self._feedback_memo: dict[int, tuple[Sample, Any]] = {}
-        # frozen image-prefix rows (original, flipped or None) of fine-tuned samples, keyed by id
-        # and holding the sample; least recently used first. Cleared by `load`.
-        self._train_memo: OrderedDict[int, tuple[Sample, Any, Any | None]] = OrderedDict()
-        #: per optimizer step of the last `finetune` call given `groups`: group -> mean loss of
-        #: that group's samples in the step's mini-batch (groups absent from it are left out)
-        self.last_group_losses: list[dict[int, float]] = []
-        #: the process group of a multi-process launch (`distribute`); None: one process
-        self.parallel: DataParallel | None = None
-
-    def distribute(self, group: DataParallel | None) -> None:
-        """Split fine-tuning, feedback and evaluation over `group`'s processes (every process
-        must then make the same calls with the same samples); None: one process again."""
-        self.parallel = group if group is not None and group.world_size > 1 else None
+        #: frozen-prefix outputs kept by sample: evaluated, fed back, fine-tuned, the last batch
+        self.caches = PrefixCaches()
 
     # ----------------------------------------------------------------- hooks (subclasses)
     def image_inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -270,20 +221,10 @@ class ContrastiveVLM(InitialWeights):
     def logit_scale(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
-
     def lr_multiplier(self, param_name: str) -> float:
         """Learning-rate factor of a trainable parameter (e.g. larger for freshly initialised
         heads); 1 by default."""
         return 1.0
-
-    def rng_state(self) -> torch.Tensor:
-        """State of the fine-tuning shuffle generator (for exact resumption)."""
-        return self._generator.get_state()
-
-    def set_rng_state(self, state: torch.Tensor) -> None:
-        self._generator.set_state(state)
 
     # ----------------------------------------------------------------- embeddings
     @torch.no_grad()
@@ -292,7 +233,7 @@ class ContrastiveVLM(InitialWeights):
         self.module.eval()
         out = []
         for sl in batches(len(images), self.batch_size):
-            x = _to(self.image_inputs(images[sl]), self.device)
+            x = to_device(self.image_inputs(images[sl]), self.device)
             with autocast(self.device, self.dtype):
                 out.append(self.image_suffix(self.image_prefix(x)).float())
         return F.normalize(torch.cat(out), dim=-1).cpu()
@@ -303,34 +244,37 @@ class ContrastiveVLM(InitialWeights):
         self.module.eval()
         out = []
         for sl in batches(len(texts), self.batch_size * 3):
-            tok = _to(self.text_inputs(list(texts[sl])), self.device)
+            tok = to_device(self.text_inputs(list(texts[sl])), self.device)
             with autocast(self.device, self.dtype):
                 out.append(self.text_suffix(self.text_prefix(tok)).float())
         return F.normalize(torch.cat(out), dim=-1).cpu()
 
+    # ----------------------------------------------------------------- caches
     def clear_eval_cache(self) -> None:
         """Forget the cached frozen-prefix outputs of evaluated, fed-back and fine-tuned
         samples."""
-        self._eval_memo.clear()
-        self._feedback_memo.clear()
-        self._train_memo.clear()
+        self.caches.clear_samples()
 
-    def _chunk_prefix(self, chunk: list[Sample], memo: bool) -> tuple[TextTable, Any, Any]:
+    def _forget_weights(self) -> None:
+        """New weights (`load`): a fresh optimizer and no cached prefix outputs."""
+        super()._forget_weights()
+        self.caches.clear()
+
+    def _chunk_prefix(self, chunk: Sequence[Sample], memo: bool) -> tuple[TextTable, Any, Any]:
         """Text table and frozen-prefix outputs of one evaluation chunk (cached when `memo`)."""
-        key = tuple(id(s) for s in chunk)
-        hit = self._eval_memo.get(key) if memo else None
-        if hit is not None and all(a is b for a, b in zip(hit[0], chunk)):
-            return hit[1], hit[2], hit[3]
+        hit = self.caches.evaluated.get(chunk) if memo else None
+        if hit is not None:
+            return hit
         table = text_table([s.description for s in chunk])
-        x = _to(self.image_inputs([s.image for s in chunk]), self.device)
-        tok = _to(self.text_inputs(list(table.texts)), self.device)
+        x = to_device(self.image_inputs([s.image for s in chunk]), self.device)
+        tok = to_device(self.text_inputs(list(table.texts)), self.device)
         with autocast(self.device, self.dtype):
             img_h, txt_h = self.image_prefix(x), self.text_prefix(tok)
-        cached = sum(len(v[0]) for v in self._eval_memo.values())
-        if memo and cached + len(chunk) <= self.eval_cache_samples:
-            self._eval_memo[key] = (list(chunk), table, img_h, txt_h)
+        if memo:
+            self.caches.evaluated.put(chunk, table, img_h, txt_h, self.eval_cache_samples)
         return table, img_h, txt_h
 
+    # ----------------------------------------------------------------- scoring
     @torch.no_grad()
     def _score(self, samples: Sequence[Sample], desc: str, memo: bool = False,
                keep: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -348,7 +292,8 @@ class ContrastiveVLM(InitialWeights):
                 chunk = samples[sl]
                 table, img_h, txt_h = self._chunk_prefix(chunk, memo)
                 if keep:
-                    self._keep_prefix(chunk, img_h)
+                    self.caches.fed_back.keep(chunk, img_h, self.feedback_cache_samples,
+                                              self.device)
                 with autocast(self.device, self.dtype):
                     img = self.image_suffix(img_h).float()
                     txt = self.text_suffix(txt_h).float()
@@ -366,38 +311,6 @@ class ContrastiveVLM(InitialWeights):
             return np.zeros(0), np.zeros(0), np.zeros(0)
         loss, correct, hard = (np.concatenate(f) for f in zip(*per_group))
         return loss, correct, hard
-
-    def _keep_prefix(self, chunk: Sequence[Sample], img_h: Any) -> None:
-        """Remember each sample's image-prefix row (up to `feedback_cache_samples`)."""
-        room = self.feedback_cache_samples - len(self._feedback_memo)
-        for j, s in enumerate(chunk[:max(room, 0)]):
-            row = torch.tensor([j], device=self.device)
-            self._feedback_memo[id(s)] = (s, _select_rows(img_h, row))
-
-    def _kept_prefix(self, s: Sample, flipped: bool = False) -> Any | None:
-        """A cached image-prefix row of `s` (from feedback or an earlier fine-tuning call)."""
-        hit = self._train_memo.get(id(s))
-        if hit is not None and hit[0] is s:
-            self._train_memo.move_to_end(id(s))
-            return hit[2] if flipped else hit[1]
-        if flipped:
-            return None
-        fb = self._feedback_memo.get(id(s))
-        return fb[1] if fb is not None and fb[0] is s else None
-
-    def _remember_train_rows(self, samples: Sequence[Sample], img_cache: Any) -> None:
-        """Keep the image-prefix rows of fine-tuned samples (rows n.. are the flipped copies)."""
-        if self.train_cache_samples <= 0:
-            return
-        n = len(samples)
-        for j, s in enumerate(samples):
-            row = _select_rows(img_cache, torch.tensor([j], device=self.device))
-            flip = (_select_rows(img_cache, torch.tensor([n + j], device=self.device))
-                    if self.mirror_augment else None)
-            self._train_memo[id(s)] = (s, row, flip)
-            self._train_memo.move_to_end(id(s))
-        while len(self._train_memo) > self.train_cache_samples:
-            self._train_memo.popitem(last=False)
 
     # ----------------------------------------------------------------- VLM Protocol
     def feedback(self, samples: Sequence[Sample]) -> Feedback:
@@ -423,6 +336,8 @@ class ContrastiveVLM(InitialWeights):
                        loss=float(np.mean(losses, dtype=np.float64)), n=len(samples))
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW with one group per (decayed or not, learning-rate multiplier): matrices decay,
+        vectors and scalars do not."""
         groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
         for name, p in self.trainable_parameters():
             groups.setdefault((p.ndim >= 2, self.lr_multiplier(name)), []).append(p)
@@ -434,13 +349,7 @@ class ContrastiveVLM(InitialWeights):
              for (decay, mult), ps in sorted(groups.items(), key=lambda kv: kv[0])],
             lr=self.lr)
 
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        """AdamW over the trainable parameters; kept across `finetune` calls and checkpoints."""
-        if self._optimizer is None:
-            self._optimizer = self._make_optimizer()
-        return self._optimizer
-
+    # ----------------------------------------------------------------- frozen prefixes
     @torch.no_grad()
     def _prefix_cache(self, images: Sequence[np.ndarray], table: TextTable,
                       known: Sequence[Any | None] | None = None) -> tuple[Any, Any]:
@@ -453,7 +362,7 @@ class ContrastiveVLM(InitialWeights):
                         [images[i] for i in idx],
                         None if known is None else [known[i] for i in idx])),
                     self._gathered(len(table.texts), lambda idx: self._text_prefix_rows(
-                        _select_rows(tok, torch.tensor(idx, dtype=torch.long)))))
+                        select_rows(tok, torch.tensor(idx, dtype=torch.long)))))
         return self._image_prefix_rows(images, known), self._text_prefix_rows(tok)
 
     def _image_prefix_rows(self, images: Sequence[np.ndarray],
@@ -462,16 +371,16 @@ class ContrastiveVLM(InitialWeights):
         todo = [i for i in range(len(images)) if known is None or known[i] is None]
         img_parts = [] if known is None else [k for k in known if k is not None]
         for sl in batches(len(todo), self.batch_size):
-            x = _to(self.image_inputs([images[i] for i in todo[sl]]), self.device)
+            x = to_device(self.image_inputs([images[i] for i in todo[sl]]), self.device)
             with autocast(self.device, self.dtype):
                 img_parts.append(self.image_prefix(x))
-        img = _concat(img_parts)
+        img = concat(img_parts)
         if len(todo) < len(images):     # reused rows came first: put every row in its place
             computed = set(todo)
             done = [i for i in range(len(images)) if i not in computed]
             where = torch.empty(len(images), dtype=torch.long)
             where[torch.tensor(done + todo, dtype=torch.long)] = torch.arange(len(images))
-            img = _select_rows(img, where.to(self.device))
+            img = select_rows(img, where.to(self.device))
         return img
 
     def _text_prefix_rows(self, tok: dict[str, torch.Tensor]) -> Any:
@@ -480,9 +389,9 @@ class ContrastiveVLM(InitialWeights):
         txt_parts = []
         for sl in batches(n, self.batch_size * 3):
             with autocast(self.device, self.dtype):
-                txt_parts.append(self.text_prefix(_to(_select_rows(tok, torch.arange(
+                txt_parts.append(self.text_prefix(to_device(select_rows(tok, torch.arange(
                     sl.start, sl.stop)), self.device)))
-        return _concat(txt_parts)
+        return concat(txt_parts)
 
     def _gathered(self, n: int, compute: Any) -> Any:
         """`compute(rows)` over rows 0..n-1 with each process computing its contiguous share
@@ -513,11 +422,12 @@ class ContrastiveVLM(InitialWeights):
         if size < shards.widest:    # pad with a real row so every process sends equal shapes
             mine = torch.cat([mine, rows[:shards.widest - size]])
         with autocast(self.device, self.dtype):
-            local = suffix(_select_rows(cache, mine.to(self.device))).float()
+            local = suffix(select_rows(cache, mine.to(self.device))).float()
         parts = group.gather_rows(local, shards)
         parts[group.rank] = scale_grad(local[:size], float(group.world_size))
         return torch.cat(parts)
 
+    # ----------------------------------------------------------------- fine-tuning
     def finetune(self, samples: Sequence[Sample], k: int,
                  groups: Sequence[int] | None = None) -> list[float]:
         """K epochs over `samples` in shuffled mini-batches of `batch_size` (seeded; with
@@ -533,73 +443,18 @@ class ContrastiveVLM(InitialWeights):
             return []
         t0 = time.perf_counter()
         self.module.eval()
-        memo = self._prefix_memo
-        rows_needed = len(samples) * (2 if self.mirror_augment else 1)
-        if memo is not None and len(memo[0]) == len(samples) and len(memo[1].index) == rows_needed \
-                and all(a is b for a, b in zip(memo[0], samples)):
-            _, table, img_cache, txt_cache = memo
-        else:
-            self._prefix_memo = None
-            images = [s.image for s in samples]
-            descriptions = [s.description for s in samples]
-            if self.mirror_augment:     # rows n..2n-1: the flipped copies
-                flipped = [_mirrored(s) for s in samples]
-                images += [im for im, _ in flipped]
-                descriptions += [d for _, d in flipped]
-                kept = sum(d is s.description for s, (_, d) in zip(samples, flipped))
-                if kept:
-                    log.warning("%s: %d of %d samples have captions rls3.captions.mirror cannot "
-                                "mirror; they are never flipped", self.name, kept, len(samples))
-            table = text_table(descriptions)
-            known = [self._kept_prefix(s) for s in samples]
-            if self.mirror_augment:
-                known += [self._kept_prefix(s, flipped=True) for s in samples]
-            img_cache, txt_cache = self._prefix_cache(images, table, known)
-            self._prefix_memo = (samples, table, img_cache, txt_cache)
-            self._remember_train_rows(samples, img_cache)
-            log.debug("%s: %d of %d frozen image prefixes reused from feedback or earlier "
-                      "fine-tuning", self.name, sum(row is not None for row in known),
-                      len(images))
-        self._feedback_memo.clear()     # the batch is formed; the next feedback starts afresh
-        opt = self.optimizer
+        batch = self._batch_prefix(samples)
+        self.caches.fed_back.clear()    # the batch is formed; the next feedback starts afresh
         params = [p for _, p in self.trainable_parameters()]
-        n, n_texts = len(samples), len(table.texts)
-        lut = torch.full((n_texts,), -1, dtype=torch.long)
+        opt = self.optimizer
+        n = len(samples)
         step_losses: list[float] = []
         with progress(n * k, f"{self.name} finetune", self.progress) as bar:
             for epoch in range(k):
-                perm = torch.randperm(n, generator=self._generator)
-                if self.mirror_augment:
-                    perm += n * torch.randint(0, 2, (n,), generator=self._generator)
+                order = self._epoch_order(n)
                 for sl in batches(n, self.batch_size):
-                    rows = perm[sl]
-                    sub = table.index[rows]
-                    needed = torch.unique(sub[sub >= 0])
-                    lut[needed] = torch.arange(len(needed))
-                    local = torch.where(sub >= 0, lut[sub.clamp(min=0)], -1)
-                    if self.parallel is None:
-                        with autocast(self.device, self.dtype):
-                            img = self.image_suffix(_select_rows(img_cache,
-                                                                 rows.to(self.device)))
-                            txt = self.text_suffix(_select_rows(txt_cache,
-                                                                needed.to(self.device)))
-                    else:
-                        img = self._parallel_suffix(self.image_suffix, img_cache, rows)
-                        txt = self._parallel_suffix(self.text_suffix, txt_cache, needed)
-                    per_sample = contrastive_loss(img.float(), txt.float(), local,
-                                                  self.logit_scale().float())
-                    loss = per_sample.mean()
-                    if label is not None:
-                        self.last_group_losses.append(
-                            _group_means(per_sample.detach(), label[rows % n]))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if self.parallel is not None:
-                        self.parallel.mean_gradients(params)
-                    if self.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-                    opt.step()
-                    step_losses.append(float(loss.detach()))
+                    rows = order[sl]
+                    step_losses.append(self._step(batch, rows, label, opt, params))
                     bar.update(len(rows))
                     bar.set_postfix(epoch=epoch, loss=f"{step_losses[-1]:.3f}")
         dt = time.perf_counter() - t0
@@ -607,3 +462,77 @@ class ContrastiveVLM(InitialWeights):
                  "loss %.4f -> %.4f", self.name, k, n, dt, n * k / max(dt, 1e-9),
                  step_losses[0], step_losses[-1])
         return step_losses
+
+    def _batch_prefix(self, samples: list[Sample]) -> BatchPrefix:
+        """The frozen-prefix outputs of a fine-tuning batch (and of its flipped copies): the
+        last batch's when `samples` are that batch, else computed, reusing the rows feedback
+        or earlier fine-tuning kept."""
+        image_rows = len(samples) * (2 if self.mirror_augment else 1)
+        kept = self.caches.batch
+        if kept is not None and kept.serves(samples, image_rows):
+            return kept
+        self.caches.batch = None
+        images, descriptions = self._training_views(samples)
+        table = text_table(descriptions)
+        known = [self.caches.kept_row(s) for s in samples]
+        if self.mirror_augment:
+            known += [self.caches.kept_row(s, flipped=True) for s in samples]
+        img_cache, txt_cache = self._prefix_cache(images, table, known)
+        self.caches.batch = BatchPrefix(samples, table, img_cache, txt_cache)
+        self.caches.trained.remember(samples, img_cache, self.mirror_augment,
+                                     self.train_cache_samples, self.device)
+        log.debug("%s: %d of %d frozen image prefixes reused from feedback or earlier "
+                  "fine-tuning", self.name, sum(row is not None for row in known), len(images))
+        return self.caches.batch
+
+    def _training_views(self, samples: list[Sample]) -> tuple[list[np.ndarray],
+                                                                list[Description]]:
+        """Images and descriptions a batch trains on: the samples, then (with
+        `mirror_augment`) their flipped copies."""
+        images = [s.image for s in samples]
+        descriptions = [s.description for s in samples]
+        if self.mirror_augment:     # rows n..2n-1: the flipped copies
+            flipped = [_mirrored(s) for s in samples]
+            images += [im for im, _ in flipped]
+            descriptions += [d for _, d in flipped]
+            kept = sum(d is s.description for s, (_, d) in zip(samples, flipped))
+            if kept:
+                log.warning("%s: %d of %d samples have captions rls3.captions.mirror cannot "
+                            "mirror; they are never flipped", self.name, kept, len(samples))
+        return images, descriptions
+
+    def _epoch_order(self, n: int) -> torch.Tensor:
+        """One epoch's rows of the batch prefix: a seeded shuffle of the n samples, each (with
+        `mirror_augment`) replaced by its flipped copy, row n + i, with probability 1/2."""
+        perm = torch.randperm(n, generator=self._generator)
+        if self.mirror_augment:
+            perm += n * torch.randint(0, 2, (n,), generator=self._generator)
+        return perm
+
+    def _step(self, batch: BatchPrefix, rows: torch.Tensor, label: torch.Tensor | None,
+              opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> float:
+        """One optimizer step on the mini-batch `rows` of `batch`: the trainable suffixes of
+        its cached prefixes, the contrastive loss (and each group's share of it), the gradient
+        averaged over processes and clipped, AdamW; returns the loss."""
+        needed, local = _mini_batch_texts(batch.table, rows)
+        if self.parallel is None:
+            with autocast(self.device, self.dtype):
+                img = self.image_suffix(select_rows(batch.images, rows.to(self.device)))
+                txt = self.text_suffix(select_rows(batch.texts, needed.to(self.device)))
+        else:
+            img = self._parallel_suffix(self.image_suffix, batch.images, rows)
+            txt = self._parallel_suffix(self.text_suffix, batch.texts, needed)
+        per_sample = contrastive_loss(img.float(), txt.float(), local,
+                                      self.logit_scale().float())
+        loss = per_sample.mean()
+        if label is not None:
+            self.last_group_losses.append(
+                _group_means(per_sample.detach(), label[rows % len(batch.samples)]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.parallel is not None:
+            self.parallel.mean_gradients(params)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        opt.step()
+        return float(loss.detach())

@@ -43,8 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from rls3.vlm.common import (load_optimizer_state, read_meta, resize_batch, save_optimizer,
-                             seeded, write_meta)
+from rls3.vlm.common import read_meta, resize_batch, seeded
 from rls3.vlm.contrastive import MAX_LOGIT_SCALE, ContrastiveVLM
 
 log = logging.getLogger(__name__)
@@ -303,6 +302,8 @@ class LiteVLM(ContrastiveVLM):
     """
 
     kind = "lite"
+    checkpoint_format = LITE_FORMAT
+    plain_folders = False
 
     def __init__(self, name: str = "lite", *, weights: str | Path | None = None,
                  image_size: int | None = None, channels: int | None = None,
@@ -367,23 +368,19 @@ class LiteVLM(ContrastiveVLM):
         fresh = param_name.startswith(("image_pool.", "text_head.")) or param_name == "logit_scale"
         return self.head_lr_mult if fresh else 1.0
 
-    # checkpoints -------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write the trainable weights (the frozen ones ship with the pip packages), the
-        architecture options and the optimizer state into folder `path`."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
+    # checkpoints (`AdapterShell.save` / `load`) -----------------------------------------------
+    def _save_weights(self, folder: Path) -> None:
+        """The trainable weights only: the frozen ones ship with the pip packages."""
         state = {n: p.detach().cpu().contiguous() for n, p in self.trainable_parameters()}
         save_file(state, str(folder / WEIGHTS_FILE),
                   metadata={"format": f"rls3-lite-{LITE_FORMAT}"})
-        write_meta(folder, {"kind": self.kind, "name": self.name, "format": LITE_FORMAT,
-                            "options": dict(self.options)})
-        save_optimizer(folder, self._optimizer)
 
-    def load(self, path: str | Path) -> None:
-        """Restore weights (and optimizer state, if saved) written by `save`."""
-        folder = Path(path)
-        meta = read_meta(folder, self.kind)
+    def _checkpoint_options(self) -> dict[str, Any]:
+        return {"options": dict(self.options)}
+
+    def _load_weights(self, folder: Path, meta: dict[str, Any] | None) -> None:
+        """The trainable weights of a `save` folder of the same format and architecture."""
+        assert meta is not None     # plain_folders is False
         if meta.get("format") != LITE_FORMAT:
             raise ValueError(f"checkpoint {str(folder)!r} has lite format {meta.get('format')!r}; "
                              f"this rls3 reads format {LITE_FORMAT} (the pooling changed), so "
@@ -407,9 +404,3 @@ class LiteVLM(ContrastiveVLM):
                     raise ValueError(f"checkpoint {str(folder)!r}: {n} has shape "
                                      f"{tuple(v.shape)}, expected {tuple(params[n].shape)}")
                 params[n].copy_(v)
-        opt_state = load_optimizer_state(folder)
-        self._optimizer = None
-        self._prefix_memo = None
-        self.clear_eval_cache()
-        if opt_state is not None:
-            self.optimizer.load_state_dict(opt_state)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,9 @@ from torch import nn
 
 from rls3.sample import Sample
 from rls3.vlm.base import Feedback, Metrics
-from rls3.vlm.common import (META_FILE, InitialWeights, aligned, batches, breakdown,
-                             check_positive, load_hf_config, load_optimizer_state, progress,
-                             read_meta, resolve_device, resolve_dtype, save_optimizer,
-                             seeded_generator, to_pil, write_meta)
-from rls3.vlm.distributed import DataParallel, Shards
+from rls3.vlm.common import aligned, batches, breakdown, load_hf_config, progress, to_pil
+from rls3.vlm.distributed import Shards
+from rls3.vlm.shell import AdapterShell
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,7 @@ def freeze_all_but_lm_attention(model: nn.Module) -> list[str]:
     return names
 
 
-class PaliGemmaVLM(InitialWeights):
+class PaliGemmaVLM(AdapterShell):
     """PaliGemma behind the `VLM` Protocol (see the module docstring).
 
     `weights`: hub name or folder (`load_paligemma`); `tiny=True` builds a tiny random model with
@@ -90,31 +88,17 @@ class PaliGemmaVLM(InitialWeights):
                  weight_decay: float = 0.0, grad_clip: float | None = 1.0,
                  max_new_tokens: int = 24, prompt_template: str = "{question}",
                  eval_loss: bool = True, seed: int = 0, progress: bool = True) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        check_positive("lr", lr)
+        super().__init__(name, device=device, dtype=dtype, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
+                         progress=progress)
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if "{question}" not in prompt_template:
             raise ValueError(f"prompt_template must contain '{{question}}', "
                              f"got {prompt_template!r}")
-        self.name = name
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.batch_size = batch_size
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.grad_clip = grad_clip
         self.max_new_tokens = max_new_tokens
         self.prompt_template = prompt_template
         self.eval_loss = eval_loss
-        self.seed = int(seed)
-        self.progress = progress
-        self._generator = seeded_generator(seed)
-        #: per optimizer step of the last `finetune` call given `groups`: group -> token-mean loss
-        self.last_group_losses: list[dict[int, float]] = []
-        #: the process group of a multi-process launch (`distribute`); None: one process
-        self.parallel: DataParallel | None = None
         if weights is not None:
             model, processor = load_paligemma(weights, self.dtype)
         elif tiny:
@@ -125,48 +109,26 @@ class PaliGemmaVLM(InitialWeights):
             raise ValueError("the paligemma adapter needs `weights` (a hub name such as "
                              "'google/paligemma-3b-pt-224' or a local folder)")
         self._install(model, processor)
-        if weights is not None and Path(str(weights)).expanduser().is_dir():
-            opt_state = load_optimizer_state(Path(str(weights)).expanduser())
-            if opt_state is not None:
-                self.optimizer.load_state_dict(opt_state)
+        self._resume_optimizer_from(weights)
 
     def _install(self, model: nn.Module, processor: Any) -> None:
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.module = model.to(device=self.device, dtype=self.dtype).eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.trainable_names = freeze_all_but_lm_attention(self.model)
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._initial: dict[str, torch.Tensor] | None = None   # w0 of `shrink`
+        self.trainable_names = freeze_all_but_lm_attention(self.module)
 
-    def distribute(self, group: DataParallel | None) -> None:
-        """Split fine-tuning, feedback and evaluation over `group`'s processes (every process
-        must then make the same calls with the same samples); None: one process again. The
-        answer-token loss is a sum over samples divided by the batch's token count, so each
+    @property
+    def model(self) -> nn.Module:
+        """The `PaliGemmaForConditionalGeneration` (the adapter's `module`)."""
+        return self.module
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the attention projections, one group. With several processes (`distribute`)
+        the answer-token loss is a sum over samples divided by the batch's token count, so each
         process back-propagates its samples' share and the averaged gradients equal one
         process's."""
-        self.parallel = group if group is not None and group.world_size > 1 else None
-
-    def rng_state(self) -> torch.Tensor:
-        """State of the fine-tuning shuffle generator (for exact resumption)."""
-        return self._generator.get_state()
-
-    def set_rng_state(self, state: torch.Tensor) -> None:
-        self._generator.set_state(state)
-
-    @property
-    def module(self) -> nn.Module:
-        return self.model
-
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        if self._optimizer is None:
-            params = [p for _, p in self.trainable_parameters()]
-            self._optimizer = torch.optim.AdamW(params, lr=self.lr,
-                                                weight_decay=self.weight_decay)
-        return self._optimizer
+        params = [p for _, p in self.trainable_parameters()]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
     # inputs ----------------------------------------------------------------------------------
     def prompts(self, samples: Sequence[Sample]) -> list[str]:
@@ -320,69 +282,67 @@ class PaliGemmaVLM(InitialWeights):
         self.model.eval()
         opt = self.optimizer
         params = [p for _, p in self.trainable_parameters()]
-
-        def minibatches():  # seeded shuffled passes; the last batch of a pass may be short
-            while True:
-                perm = torch.randperm(len(samples), generator=self._generator).tolist()
-                for sl in batches(len(samples), self.batch_size):
-                    yield perm[sl]
-
-        stream = minibatches()
+        stream = self._minibatches(len(samples))
         losses: list[float] = []
         t0 = time.perf_counter()
         with progress(k, f"{self.name} finetune", self.progress, unit="step") as bar:
             for _ in range(k):
-                rows = next(stream)
-                local_loss = None
-                if self.parallel is not None:
-                    loss, local_loss, row_sum, row_tok = self._parallel_loss(samples, rows)
-                else:
-                    batch = self.training_inputs([samples[i] for i in rows])
-                    row_sum, row_tok = self._loss_rows(batch)
-                    loss = row_sum.sum() / row_tok.sum().clamp(min=1)
-                if groups is not None:
-                    per: dict[int, list[int]] = {}
-                    for j, i in enumerate(rows):
-                        per.setdefault(int(groups[i]), []).append(j)
-                    self.last_group_losses.append({
-                        g: float(row_sum[js].sum().detach() / row_tok[js].sum().clamp(min=1))
-                        for g, js in sorted(per.items())})
-                opt.zero_grad(set_to_none=True)
-                if self.parallel is not None and local_loss is not None:
-                    # this process's share, scaled so that averaging gives the batch gradient
-                    (local_loss * self.parallel.world_size).backward()
-                    self.parallel.mean_gradients(params)
-                else:
-                    loss.backward()
-                if self.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-                opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(self._step(samples, next(stream), groups, opt, params))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         log.info("%s: %d steps in %.1fs, loss %.4f -> %.4f", self.name, k,
                  time.perf_counter() - t0, losses[0], losses[-1])
         return losses
 
-    # checkpoints -------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write a transformers checkpoint folder (model + processor), the rls3 metadata and the
-        optimizer state; `load_paligemma` reads it back."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
+    def _minibatches(self, n: int) -> Iterator[list[int]]:
+        """Rows of the mini-batches of `batch_size`: seeded shuffled passes over the n samples
+        (a pass is drawn when its first batch is asked for; its last batch may be short)."""
+        while True:
+            perm = torch.randperm(n, generator=self._generator).tolist()
+            for sl in batches(n, self.batch_size):
+                yield perm[sl]
+
+    def _step(self, samples: list[Sample], rows: list[int], groups: Sequence[int] | None,
+              opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> float:
+        """One optimizer step on `samples[rows]`: the token-mean answer loss (and each group's),
+        its gradient (each process back-propagating its share), clipping, AdamW; returns the
+        loss."""
+        local_loss = None
+        if self.parallel is not None:
+            loss, local_loss, row_sum, row_tok = self._parallel_loss(samples, rows)
+        else:
+            batch = self.training_inputs([samples[i] for i in rows])
+            row_sum, row_tok = self._loss_rows(batch)
+            loss = row_sum.sum() / row_tok.sum().clamp(min=1)
+        if groups is not None:
+            per: dict[int, list[int]] = {}
+            for j, i in enumerate(rows):
+                per.setdefault(int(groups[i]), []).append(j)
+            self.last_group_losses.append({
+                g: float(row_sum[js].sum().detach() / row_tok[js].sum().clamp(min=1))
+                for g, js in sorted(per.items())})
+        opt.zero_grad(set_to_none=True)
+        if self.parallel is not None and local_loss is not None:
+            # this process's share, scaled so that averaging gives the batch gradient
+            (local_loss * self.parallel.world_size).backward()
+            self.parallel.mean_gradients(params)
+        else:
+            loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        opt.step()
+        return float(loss.detach())
+
+    # checkpoints (`AdapterShell.save` / `load`) -----------------------------------------------
+    def _save_weights(self, folder: Path) -> None:
+        """A transformers checkpoint folder (model + processor): `load_paligemma` reads it
+        back."""
         self.model.save_pretrained(folder)
         self.processor.save_pretrained(folder)
-        write_meta(folder, {"kind": self.kind, "name": self.name, "format": 1,
-                            "prompt_template": self.prompt_template})
-        save_optimizer(folder, self._optimizer)
 
-    def load(self, path: str | Path) -> None:
-        """Replace the model by the checkpoint in `path` (a `save` folder or any PaliGemma
-        transformers folder); restores the optimizer state when the folder has one."""
-        folder = Path(path)
-        if (folder / META_FILE).is_file():
-            read_meta(folder, self.kind)
+    def _checkpoint_options(self) -> dict[str, Any]:
+        return {"prompt_template": self.prompt_template}
+
+    def _load_weights(self, folder: Path, meta: dict[str, Any] | None) -> None:
+        """The model of a `save` folder or of any PaliGemma transformers folder."""
         self._install(*load_paligemma(folder, self.dtype))
-        opt_state = load_optimizer_state(folder)
-        if opt_state is not None:
-            self.optimizer.load_state_dict(opt_state)
