@@ -21,12 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from _common import machine_info, main
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import finish, machine_info  # noqa: E402
+OUT = "agent_settings.json"
 
 #: name -> overrides of the quick preset
 VARIANTS: dict[str, dict] = {
@@ -87,7 +84,7 @@ def run_variant(name: str, steps: int, chunk: int, eval_steps: int, seed: int = 
         env.close()
 
 
-def markdown(res: dict) -> list[str]:
+def table(res: dict, out: Path) -> list[str]:
     f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     lines = [f"Pre-training on the intrinsic reward, evaluated every {res['chunk']} steps "
              f"({res['eval_steps']} stochastic steps each).", "",
@@ -100,21 +97,20 @@ def markdown(res: dict) -> list[str]:
     return lines
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--steps", type=int, default=40_000)
     ap.add_argument("--chunk", type=int, default=5000)
     ap.add_argument("--eval-steps", type=int, default=600)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--out", type=Path,
-                    default=ROOT / "benchmarks" / "results" / "agent_settings.json")
-    a = ap.parse_args()
-    res = {"benchmark": "agent_settings", "chunk": a.chunk, "eval_steps": a.eval_steps,
-           "overrides": {v: VARIANTS[v] for v in a.variants},
-           "variants": {v: run_variant(v, a.steps, a.chunk, a.eval_steps) for v in a.variants},
-           "machine": machine_info()}
-    finish(res, a.out, markdown)
+
+
+def run(args: argparse.Namespace) -> dict:
+    return {"benchmark": "agent_settings", "chunk": args.chunk, "eval_steps": args.eval_steps,
+            "overrides": {v: VARIANTS[v] for v in args.variants},
+            "variants": {v: run_variant(v, args.steps, args.chunk, args.eval_steps)
+                         for v in args.variants},
+            "machine": machine_info()}
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

@@ -15,26 +15,55 @@ shrinks, as it does while SAC learns). Target: overhead <= 25% with 224x224 imag
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from _common import main, names, runtime
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import runtime  # noqa: E402  (also: runs under rls3's allocator)
-from rls3.bridges import connect_test_peer
-from rls3.bridges.messages import Op
-from rls3.env import EnvConfig, Rls3Env
-from rls3.sim import SimBackend
-
+OUT = "bridge.json"
 TARGET = 0.25
 
 
-def run_block(env: Rls3Env, seed: int, steps: int, scale: float) -> tuple[float, int]:
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=120, help="env steps per block")
+    ap.add_argument("--blocks", type=int, default=3, help="timed blocks per side (alternating)")
+    ap.add_argument("--scenes", default="kitchen,bedroom")
+    ap.add_argument("--t0", type=int, default=40, help="valid frames per episode")
+    ap.add_argument("--action-scales", default="0.5,0.25,1.0",
+                    help="actions ~ U(-1, 1) * scale; smaller scales give more valid (rendered) "
+                         "steps, as a trained policy does. The first one is the headline.")
+    ap.add_argument("--no-shadows", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> dict:
+    return measure(size=args.size, steps=args.steps, blocks=args.blocks,
+                   scenes=names(args.scenes), t0=args.t0,
+                   scales=[float(x) for x in names(args.action_scales)],
+                   shadows=not args.no_shadows, seed=args.seed)
+
+
+def table(res: dict, out: Path) -> list[str]:
+    lines = [f"{res['image_size']} px, scenes {', '.join(res['scenes'])}, {res['blocks']} "
+             f"alternating blocks of {res['steps_per_block']} steps per side; target overhead "
+             f"<= {100 * res['target_overhead']:.0f}%.", "",
+             "| action scale | valid share | embedded steps/s | bridge steps/s | overhead | "
+             "added ms/step |", "|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['action_scale']} | {r['valid_share']:.2f} | "
+                     f"{r['embedded_steps_per_s']:.2f} | {r['bridge_steps_per_s']:.2f} | "
+                     f"{100 * r['overhead']:+.1f}% | {r['added_ms_per_step']:.1f} |")
+    return lines + ["", f"No-op round trip {res['noop_round_trip_ms']:.2f} ms; connecting took "
+                        f"{res['connect_s']:.1f} s."]
+
+
+def run_block(env: Any, seed: int, steps: int, scale: float) -> tuple[float, int]:
     """Seconds for `steps` env steps (resets included) and the number of valid (rendered) steps."""
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)
@@ -48,33 +77,14 @@ def run_block(env: Rls3Env, seed: int, steps: int, scale: float) -> tuple[float,
     return time.perf_counter() - t, valid
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--steps", type=int, default=120, help="env steps per block")
-    ap.add_argument("--blocks", type=int, default=3, help="timed blocks per side (alternating)")
-    ap.add_argument("--scenes", default="kitchen,bedroom")
-    ap.add_argument("--t0", type=int, default=40, help="valid frames per episode")
-    ap.add_argument("--action-scales", default="0.5,0.25,1.0",
-                    help="actions ~ U(-1, 1) * scale; smaller scales give more valid (rendered) "
-                         "steps, as a trained policy does. The first one is the headline.")
-    ap.add_argument("--no-shadows", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bridge.json"))
-    args = ap.parse_args()
-    result = run(size=args.size, steps=args.steps, blocks=args.blocks,
-                 scenes=[s for s in args.scenes.split(",") if s], t0=args.t0,
-                 scales=[float(x) for x in args.action_scales.split(",") if x],
-                 shadows=not args.no_shadows, seed=args.seed)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-
-
-def run(size: int = 224, steps: int = 120, blocks: int = 3,
-        scenes: list[str] | None = None, t0: int = 40, scales: list[float] | None = None,
-        shadows: bool = True, seed: int = 0) -> dict:
+def measure(size: int = 224, steps: int = 120, blocks: int = 3,
+            scenes: list[str] | None = None, t0: int = 40, scales: list[float] | None = None,
+            shadows: bool = True, seed: int = 0) -> dict:
     """Embedded vs bridge env steps/s, alternating blocks; returns the result dict."""
+    from rls3.bridges import connect_test_peer
+    from rls3.env import EnvConfig, Rls3Env
+    from rls3.sim import SimBackend
+
     scenes = scenes or ["kitchen", "bedroom"]
     scales = scales or [0.5, 0.25, 1.0]
     config = EnvConfig(t0=t0, image_size=size)
@@ -120,7 +130,7 @@ def run(size: int = 224, steps: int = 120, blocks: int = 3,
     n = 100
     t = time.perf_counter()
     for _ in range(n):
-        bridge._run(Op.NOOP)
+        bridge.ping()
     noop_ms = (time.perf_counter() - t) / n * 1e3
 
     head = rows[0]
@@ -150,4 +160,4 @@ def run(size: int = 224, steps: int = 120, blocks: int = 3,
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

@@ -17,6 +17,7 @@ feedback). Runs go in parallel (`--parallel`), each on one torch thread. The run
 (report.md + the PNGs of `rls3.plots`) and `comparison.json` go to `--out`: per agent the final
 test score, yield (all and distinct layouts), hardness per iteration, and the answer to "does a
 SAC variant reach random's final test score with <= 60% of random's generated data (env steps)?".
+`--from-runs DIR ...` only writes the report and summary of finished runs.
 """
 
 from __future__ import annotations
@@ -29,11 +30,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, command_line, ints, machine_info, main, names, stamp_markdown
 
-from _common import machine_info, stamp_markdown, write_json  # noqa: E402
+OUT = "comparison"
+RESULT = "comparison.json"
 
 RLS3 = [sys.executable, "-m", "rls3.cli"]
 #: agent label -> `rls3 run` arguments
@@ -165,6 +165,35 @@ def _answer(summary: dict) -> dict:
     return res
 
 
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--parallel", type=int, default=2, help="seeds run side by side")
+    ap.add_argument("--agents", default=",".join(AGENTS), help=f"subset of {list(AGENTS)}")
+    ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "comparison")
+    ap.add_argument("--from-runs", nargs="+", type=Path, default=None,
+                    help="only (re)write the report and summary of these finished run dirs")
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.from_runs:
+        return report(args.from_runs, args.out)
+    return measure(ints(args.seeds), args.preset, args.sets, args.runs_dir, args.out,
+                   args.parallel, agents=tuple(names(args.agents)))
+
+
+def table(summary: dict, out: Path) -> list[str]:
+    return markdown_table(summary) + ["", f"Full report with all figures: "
+                                          f"[{out.name}/report.md]({out.name}/report.md)."]
+
+
+def figures(summary: dict, out: Path) -> list[Path]:
+    """The report's test score against generated data and its yield figure (drawn with the
+    report, from the run directories)."""
+    return [p for p in (out / "fig5_score_vs_data.png", out / "yield.png") if p.is_file()]
+
+
 def markdown_table(summary: dict) -> list[str]:
     def ms(a: dict | None, d: int = 3) -> str:
         return "-" if not a else f"{a['mean']:.{d}f} ± {a['std']:.{d}f}"
@@ -205,13 +234,12 @@ def markdown_table(summary: dict) -> list[str]:
     return lines
 
 
-def run(seeds: list[int], preset: str = "quick", sets: list[str] | None = None,
-        runs_dir: Path = ROOT / "runs" / "comparison", out: Path = ROOT / "benchmarks" / "results"
-        / "comparison", parallel: int = 2, command: str = "",
-        agents: tuple[str, ...] = tuple(AGENTS)) -> dict:
-    """Run every (agent, seed), write the report and comparison.json into `out`; returns the
-    summary. A seed's SAC variants run one after the other (the first pre-trains, the second
-    reuses its cache)."""
+def measure(seeds: list[int], preset: str = "quick", sets: list[str] | None = None,
+            runs_dir: Path = ROOT / "runs" / "comparison",
+            out: Path = ROOT / "benchmarks" / "results" / "comparison", parallel: int = 2,
+            agents: tuple[str, ...] = tuple(AGENTS)) -> dict:
+    """Run every (agent, seed) and write the report into `out`; returns the summary. A seed's
+    SAC variants run one after the other (the first pre-trains, the second reuses its cache)."""
     sets = list(sets or [])
     unknown = [a for a in agents if a not in AGENTS]
     if unknown:
@@ -224,50 +252,26 @@ def run(seeds: list[int], preset: str = "quick", sets: list[str] | None = None,
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as ex:
         dirs = [d for ds in ex.map(stream, seeds) for d in ds]
     wall = time.perf_counter() - t
-    return finish(dirs, out, command, {"preset": preset, "sets": sets, "seeds": seeds,
-                                       "agent_variants": list(agents), "parallel": parallel,
-                                       "wall_s": wall})
+    return report(dirs, out, {"preset": preset, "sets": sets, "seeds": seeds,
+                              "agent_variants": list(agents), "parallel": parallel,
+                              "wall_s": wall})
 
 
-def finish(dirs: list[Path], out: Path, command: str = "", extra: dict | None = None) -> dict:
-    """Report + comparison.json for finished run directories (also usable on its own)."""
+def report(dirs: list[Path], out: Path, extra: dict | None = None) -> dict:
+    """The report of finished run directories in `out` (report.md, stamped with this command
+    line, and its figures); returns the summary (`main` writes it as comparison.json)."""
     from rls3.report import write_report
 
     out = Path(out)
-    report = write_report(dirs, out)
+    path = write_report(dirs, out)
     summary = summarize(dirs)
     summary.update({"benchmark": "data_efficiency", **(extra or {}),
                     "run_dirs": [str(d) for d in dirs], "machine": machine_info(),
-                    "command": command or " ".join(sys.argv)})
-    write_json(out / "comparison.json", summary)
-    text = report.read_text()
-    report.write_text(stamp_markdown(summary["machine"], summary["command"]) + "\n" + text)
+                    "command": command_line()})
+    text = path.read_text()
+    path.write_text(stamp_markdown(summary["machine"], summary["command"]) + "\n" + text)
     return summary
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--preset", default="quick")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--parallel", type=int, default=2, help="seeds run side by side")
-    ap.add_argument("--agents", default=",".join(AGENTS), help=f"subset of {list(AGENTS)}")
-    ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "comparison")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "comparison")
-    ap.add_argument("--from-runs", nargs="+", type=Path, default=None,
-                    help="only (re)write the report and summary of these finished run dirs")
-    a = ap.parse_args()
-    seeds = [int(s) for s in a.seeds.split(",") if s]
-    if a.from_runs:
-        summary = finish(a.from_runs, a.out, command="python " + " ".join(sys.argv))
-        print("\n".join(markdown_table(summary)))
-        return
-    summary = run(seeds, a.preset, a.sets, a.runs_dir, a.out, a.parallel,
-                  command="python " + " ".join(sys.argv),
-                  agents=tuple(x for x in a.agents.split(",") if x))
-    print("\n".join(markdown_table(summary)))
-    print(f"wrote {a.out}")
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

@@ -25,15 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import ROOT, machine_info, main
 
-from _common import finish, machine_info  # noqa: E402
+OUT = "dp.json"
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vlm", default="lite")
     p.add_argument("--image-size", type=int, default=192, help="lite input size (px)")
     p.add_argument("--samples", type=int, default=64, help="fine-tuning samples (global batch set)")
@@ -43,9 +40,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="PxT: P processes with T torch threads each")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dp.json")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)   # internal: result file
-    return p.parse_args(argv)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -105,7 +100,7 @@ def launch(args: argparse.Namespace, nproc: int, threads: int, out: Path) -> dic
     return json.loads(out.read_text())
 
 
-def markdown(res: dict) -> list[str]:
+def table(res: dict, out: Path) -> list[str]:
     c = res["config"]
     lines = [f"Fine-tuning `{c['vlm']}` ({c['image_size']} px) on {c['samples']} samples x "
              f"{c['epochs']} epochs, batch {c['batch_size']}, {res['machine']['cpus']} CPUs, "
@@ -120,11 +115,11 @@ def markdown(res: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse(argv)
+def run(args: argparse.Namespace) -> dict | None:
+    """Every layout side by side (None in a `--worker` launch: it writes its own file)."""
     if args.worker is not None:
         worker(args)
-        return
+        return None
     load_before = list(os.getloadavg())
     layouts = [tuple(int(x) for x in lay.lower().split("x")) for lay in args.layouts]
     runs: dict[tuple[int, ...], list[dict]] = {lay: [] for lay in layouts}
@@ -142,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
                       if k != "worker"},
            "machine": machine_info(), "load_before": load_before,
            "load_after": list(os.getloadavg()), "results": results}
-    finish(res, args.out, markdown)
+    return res
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

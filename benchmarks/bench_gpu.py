@@ -34,13 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import Unavailable, machine_info, main
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _common import finish, machine_info  # noqa: E402
-
+OUT = "gpu.json"
 log = logging.getLogger("bench_gpu")
 
 PAPER_MODELS = ("clip-b32-random", "siglip-base-random", "paligemma-3b-random")
@@ -61,8 +57,7 @@ class Phase:
     peak_gib: float | None
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=list(PAPER_MODELS), choices=PAPER_MODELS)
     p.add_argument("--feedback-samples", type=int, default=512)
     p.add_argument("--finetune-samples", type=int, default=2000)
@@ -76,13 +71,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-smoke", action="store_true",
                    help="tiny models and a few samples on the CPU (tests the script)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu.json")
-    args = p.parse_args(argv)
-    if args.cpu_smoke:
-        args.feedback_samples = args.finetune_samples = args.eval_samples = 8
-        args.paligemma_feedback_samples = 4
-        args.epochs, args.steps = 1, 2
-    return args
 
 
 def _timed(fn: Callable[[], Any], n: int, cuda: bool) -> Phase:
@@ -150,7 +138,7 @@ def bench_model(name: str, args: argparse.Namespace, cuda: bool) -> dict[str, An
     return out
 
 
-def markdown(res: dict[str, Any]) -> list[str]:
+def table(res: dict[str, Any], out: Path) -> list[str]:
     kind = "bf16" if res["cuda"] else "CPU smoke: tiny models"
     lines = [f"Device: {res['device']} ({kind})",
              "", "| model | params | feedback img/s | fine-tune img/s | eval img/s | "
@@ -166,14 +154,17 @@ def markdown(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.cpu_smoke:
+        args.feedback_samples = args.finetune_samples = args.eval_samples = 8
+        args.paligemma_feedback_samples = 4
+        args.epochs, args.steps = 1, 2
     cuda = torch.cuda.is_available() and not args.cpu_smoke
     if not cuda and not args.cpu_smoke:
-        log.error("no CUDA device here: bench_gpu.py measures the paper-size models on a GPU. "
-                  "Run it on a GPU machine, or with --cpu-smoke to check the script on the CPU")
-        return 2
+        raise Unavailable("no CUDA device here: bench_gpu.py measures the paper-size models on a "
+                          "GPU. Run it on a GPU machine, or with --cpu-smoke to check the script "
+                          "on the CPU")
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     res = {"device": device, "cuda": cuda, "cpu_smoke": args.cpu_smoke,
            "torch": torch.__version__,
@@ -181,9 +172,8 @@ def main(argv: list[str] | None = None) -> int:
            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "machine": machine_info(),
            "models": [bench_model(name, args, cuda) for name in args.models]}
-    finish(res, args.out, markdown)
-    return 0
+    return res
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__name__))

@@ -22,11 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine_info, main, overrides, run_child
 
-from _common import ROOT, command_line, machine_info, run_child, write_json  # noqa: E402
+from rls3.rundir import read_metrics, without_timings
 
-from rls3.rundir import read_metrics, without_timings  # noqa: E402
+OUT = "iteration.json"
+
 
 def _comparable(recs: list[dict]) -> list[dict]:
     return [without_timings(r) for r in recs]
@@ -58,8 +59,7 @@ def _run(code: Path, allocator_name: str, cfg_file: Path, run_dir: Path) -> dict
             "iteration_time_s": [r["time_s"] for r in recs if r.get("iteration", 0) >= 1]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--before", required=True, help="git revision of the 'before' code")
     ap.add_argument("--before-allocator", default="system", choices=("system", "tcmalloc"))
     ap.add_argument("--preset", default="quick")
@@ -67,20 +67,16 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=2)
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "iteration.json")
-    a = ap.parse_args()
-    import yaml
 
+
+def run(a: argparse.Namespace) -> dict:
     from rls3.config import preset
 
-    overrides = {"loop.iterations": a.iterations, "early_stopping.enabled": False,
-                 "progress": False, "seed": a.seed}
-    for s in a.sets:
-        k, v = s.split("=", 1)
-        overrides[k] = yaml.safe_load(v)
-    cfg = preset(a.preset).override(overrides).resolved()
+    changed = {"loop.iterations": a.iterations, "early_stopping.enabled": False,
+               "progress": False, "seed": a.seed, **overrides(a.sets)}
+    cfg = preset(a.preset).override(changed).resolved()
     res: dict = {"benchmark": "iteration", "before": a.before, "preset": a.preset,
-                 "overrides": overrides, "machine": machine_info(), "runs": {}}
+                 "overrides": changed, "machine": machine_info(), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="rls3-bench-iter-") as tmp:
         tmp = Path(tmp)
         tree = tmp / "before"
@@ -110,13 +106,10 @@ def main() -> None:
     base = res["iteration_s"][names[0]]
     res["speedup"] = {n: base / v for n, v in res["iteration_s"].items()}
     res["machine_after"] = machine_info()
-    res["command"] = command_line()
-    write_json(a.out, res)
-    print("\n".join(markdown(res)))
-    print(f"wrote {a.out}")
+    return res
 
 
-def markdown(res: dict) -> list[str]:
+def table(res: dict, out: Path) -> list[str]:
     lines = [f"`{res['preset']}`, {res['overrides']['loop.iterations']} iterations, seed "
              f"{res['overrides']['seed']}, each a child process, side by side:", "",
              "| code | iterations s | speed-up | identical metrics | process user s | system s | "
@@ -136,4 +129,4 @@ def markdown(res: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

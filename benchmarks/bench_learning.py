@@ -19,18 +19,14 @@ Writes benchmarks/results/learning.json (or --out), learning.png next to it, and
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import ROOT, machine_info, main, names, pyplot, rendered_sets, save_figure
 
-from _common import finish, machine_info, stamp_figure  # noqa: E402
-
+OUT = "learning.json"
 #: Named adapter settings compared side by side (keywords of `build_vlm`).
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -38,39 +34,39 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "192px": {"image_size": 192},
     "192px-no-mirror": {"image_size": 192, "mirror_augment": False},
 }
-SETS = {"train": ("train", 1), "heldout": ("train", 2), "test": ("test", 3)}
 
 
-def load_sets(args: argparse.Namespace) -> tuple[dict[str, list], dict[str, float | None]]:
-    """The three fixed sets (rendered, or read back from `--data-dir`) and render seconds (None
-    for a set read back)."""
-    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-    from rls3.data import DatasetError, generate_samples, read_dataset, write_dataset
-    from rls3.sim import SimBackend
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--vlm", default="lite")
+    ap.add_argument("--variants", default="default",
+                    help=f"comma-separated, from {sorted(VARIANTS)}")
+    ap.add_argument("--train", type=int, default=640)
+    ap.add_argument("--heldout", type=int, default=200)
+    ap.add_argument("--test", type=int, default=200)
+    ap.add_argument("--image-size", type=int, default=224, help="render size (px)")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--every", type=int, default=5, help="evaluate every this many epochs")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-dir", default=str(ROOT / "runs" / "bench-learning-data"))
 
-    sizes = {"train": args.train, "heldout": args.heldout, "test": args.test}
-    out: dict[str, list] = {}
-    seconds: dict[str, float | None] = {}
-    for name, (split, offset) in SETS.items():
-        folder = Path(args.data_dir) / f"{name}-n{sizes[name]}-{args.image_size}px-seed{args.seed}"
-        if folder.exists():
-            try:
-                out[name] = read_dataset(folder)
-                seconds[name] = None      # read back, not rendered in this run
-                continue
-            except DatasetError as e:
-                print(f"re-rendering {name}: {e}", flush=True)
-        t = time.perf_counter()
-        backend = SimBackend(scenes=split)
-        try:
-            samples = generate_samples(backend, sizes[name], args.image_size,
-                                       seed=args.seed * 100 + offset, progress=True, desc=name)
-        finally:
-            backend.close()
-        write_dataset(folder, samples, info={"kind": "bench_learning", "set": name},
-                      overwrite=True)
-        out[name], seconds[name] = samples, time.perf_counter() - t
-    return out, seconds
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    variants = names(args.variants)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; allowed: {sorted(VARIANTS)}")
+    if args.every < 1 or args.epochs < args.every:
+        raise SystemExit("need 1 <= --every <= --epochs")
+    info = machine_info()
+    sets, render_s = rendered_sets({"train": args.train, "heldout": args.heldout,
+                                    "test": args.test}, args.image_size, args.seed, args.data_dir)
+    res: dict[str, Any] = {"vlm": args.vlm, "image_size": args.image_size, "epochs": args.epochs,
+                           "seed": args.seed, "sizes": {k: len(v) for k, v in sets.items()},
+                           "render_s": render_s, "machine": info, "variants": {}}
+    for name in variants:
+        res["variants"][name] = run_variant(name, sets, args)
+    res["machine_after"] = machine_info()
+    return res
 
 
 def run_variant(name: str, sets: dict[str, list], args: argparse.Namespace) -> dict[str, Any]:
@@ -105,7 +101,7 @@ def run_variant(name: str, sets: dict[str, list], args: argparse.Namespace) -> d
     return {"options": VARIANTS[name], "curve": curve}
 
 
-def markdown(res: dict[str, Any]) -> list[str]:
+def table(res: dict[str, Any], out: Path) -> list[str]:
     from rls3.report import wilson_interval
 
     n = res["sizes"]
@@ -129,15 +125,13 @@ def markdown(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def plot(res: dict[str, Any], path: Path, info: dict[str, Any]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(res["variants"])
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False,
+def figures(res: dict[str, Any], out: Path) -> list[Path]:
+    """Accuracy against fine-tuning epochs, one panel per variant: `out` with .png."""
+    plt = pyplot()
+    variants = list(res["variants"])
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.6), squeeze=False,
                              sharey=True)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], variants):
         curve = res["variants"][name]["curve"]
         ep = [c["epoch"] for c in curve]
         for s, style in (("train", ":"), ("heldout", "-"), ("test", "--")):
@@ -151,47 +145,8 @@ def plot(res: dict[str, Any], path: Path, info: dict[str, Any]) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("hard-negative accuracy")
     axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    stamp_figure(fig, info, res["command"])
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--vlm", default="lite")
-    ap.add_argument("--variants", default="default",
-                    help=f"comma-separated, from {sorted(VARIANTS)}")
-    ap.add_argument("--train", type=int, default=640)
-    ap.add_argument("--heldout", type=int, default=200)
-    ap.add_argument("--test", type=int, default=200)
-    ap.add_argument("--image-size", type=int, default=224, help="render size (px)")
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--every", type=int, default=5, help="evaluate every this many epochs")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data-dir", default=str(ROOT / "runs" / "bench-learning-data"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning.json"))
-    args = ap.parse_args()
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        ap.error(f"unknown variant(s) {unknown}; allowed: {sorted(VARIANTS)}")
-    if args.every < 1 or args.epochs < args.every:
-        ap.error("need 1 <= --every <= --epochs")
-
-    info = machine_info()
-    sets, render_s = load_sets(args)
-    res: dict[str, Any] = {"vlm": args.vlm, "image_size": args.image_size, "epochs": args.epochs,
-                           "seed": args.seed, "sizes": {k: len(v) for k, v in sets.items()},
-                           "render_s": render_s, "machine": info, "variants": {}}
-    for name in variants:
-        res["variants"][name] = run_variant(name, sets, args)
-    res["machine_after"] = machine_info()
-    out = Path(args.out)
-    finish(res, out, markdown)
-    plot(res, out.with_suffix(".png"), info)
-    print(f"wrote {out.with_suffix('.png')}")
+    return [save_figure(fig, out.with_suffix(".png"), res, dpi=120)]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

@@ -31,21 +31,21 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (command_line, machine_info, main, overrides, pyplot, run_per_allocator,
+                     rusage_now, save_figure)
 
-from _common import (command_line, machine_info, run_per_allocator, rusage_now,  # noqa: E402
-                     write_json)
+from rls3.rundir import without_timings
 
-from rls3.rundir import without_timings  # noqa: E402
-
+OUT = "loop.json"
+#: an earlier measurement kept beside the result (same preset and machine) that `table` compares
+BEFORE = "loop_before_eval_cache.json"
 TARGET_OVERHEAD = 0.05
 
 # category -> list of (file suffix, function name); cumulative times are summed
@@ -105,21 +105,58 @@ def _phase_usage(marks: list[tuple[str, float, dict[str, float]]]) -> dict[str, 
     return out
 
 
-def run(preset: str = "quick", agent: str = "sac", sets: list[str] | None = None,
-        pstats_out: Path | None = None, top: int = 25, profile: bool = True,
-        timer: str = "wall") -> dict:
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--agent", default="sac")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--pstats", type=Path, default=None, help="also dump the raw profile here")
+    ap.add_argument("--allocators", default="tcmalloc,system",
+                    help="comma-separated; each runs in its own child process side by side")
+    ap.add_argument("--no-profile", action="store_true", help="time without cProfile")
+    ap.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                    help="what cProfile counts: wall seconds or the process's CPU seconds")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """One process (`--child`), or one child per allocator side by side."""
+    if args.child:
+        return measure(args.preset, args.agent, args.sets, args.pstats,
+                       profile=not args.no_profile, timer=args.timer)
+    allocators = [x for x in args.allocators.split(",") if x]
+
+    def child(name: str, out: Path) -> list[str]:
+        cmd = [sys.executable, __file__, "--child", "--preset", args.preset, "--agent",
+               args.agent, "--out", str(out), "--timer", args.timer] + [f"--set={x}"
+                                                                      for x in args.sets]
+        if args.no_profile:
+            cmd.append("--no-profile")
+        if args.pstats:
+            cmd += ["--pstats", str(args.pstats.with_suffix(f".{name}.pstats"))]
+        return cmd
+
+    runs, process = run_per_allocator(child, allocators)
+    first = runs[allocators[0]]
+    res = dict(first)  # the first allocator's figures stay at the top level
+    res["command"] = command_line()  # this process's, not the child's
+    res.update({"runs": runs, "process": process, "allocators": allocators})
+    if len(allocators) > 1:
+        second = runs[allocators[1]]
+        res.update({"speedup": second["iteration_s"] / first["iteration_s"],
+                    "identical_metrics": (without_timings(first.get("record") or {})
+                                          == without_timings(second.get("record") or {}))})
+    return res
+
+
+def measure(preset: str = "quick", agent: str = "sac", sets: list[str] | None = None,
+            pstats_out: Path | None = None, top: int = 25, profile: bool = True,
+            timer: str = "wall") -> dict:
     from rls3 import loop
     from rls3.config import preset as make_preset
 
-    cfg = make_preset(preset)
-    overrides = {"agent.name": agent, "loop.iterations": 1, "progress": False,
-                 "early_stopping.enabled": False}
-    for s in sets or []:
-        k, v = s.split("=", 1)
-        import yaml
-
-        overrides[k] = yaml.safe_load(v)
-    cfg = cfg.override(overrides)
+    changed = {"agent.name": agent, "loop.iterations": 1, "progress": False,
+               "early_stopping.enabled": False, **overrides(sets or [])}
+    cfg = make_preset(preset).override(changed)
     # cpu: the process's CPU seconds (all threads) per function, steadier on a loaded machine
     prof = cProfile.Profile(time.process_time) if timer == "cpu" else cProfile.Profile()
     marks: dict[str, float] = {}
@@ -158,7 +195,7 @@ def run(preset: str = "quick", agent: str = "sac", sets: list[str] | None = None
                 stats.stats.items(), key=lambda kv: -kv[1][2])[:top]:  # type: ignore[attr-defined]
             top_rows.append({"function": f"{Path(fn).name}:{line}({name})", "calls": nc,
                              "self_s": tt, "cum_s": ct})
-    return {"benchmark": "loop", "preset": preset, "agent": agent, "overrides": overrides,
+    return {"benchmark": "loop", "preset": preset, "agent": agent, "overrides": changed,
             "profiled": profile, "timer": timer, "iteration_s": marks["end"] - marks["start"],
             "profiled_total_s": total, "run_s": run_s, "seconds": sec,
             "fractions": {k: v / total for k, v in sec.items()},  # of profiled_total_s
@@ -196,6 +233,31 @@ def markdown_one(res: dict) -> list[str]:
     return lines
 
 
+def table(res: dict, out: Path) -> list[str]:
+    """The allocators side by side, each one's breakdown, and the comparison with `BEFORE`
+    when that file lies beside `out`."""
+    return markdown(res) + before_note(res, out.with_name(BEFORE))
+
+
+def before_note(res: dict, path: Path) -> list[str]:
+    """A paragraph comparing `res` with the earlier measurement at `path` (none if absent)."""
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    sb, fb = before["seconds"], before["fractions"]
+    return ["", f"Before the frozen-prefix evaluation cache (same preset, same machine, "
+                f"[{path.name}]({path.name})): "
+                f"{before['iteration_s']:.1f} s per iteration, evaluation "
+                f"{sb['evaluation']:.1f} s ({100 * fb['evaluation']:.1f}%) — then the "
+                f"largest category; validation + test phases "
+                f"{before['loop_time_s']['validate'] + before['loop_time_s']['test']:.1f} s "
+                f"vs {res['loop_time_s']['validate'] + res['loop_time_s']['test']:.1f} s now. "
+                "Absolute seconds depend on the machine's load at the time "
+                f"(load average {before['machine']['loadavg'][0]:.1f} before, "
+                f"{res['machine']['loadavg'][0]:.1f} now)."]
+
+
 def markdown(res: dict) -> list[str]:
     if len(res.get("runs", {})) < 2:
         return markdown_one(res)
@@ -217,47 +279,21 @@ def markdown(res: dict) -> list[str]:
     return lines
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="quick")
-    ap.add_argument("--agent", default="sac")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--pstats", type=Path, default=None, help="also dump the raw profile here")
-    ap.add_argument("--allocators", default="tcmalloc,system",
-                    help="comma-separated; each runs in its own child process side by side")
-    ap.add_argument("--no-profile", action="store_true", help="time without cProfile")
-    ap.add_argument("--timer", choices=("wall", "cpu"), default="wall",
-                    help="what cProfile counts: wall seconds or the process's CPU seconds")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "loop.json")
-    a = ap.parse_args()
-    allocators = [x for x in a.allocators.split(",") if x]
-    if a.child:
-        res = run(a.preset, a.agent, a.sets, a.pstats, profile=not a.no_profile, timer=a.timer)
-    else:
-        def child(name: str, out: Path) -> list[str]:
-            cmd = [sys.executable, __file__, "--child", "--preset", a.preset, "--agent",
-                   a.agent, "--out", str(out), "--timer", a.timer] + [f"--set={x}" for x in a.sets]
-            if a.no_profile:
-                cmd.append("--no-profile")
-            if a.pstats:
-                cmd += ["--pstats", str(a.pstats.with_suffix(f".{name}.pstats"))]
-            return cmd
-
-        runs, process = run_per_allocator(child, allocators)
-        first = runs[allocators[0]]
-        res = dict(first)  # the first allocator's figures stay at the top level (run_all)
-        res.update({"runs": runs, "process": process, "allocators": allocators})
-        if len(allocators) > 1:
-            second = runs[allocators[1]]
-            res.update({"speedup": second["iteration_s"] / first["iteration_s"],
-                        "identical_metrics": (without_timings(first.get("record") or {})
-                                              == without_timings(second.get("record") or {}))})
-    res["command"] = command_line()
-    write_json(a.out, res)
-    print("\n".join(markdown(res)))
-    print(f"wrote {a.out}")
+def figures(res: dict, out: Path) -> list[Path]:
+    """The share of one iteration per category: `out`'s name with _breakdown.png."""
+    if not res.get("fractions"):
+        return []
+    plt = pyplot()
+    items = sorted(res["fractions"].items(), key=lambda kv: -kv[1])
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.barh([k for k, _ in items][::-1], [100 * v for _, v in items][::-1],
+            color=["tab:red" if k == "overhead" else "tab:blue" for k, _ in items][::-1])
+    ax.axvline(100 * res["target_overhead"], color="0.4", ls="--", lw=0.8)
+    ax.set_xlabel("% of one iteration")
+    ax.set_title(f"Where one iteration goes ({res['iteration_s']:.1f} s, "
+                 f"{res['preset']}, {res['agent']})")
+    return [save_figure(fig, out.with_name(f"{out.stem}_breakdown.png"), res)]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

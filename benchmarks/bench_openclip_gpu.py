@@ -1,6 +1,6 @@
 """open_clip's own ViT models through rls3's converter (`rls3.vlm.openai_clip`), at paper size on
 a GPU machine where open_clip and torchvision import (not here: the CPU torch has no matching
-torchvision). Not in run_all.
+torchvision). In run_all only by name (`benchmarks/run_all --only openclip_gpu`).
 
     python benchmarks/bench_openclip_gpu.py [--models ViT-B-32-quickgelu,ViT-B-16,ViT-L-14]
         [--out benchmarks/results/openclip_gpu.json]
@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from _common import Unavailable, main, names
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402  (after _common: the allocator is chosen before torch loads)
 
+OUT = "openclip_gpu.json"
 #: open_clip model name -> the activation its checkpoints need (`rls3 convert --activation`)
 ACTIVATIONS = {"ViT-B-32-quickgelu": "quick_gelu", "ViT-B-16": "gelu", "ViT-L-14": "gelu",
                "ViT-B-32": "gelu"}
@@ -111,15 +111,14 @@ def check_model(name: str, samples: list, tmp: Path, dev: str) -> dict[str, Any]
     return res
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--models", default="ViT-B-32-quickgelu,ViT-B-16,ViT-L-14")
     ap.add_argument("--samples", type=int, default=256)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "openclip_gpu.json"))
-    args = ap.parse_args()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     if not torch.cuda.is_available():
-        print("no CUDA device: this check runs on a GPU machine with open_clip", file=sys.stderr)
-        return 2
+        raise Unavailable("no CUDA device: this check runs on a GPU machine with open_clip")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     from rls3.vlm.synthetic import make_samples
@@ -128,7 +127,7 @@ def main() -> int:
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                            "models": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
+        for name in names(args.models):
             r = check_model(name, samples, Path(tmp), "cuda")
             print(json.dumps(r), flush=True)
             out["models"].append(r)
@@ -137,10 +136,24 @@ def main() -> int:
 
     out.update(open_clip=open_clip.__version__, transformers=transformers.__version__,
                numpy=np.__version__)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    return 0
+    return out
+
+
+def table(res: dict[str, Any], out: Path) -> list[str]:
+    lines = [f"{res['device']}, open_clip {res['open_clip']}, transformers "
+             f"{res['transformers']}: open_clip's embeddings against the converted model's "
+             "(float32, largest absolute difference / largest value), then the `clip` adapter "
+             "in bf16.", "",
+             "| model | params | tokens equal | image emb diff | text emb diff | feedback img/s | "
+             "fine-tune img/s | eval img/s | peak GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in res["models"]:
+        lines.append(f"| {m['model']} | {m['params_m']:.0f}M | {m['tokens_equal']} | "
+                     f"{m['image_emb_max_abs_diff']:.1e} / {m['image_emb_scale']:.1f} | "
+                     f"{m['text_emb_max_abs_diff']:.1e} / {m['text_emb_scale']:.1f} | "
+                     f"{m['feedback_img_s']:.0f} | {m['finetune_img_s']:.0f} | "
+                     f"{m['evaluate_img_s']:.0f} | {m['peak_gpu_gb']:.1f} |")
+    return lines
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__name__))

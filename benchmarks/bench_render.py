@@ -1,6 +1,8 @@
 """Env step (with rendering) vs raw rendering of the same scenes, and random-action yield per scene.
 
-Usage: python benchmarks/bench_render.py [--size 224] [--steps 300] [--out benchmarks/results/render.json]
+Usage: python benchmarks/bench_render.py [--size 224] [--steps 300] [--scenes a,b]
+           [--out benchmarks/results/render.json]
+
 Both timings run in the same process on the same scenes: the raw side renders the layout the env has
 just produced, so the ratio isolates what the env adds (checks, state, bookkeeping) over the pixels.
 """
@@ -8,23 +10,35 @@ just produced, so the ratio isolates what the env adds (checks, state, bookkeepi
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import machine_info, main, names
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info  # noqa: E402  (also: runs under rls3's allocator)
-from rls3.env import EnvConfig, Rls3Env
-from rls3.sim import SimBackend, list_scenes
+OUT = "render.json"
+TARGET = 0.20
 
 
-def run(size: int = 224, steps: int = 300, seed: int = 0,
-        scenes: list[str] | None = None) -> dict:
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=300, help="random steps per scene")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenes", default="", help="comma-separated scenes (default: all)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    return measure(args.size, args.steps, args.seed, names(args.scenes) or None)
+
+
+def measure(size: int = 224, steps: int = 300, seed: int = 0,
+            scenes: list[str] | None = None) -> dict:
     """Time env steps against raw renders on each scene; returns the result dict."""
+    from rls3.env import EnvConfig, Rls3Env
+    from rls3.sim import SimBackend, list_scenes
+
     rows = []
     for scene in scenes or list_scenes():
         backend = SimBackend([scene])
@@ -57,23 +71,24 @@ def run(size: int = 224, steps: int = 300, seed: int = 0,
     tr = sum(r["valid"] / r["raw_render_fps"] for r in rows if r["raw_render_fps"])
     total = {"env_overhead": te / tr - 1.0, "mean_yield": float(np.mean([r["yield"] for r in rows]))}
     print(f"overall env overhead over raw rendering: {100 * total['env_overhead']:+.1f}% "
-          f"(target <= +20%), mean random yield {total['mean_yield']:.3f}")
+          f"(target <= +{100 * TARGET:.0f}%), mean random yield {total['mean_yield']:.3f}")
     return {"command": " ".join(sys.argv), "machine": platform.platform(),
-            "python": platform.python_version(), "machine_info": machine_info(), "size": size, "rows": rows, "total": total}
+            "python": platform.python_version(), "machine_info": machine_info(), "size": size,
+            "rows": rows, "total": total}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--steps", type=int, default=300, help="random steps per scene")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--scenes", default="", help="comma-separated scenes (default: all)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/render.json"))
-    args = ap.parse_args()
-    result = run(args.size, args.steps, args.seed, [s for s in args.scenes.split(",") if s] or None)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+def table(res: dict, out: Path) -> list[str]:
+    t = res["total"]
+    lines = [f"{res['size']} px, random actions; the raw side renders the layout the env has just "
+             "produced.", "", "| scene | random yield | env valid frames/s | raw renders/s | "
+             "env overhead |", "|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['scene']} | {r['yield']:.3f} | {r['env_valid_fps']:.1f} | "
+                     f"{r['raw_render_fps']:.1f} | {100 * r['env_overhead']:+.1f}% |")
+    return lines + ["", f"Overall env overhead over raw rendering: "
+                        f"**{100 * t['env_overhead']:+.1f}%** (target <= +{100 * TARGET:.0f}%); "
+                        f"mean random yield {t['mean_yield']:.3f}."]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

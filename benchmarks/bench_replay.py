@@ -10,7 +10,7 @@ paper's rule) or on them plus every earlier batch (`replay`: `rls3.replay.Sample
 quick preset's capacity and fraction), and evaluates the unseen test rooms and held-out layouts
 of the training rooms. Reported against cumulative optimizer steps and fine-tuning CPU seconds
 (process time, all threads; evaluation excluded). The renders come from bench_learning's cached
-sets (`--data-dir`), rendered once when absent.
+sets (`_common.rendered_sets`, under `--data-dir`), rendered once when absent.
 
 Writes benchmarks/results/replay.json (or --out), replay.png next to it, and prints a table.
 """
@@ -18,24 +18,63 @@ Writes benchmarks/results/replay.json (or --out), replay.png next to it, and pri
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import ROOT, ints, machine_info, main, names, pyplot, rendered_sets, save_figure
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _common import finish, machine_info, stamp_figure  # noqa: E402
-from bench_learning import load_sets  # noqa: E402
-
+OUT = "replay.json"
 #: no-replay: the paper's rule; replay: the quick preset's; no-replay-same-steps: the paper's rule
 #: with as many optimizer steps per iteration as replay takes (K * i epochs in iteration i), to
 #: tell "more data" from "more steps"
 VARIANTS = ("no-replay", "replay", "no-replay-same-steps")
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--vlm", default="lite")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--variants", default="no-replay,replay",
+                    help=f"comma-separated, from {list(VARIANTS)}")
+    ap.add_argument("--iterations", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=128, help="new samples per iteration")
+    ap.add_argument("--k", type=int, default=6, help="epochs per iteration")
+    ap.add_argument("--heldout", type=int, default=150)
+    ap.add_argument("--test", type=int, default=150)
+    ap.add_argument("--image-size", type=int, default=224, help="render size (px)")
+    ap.add_argument("--data-dir", default=str(ROOT / "runs" / "bench-learning-data"))
+    ap.add_argument("--merge", metavar="OTHER.json",
+                    help="only add OTHER.json's variants to --out (same settings) and redraw")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.merge:
+        return merge(Path(args.out), Path(args.merge))
+    seeds = ints(args.seeds)
+    variants = names(args.variants)
+    if not variants or set(variants) - set(VARIANTS):
+        raise SystemExit(f"--variants must name some of {list(VARIANTS)}, got {args.variants!r}")
+    if not seeds or args.iterations < 1 or args.batch < 1 or args.k < 1:
+        raise SystemExit("need at least one seed and --iterations, --batch, --k >= 1")
+    info = machine_info()
+    # bench_learning's sets (seed 0), the training stream as long as every iteration needs
+    sets, render_s = rendered_sets({"train": args.iterations * args.batch,
+                                    "heldout": args.heldout, "test": args.test},
+                                   args.image_size, 0, args.data_dir)
+    res: dict[str, Any] = {"vlm": args.vlm, "iterations": args.iterations, "batch": args.batch,
+                           "k": args.k, "seeds": seeds, "render_s": render_s,
+                           "sizes": {k: len(v) for k, v in sets.items()}, "machine": info,
+                           "runs": {v: {} for v in variants}}
+    for seed in seeds:
+        order = np.random.default_rng(seed).permutation(len(sets["train"]))
+        stream = [sets["train"][int(i)] for i in order]
+        for v in variants:
+            res["runs"][v][str(seed)] = run_variant(v, seed, stream, sets, args)
+    res["machine_after"] = machine_info()
+    return res
 
 
 def run_variant(variant: str, seed: int, stream: list, sets: dict[str, list],
@@ -72,7 +111,7 @@ def run_variant(variant: str, seed: int, stream: list, sets: dict[str, list],
     return {"curve": curve}
 
 
-def markdown(res: dict[str, Any]) -> list[str]:
+def table(res: dict[str, Any], out: Path) -> list[str]:
     from rls3.report import wilson_interval
 
     n = res["sizes"]["test"]
@@ -100,11 +139,10 @@ def markdown(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def plot(res: dict[str, Any], path: Path, info: dict[str, Any]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def figures(res: dict[str, Any], out: Path) -> list[Path]:
+    """Test-room accuracy against optimizer steps and fine-tuning CPU seconds, mean ± std over
+    seeds: `out` with .png."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for j, v in enumerate(VARIANTS):
         runs = list(res["runs"].get(v, {}).values())
@@ -123,17 +161,13 @@ def plot(res: dict[str, Any], path: Path, info: dict[str, Any]) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test-room accuracy (mean ± std over seeds)")
     axes[0].legend(fontsize=8)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    stamp_figure(fig, info, res["command"])
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return [save_figure(fig, out.with_suffix(".png"), res, dpi=120)]
 
 
-def merge(into: Path, other: Path) -> None:
-    """Add the variants of result file `other` (same stream and settings) to `into`, noting
-    the command that measured them, and redraw the figure."""
-    import json
-
+def merge(into: Path, other: Path) -> dict[str, Any]:
+    """`into`'s result with the variants of result file `other` (same stream and settings)
+    added, noting the command that measured them (written back to `into` by `main`, with the
+    figure redrawn)."""
     res, add = json.loads(into.read_text()), json.loads(other.read_text())
     for key in ("iterations", "batch", "k", "seeds", "sizes", "vlm"):
         if res[key] != add[key]:
@@ -141,55 +175,8 @@ def merge(into: Path, other: Path) -> None:
     for v, runs in add["runs"].items():
         res["runs"][v] = runs
         res.setdefault("merged", {})[v] = add["command"]
-    into.write_text(json.dumps(res, indent=2) + "\n")
-    plot(res, into.with_suffix(".png"), res["machine"])
-    print("\n".join(markdown(res)))
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--vlm", default="lite")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--variants", default="no-replay,replay",
-                    help=f"comma-separated, from {list(VARIANTS)}")
-    ap.add_argument("--iterations", type=int, default=6)
-    ap.add_argument("--batch", type=int, default=128, help="new samples per iteration")
-    ap.add_argument("--k", type=int, default=6, help="epochs per iteration")
-    ap.add_argument("--heldout", type=int, default=150)
-    ap.add_argument("--test", type=int, default=150)
-    ap.add_argument("--image-size", type=int, default=224, help="render size (px)")
-    ap.add_argument("--data-dir", default=str(ROOT / "runs" / "bench-learning-data"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "replay.json"))
-    ap.add_argument("--merge", metavar="OTHER.json",
-                    help="only add OTHER.json's variants to --out (same settings) and redraw")
-    args = ap.parse_args()
-    if args.merge:
-        merge(Path(args.out), Path(args.merge))
-        return
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if not variants or set(variants) - set(VARIANTS):
-        ap.error(f"--variants must name some of {list(VARIANTS)}, got {args.variants!r}")
-    if not seeds or args.iterations < 1 or args.batch < 1 or args.k < 1:
-        ap.error("need at least one seed and --iterations, --batch, --k >= 1")
-    args.train, args.seed = args.iterations * args.batch, 0     # the sets bench_learning renders
-    info = machine_info()
-    sets, render_s = load_sets(args)
-    res: dict[str, Any] = {"vlm": args.vlm, "iterations": args.iterations, "batch": args.batch,
-                           "k": args.k, "seeds": seeds, "render_s": render_s,
-                           "sizes": {k: len(v) for k, v in sets.items()}, "machine": info,
-                           "runs": {v: {} for v in variants}}
-    for seed in seeds:
-        order = np.random.default_rng(seed).permutation(len(sets["train"]))
-        stream = [sets["train"][int(i)] for i in order]
-        for v in variants:
-            res["runs"][v][str(seed)] = run_variant(v, seed, stream, sets, args)
-    res["machine_after"] = machine_info()
-    out = Path(args.out)
-    finish(res, out, markdown)
-    plot(res, out.with_suffix(".png"), info)
-    print(f"wrote {out.with_suffix('.png')}")
+    return res
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

@@ -34,9 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, command_line, ints, machine_info, main, pyplot, save_figure
 
-from _common import ROOT, command_line, machine_info, stamp_figure, write_json  # noqa: E402
+OUT = "sampler"
+RESULT = "sampler.json"
 
 #: variant -> agent, `--set` overrides, and (optionally) the variant whose saved batches an
 #: offline schedule replay uses instead of a run
@@ -266,14 +267,12 @@ def summarize(variants: dict[str, dict[str, Any]], seeds: list[int],
 
 
 # ------------------------------------------------------------------------------------ output
-def plot(res: dict[str, Any], out: Path, info: dict[str, Any]) -> list[Path]:
-    """Test (mean +- std over seeds) against valid frames, generated steps and wall seconds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figures(res: dict[str, Any], out: Path) -> list[Path]:
+    """Test (mean +- std over seeds) against valid frames, generated steps and wall seconds,
+    in the folder `out`."""
     import numpy as np
 
+    plt = pyplot()
     paths = []
     for key, label, fname in (("cum_valid", "valid frames (kept for fine-tuning)",
                                "test_vs_valid.png"),
@@ -299,12 +298,7 @@ def plot(res: dict[str, Any], out: Path, info: dict[str, Any]) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title("VLM test accuracy per iteration, mean ± std over paired seeds")
-        stamp_figure(fig, info, command_line())
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
-        p = out / fname
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save_figure(fig, out / fname, res, rect=(0, 0.04, 1, 1)))
     return paths
 
 
@@ -317,8 +311,9 @@ def _fmt(c: dict[str, Any] | None, d: int = 3) -> str:
     return s
 
 
-def table(res: dict[str, Any]) -> list[str]:
-    """The markdown table of every variant (means with 95% intervals over seeds)."""
+def table(res: dict[str, Any], out: Path | None = None) -> list[str]:
+    """The markdown table of every variant (means with 95% intervals over seeds), and a link to
+    the hand-written README.md in the folder `out` when there is one."""
     lines = ["| variant | seeds | val AUC | test AUC | final test | best-val test | dataset value "
              "| loop − value | AUC − random | final − random | steps | wall s (iter.) | CPU s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -334,11 +329,12 @@ def table(res: dict[str, Any]) -> list[str]:
             _fmt(vs.get("auc")), _fmt(vs.get("final")),
             f"{e['steps']['mean']:.0f}", f"{e['wall_s']['mean']:.0f}",
             f"{e['cpu_s']['mean']:.0f}" if e.get("cpu_s") else "–"]) + " |")
+    if out is not None and (out / "README.md").is_file():
+        lines += ["", f"Details: [{out.name}/README.md]({out.name}/README.md)."]
     return lines
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--variants", default="random,sac,sac-cosine,random-cosine")
     ap.add_argument("--parallel", type=int, default=2)
@@ -353,9 +349,10 @@ def main() -> None:
     ap.add_argument("--no-value", action="store_true",
                     help="do not compute the datasets' own value (use those already computed)")
     ap.add_argument("--summarize-only", action="store_true", help="no new runs")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler"))
-    args = ap.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    seeds = ints(args.seeds)
     variants = dict(parse_variant(s) for s in args.variants.split(","))
     info = machine_info()
     if not args.summarize_only:
@@ -370,14 +367,9 @@ def main() -> None:
                 print(f"done: {u['variant']} seed {u['seed']}: {u['process_wall_s']:.0f} s wall, "
                       f"{u['process_cpu_s']:.0f} s CPU", flush=True)
     res = summarize(variants, seeds, args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     res.update(machine=info, command=command_line(), machine_after=machine_info())
-    write_json(out / "sampler.json", res)
-    figs = plot(res, out, info)
-    print("\n".join(table(res)))
-    print("figures:", *[str(f) for f in figs])
+    return res
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

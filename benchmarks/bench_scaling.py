@@ -20,14 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import machine_info, main, pyplot, save_figure
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
-
-from _common import finish, machine_info  # noqa: E402
-
+OUT = "scaling.json"
 BASE = {"env.t0": 8, "loop.episodes": 2, "env.image_size": 64, "loop.k": 1,
         "data.val_size": 20, "data.test_size": 20, "agent.pretrain_steps": 300,
         "loop.iterations": 2, "early_stopping.enabled": False, "progress": False,
@@ -98,7 +93,16 @@ def vec_throughput(n_envs: int, kind: str, steps: int, size: int, seed: int = 0)
             "steps_per_s": total / dt, "valid_per_s": valid / dt}
 
 
-def run(fast: bool = False, agent: str = "sac") -> dict:
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--fast", action="store_true")
+    ap.add_argument("--agent", default="sac")
+
+
+def run(args: argparse.Namespace) -> dict:
+    return measure(args.fast, args.agent)
+
+
+def measure(fast: bool = False, agent: str = "sac") -> dict:
     sweeps = FAST_SWEEPS if fast else SWEEPS
     base = dict(BASE)
     if fast:
@@ -132,7 +136,7 @@ def run(fast: bool = False, agent: str = "sac") -> dict:
             "wall_s": time.perf_counter() - t, "machine": machine_info()}
 
 
-def markdown(res: dict) -> list[str]:
+def table(res: dict, out: Path) -> list[str]:
     b = res["base"]
     lines = [f"Base: T0={b['env.t0']}, E={b['loop.episodes']}, {b['env.image_size']} px, "
              f"K={b['loop.k']}, val/test {b['data.val_size']}/{b['data.test_size']} frames, "
@@ -155,15 +159,24 @@ def markdown(res: dict) -> list[str]:
     return lines
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fast", action="store_true")
-    ap.add_argument("--agent", default="sac")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scaling.json")
-    a = ap.parse_args()
-    res = run(a.fast, a.agent)
-    finish(res, a.out, markdown)
+def figures(res: dict, out: Path) -> list[Path]:
+    """Seconds per iteration against each knob, and the VecEnv rates: `out` with .png."""
+    plt = pyplot()
+    knobs = list(dict.fromkeys(r["knob"] for r in res["rows"]))
+    fig, axes = plt.subplots(1, len(knobs) + 1, figsize=(4 * (len(knobs) + 1), 3.8))
+    for ax, k in zip(axes, knobs):
+        rs = [r for r in res["rows"] if r["knob"] == k]
+        ax.plot([r["value"] for r in rs], [r["iteration_s"] for r in rs], "o-")
+        ax.set_xlabel(k)
+        ax.set_ylabel("s / iteration")
+        ax.grid(alpha=0.3)
+    v = res["vec_envs"]
+    axes[-1].bar([f"{x['kind']}\nx{x['n_envs']}" for x in v], [x["steps_per_s"] for x in v])
+    axes[-1].set_ylabel("env steps/s")
+    axes[-1].set_title("SB3 VecEnv")
+    fig.suptitle("Scaling")
+    return [save_figure(fig, out.with_suffix(".png"), res)]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

@@ -1,49 +1,34 @@
 """Throughput, each side by side with its raw counterpart in the same run:
 
-  env steps with rendering  vs  raw renders of the same layouts   (bench_render.run)
+  env steps with rendering  vs  raw renders of the same layouts   (bench_render.py)
   VLM evaluate / fine-tune  vs  a bare forward of the same model   (bench_vlm.py)
-  Unity bridge env steps    vs  the embedded backend               (bench_bridge.run)
+  Unity bridge env steps    vs  the embedded backend               (bench_bridge.py)
 
     python benchmarks/bench_throughput.py [--fast] [--size 224] [--out benchmarks/results/throughput.json]
 
-The three existing benchmarks do the measuring (imported, or for bench_vlm run as a script with
-`--out`); this collects their headline numbers and ratios into one record.
+The three benchmarks do the measuring, each run as on its own (`_common.run_script`: a child
+process); this collects their headline numbers and ratios into one record.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
+import numpy as np
+from _common import machine_info, main, pyplot, run_script, save_figure
 
-from _common import finish, machine_info  # noqa: E402
+OUT = "throughput.json"
 
 
-def vlm(fast: bool, name: str = "lite", size: int = 224) -> dict:
-    """bench_vlm.py as a script (it is its own CLI); returns its JSON."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "vlm.json"
-        cmd = [sys.executable, str(HERE / "bench_vlm.py"), "--vlm", name, "--out", str(out),
-               "--source-size", str(size), "--allocators", "tcmalloc"]  # side by side: allocator
-        if fast:
-            cmd += ["--n", "64", "--repeats", "1", "--epochs", "1"]
-        subprocess.run(cmd, cwd=ROOT, check=True)
-        res = json.loads(out.read_text())
-    res["command"] = " ".join(cmd[1:])
-    return res
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--fast", action="store_true")
+    ap.add_argument("--size", type=int, default=224)
 
 
-def table(out: dict) -> list[dict]:
+def headline(out: dict) -> list[dict]:
     """Headline rows (measured, raw counterpart, ratio) from the three benchmarks' results."""
     r, v, b = out["render"], out["vlm"], out["bridge"]
     te = sum(x["valid"] / x["env_valid_fps"] for x in r["rows"] if x["env_valid_fps"])
@@ -76,43 +61,57 @@ def table(out: dict) -> list[dict]:
     ]
 
 
-def run(fast: bool = False, size: int = 224) -> dict:
-    import bench_bridge
-    import bench_render
-
+def run(args: argparse.Namespace) -> dict:
+    fast, size = args.fast, args.size
     t = time.perf_counter()
     out: dict = {"benchmark": "throughput", "fast": fast, "image_size": size}
-    scenes = ["kitchen", "bedroom"] if fast else None
-    out["render"] = bench_render.run(size=size, steps=60 if fast else 300, scenes=scenes)
-    out["vlm"] = vlm(fast, size=size)
-    out["bridge"] = bench_bridge.run(size=size, steps=40 if fast else 120,
-                                     blocks=2 if fast else 3, scales=[0.5] if fast else None)
-    out["table"] = table(out)
+    render = ["--size", str(size), "--steps", "60" if fast else "300"]
+    out["render"] = run_script("bench_render", render + (["--scenes", "kitchen,bedroom"]
+                                                         if fast else []))
+    vlm = ["--vlm", "lite", "--source-size", str(size), "--allocators", "tcmalloc"]
+    out["vlm"] = run_script("bench_vlm", vlm + (["--n", "64", "--repeats", "1", "--epochs", "1"]
+                                                if fast else []))
+    bridge = ["--size", str(size), "--steps", "40" if fast else "120",
+              "--blocks", "2" if fast else "3"]
+    out["bridge"] = run_script("bench_bridge", bridge + (["--action-scales", "0.5"]
+                                                         if fast else []))
+    out["table"] = headline(out)
     out["wall_s"] = time.perf_counter() - t
     out["machine"] = machine_info()
     return out
 
 
-def markdown(res: dict) -> list[str]:
+def table(res: dict, out: Path) -> list[str]:
     f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
     lines = [f"Image size {res['image_size']} px, all pairs measured in the same run.", "",
              "| measured | /s | raw counterpart | /s | ratio | target | note |",
              "|---|---|---|---|---|---|---|"]
-    for r in table(res):
+    for r in headline(res):
         lines.append(f"| {r['what']} | {f(r['value'])} | {r['raw']} | {f(r['raw_value'])} | "
                      f"{f(r['ratio'])} | {r['target']} | {r['note']} |")
     return lines
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fast", action="store_true")
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
-    a = ap.parse_args()
-    res = run(a.fast, a.size)
-    finish(res, a.out, markdown)
+def figures(res: dict, out: Path) -> list[Path]:
+    """Each measured rate beside its raw counterpart: `out` with .png."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    tab = res["table"]
+    xs = np.arange(len(tab))
+    ax.bar(xs - 0.2, [r["value"] or 0 for r in tab], 0.4, label="measured")
+    ax.bar(xs + 0.2, [r["raw_value"] or 0 for r in tab], 0.4, label="raw counterpart")
+    for i, r in enumerate(tab):
+        if r["ratio"]:
+            ax.text(i, max(r["value"] or 0, r["raw_value"] or 0), f"×{r['ratio']:.2f}",
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([r["what"] for r in tab], rotation=12, fontsize=7)
+    ax.set_ylabel("per second")
+    ax.set_yscale("log")
+    ax.set_title(f"Throughput vs raw counterparts ({res['image_size']} px)")
+    ax.legend(fontsize=8)
+    return [save_figure(fig, out.with_suffix(".png"), res)]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

@@ -29,26 +29,42 @@ allocator's under `by_allocator`) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import command_line, machine_info, run_per_allocator, rusage_now  # noqa: E402
+from _common import command_line, machine_info, main, run_per_allocator, rusage_now
 
 import torch  # noqa: E402  (after _common: the allocator is chosen before torch loads)
 
 from rls3.vlm import build_vlm  # noqa: E402
 from rls3.vlm.common import batches  # noqa: E402
-from rls3.vlm.caches import to_device  # noqa: E402
 from rls3.vlm.contrastive import ContrastiveVLM, text_table  # noqa: E402
+
+OUT = "vlm.json"
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--vlm", default="lite")
+    ap.add_argument("--n", type=int, default=256, help="samples")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs timed")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--source-size", type=int, default=224, help="synthetic image size (px)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--data", default=None, help="dataset folder instead of synthetic images")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--episode", type=int, default=32,
+                    help="samples scored at once vs one by one (quick's T0)")
+    ap.add_argument("--allocators", default="tcmalloc,system",
+                    help="comma-separated; each runs in its own child process side by side")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 
 
 def load_samples(args: argparse.Namespace) -> list:
@@ -59,14 +75,21 @@ def load_samples(args: argparse.Namespace) -> list:
     return make_samples(args.n, seed=args.seed, size=args.source_size)
 
 
+def _on(x: Any, device: torch.device) -> Any:
+    """A tensor, or a dict of them (the towers' inputs), on `device`."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+
+
 def bare_forward(vlm: ContrastiveVLM, samples: list) -> callable:
     """Prepare the tensors evaluate() would build; return a function timing only the towers."""
     prepared = []
     for sl in batches(len(samples), vlm.batch_size):
         chunk = samples[sl]
-        table = text_table([s.description for s in chunk])
-        prepared.append((to_device(vlm.image_inputs([s.image for s in chunk]), vlm.device),
-                         to_device(vlm.text_inputs(list(table.texts)), vlm.device)))
+        texts = text_table([s.description for s in chunk])
+        prepared.append((_on(vlm.image_inputs([s.image for s in chunk]), vlm.device),
+                         _on(vlm.text_inputs(list(texts.texts)), vlm.device)))
 
     @torch.no_grad()
     def run() -> None:
@@ -135,9 +158,43 @@ def markdown_allocators(res: dict) -> list[str]:
     return lines
 
 
-def compare_allocators(args: argparse.Namespace, allocators: list[str]) -> None:
-    """Run this benchmark once per allocator in child processes; write and print them side by
-    side (the first allocator's figures stay at the top level for older readers)."""
+def table(res: dict, out: Path) -> list[str]:
+    """Every allocator side by side (`markdown_allocators`), or one process's figures."""
+    if "by_allocator" in res:
+        return markdown_allocators(res)
+    med = statistics.median
+    f = lambda x, unit: "-" if x is None else f"{x:.1f} {unit}"  # noqa: E731
+    reuse, noreuse = res["feedback_finetune_reuse_s"], res["feedback_finetune_noreuse_s"]
+    rows = [("evaluate (adapter)", f(res["eval_img_per_s"], "img/s"),
+             f"median {med(res['eval_s']):.2f} s of {res['repeats']}"),
+            ("bare forward", f(res["bare_img_per_s"], "img/s"),
+             f"median {med(res['bare_s']):.2f} s"),
+            ("overhead", f"{100 * res['eval_overhead']:.1f} %", "target <= 15% (wall time)"),
+            ("overhead (CPU time)", f"{100 * res['eval_overhead_cpu']:.1f} %",
+             f"process CPU s: eval {med(res['eval_cpu_s']):.1f}, "
+             f"bare {med(res['bare_cpu_s']):.1f}"),
+            ("evaluate, warm cache", f(res.get("eval_cached_img_per_s"), "img/s"),
+             "same set again: frozen prefix cached"),
+            (f"fine-tune ({res['epochs']} epochs)", f(res["finetune_img_per_s"], "img/s"),
+             f"{res['finetune_s']:.2f} s incl. frozen-feature caching"),
+            ("feedback + fine-tune", f"×{res['feedback_finetune_speedup']:.2f}",
+             f"reusing feedback prefixes: median {med(reuse):.2f} s vs {med(noreuse):.2f} s "
+             f"({res['n']} fed back, every second one kept, 1 epoch)")]
+    if "feedback_per_sample_s" in res:      # results from before it was measured have none
+        single, batch = res["feedback_per_sample_s"], res["feedback_batch_s"]
+        rows.append(("feedback per sample", f"×{res['feedback_per_sample_slowdown']:.2f}",
+                     f"{res['feedback_episode']} calls of 1: median {med(single):.2f} s vs one "
+                     f"call {med(batch):.2f} s; hardness differs by <= "
+                     f"{res['feedback_hardness_max_abs_diff']:.1e}"))
+    return [f"`{res['vlm']}` on {res['device']} ({res['torch_threads']} threads), {res['n']} "
+            f"samples, batch {res['batch_size']}, load average {res['loadavg_before'][0]:.1f} → "
+            f"{res['loadavg_after'][0]:.1f}.", "", "| figure | rate | note |", "|---|---|---|",
+            *(f"| {a} | {b} | {c} |" for a, b, c in rows)]
+
+
+def compare_allocators(args: argparse.Namespace, allocators: list[str]) -> dict:
+    """Run this benchmark once per allocator in child processes; their results side by side
+    (the first allocator's figures stay at the top level for older readers)."""
     passed = [x for k, v in vars(args).items()
               if k not in ("child", "out", "allocators") and v is not None
               for x in (f"--{k.replace('_', '-')}", str(v))]
@@ -150,36 +207,13 @@ def compare_allocators(args: argparse.Namespace, allocators: list[str]) -> None:
     a, b = allocators[:2]
     first["allocator_speedup"] = {
         fig: by[a][key] / by[b][key] for fig, (key, _) in FIGURES.items()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(first, indent=2))
-    print("\n".join(markdown_allocators(first)))
-    print(f"wrote {out}")
+    return first
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--vlm", default="lite")
-    ap.add_argument("--n", type=int, default=256, help="samples")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs timed")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--source-size", type=int, default=224, help="synthetic image size (px)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--data", default=None, help="dataset folder instead of synthetic images")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--episode", type=int, default=32,
-                    help="samples scored at once vs one by one (quick's T0)")
-    ap.add_argument("--allocators", default="tcmalloc,system",
-                    help="comma-separated; each runs in its own child process side by side")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vlm.json"))
-    args = ap.parse_args()
+def run(args: argparse.Namespace) -> dict:
     allocators = [x for x in args.allocators.split(",") if x]
     if not args.child and len(allocators) > 1:
-        compare_allocators(args, allocators)
-        return
+        return compare_allocators(args, allocators)
     from rls3 import runtime
 
     here = "tcmalloc" if runtime.active_allocator() == "tcmalloc" else "system"
@@ -228,6 +262,8 @@ def main() -> None:
     # the loop fine-tunes a subset (eta = 1/2) of the samples it has just fed back: feedback +
     # the first fine-tuning call (frozen features + 1 epoch), reusing the feedback's frozen image
     # prefixes or not (feedback_cache_samples = 0), interleaved
+    # Each timed call gets fresh copies of the samples: the adapter recognises a sample it has
+    # fine-tuned before (by identity) and would reuse its prefix whatever the feedback kept.
     kept = samples[::2]
     keep_cap = vlm.feedback_cache_samples
     t_reuse, t_noreuse = [], []
@@ -236,11 +272,11 @@ def main() -> None:
     for _ in range(args.repeats):
         for cap, acc in ((keep_cap, t_reuse), (0, t_noreuse)):
             vlm.feedback_cache_samples = cap
-            vlm.caches.batch = None
+            fresh = [copy.copy(s) for s in samples]
 
             def feedback_then_finetune() -> None:
-                vlm.feedback(samples)
-                vlm.finetune(kept, 1)
+                vlm.feedback(fresh)
+                vlm.finetune(fresh[::2], 1)
             acc.append(timed(feedback_then_finetune))
     vlm.feedback_cache_samples = keep_cap
     # per-episode feedback (one call) vs per-sample feedback (one call per valid frame)
@@ -292,32 +328,8 @@ def main() -> None:
                   "feedback_per_sample": _median_usage(u_single)},
         "machine": machine_info(), "command": command_line(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-
-    rows = [("evaluate (adapter)", f"{n / e:8.1f} img/s", f"median {e:.2f}s of {t_eval}"),
-            ("bare forward", f"{n / b:8.1f} img/s", f"median {b:.2f}s"),
-            ("overhead", f"{100 * (e / b - 1):7.1f} %", "target <= 15% (wall time)"),
-            ("overhead (CPU time)", f"{100 * (ce / cb - 1):7.1f} %",
-             f"process CPU s: eval {ce:.1f}, bare {cb:.1f}"),
-            ("evaluate, warm cache", f"{n / t_cached:8.1f} img/s" if t_cached else "-",
-             "same set again: frozen prefix cached"),
-            (f"finetune ({args.epochs} ep)", f"{n * args.epochs / t_ft:8.1f} img/s",
-             f"{t_ft:.2f}s incl. frozen-feature caching"),
-            ("feedback + finetune",
-             f"x{statistics.median(t_noreuse) / statistics.median(t_reuse):7.2f}", f"reusing feedback prefixes: median {statistics.median(t_reuse):.2f}s vs "
-             f"{statistics.median(t_noreuse):.2f}s ({n} fed back, {len(kept)} kept, 1 epoch)"),
-            ("feedback per sample",
-             f"x{statistics.median(t_single) / statistics.median(t_batch):7.2f}",
-             f"{len(episode)} calls of 1: median {statistics.median(t_single):.2f}s vs one call "
-             f"{statistics.median(t_batch):.2f}s; hardness differs by <= {hard_diff:.1e}")]
-    print(f"{args.vlm} on {vlm.device} ({torch.get_num_threads()} threads), {n} samples, "
-          f"batch {args.batch_size}, load avg {load_before[0]:.1f} -> {load_after[0]:.1f}")
-    for name, rate, note in rows:
-        print(f"  {name:<22} {rate:>15}   {note}")
-    print(f"wrote {out}")
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

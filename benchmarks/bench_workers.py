@@ -33,14 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import ints, machine_info, main
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
-
-from _common import finish, machine_info  # noqa: E402
-
+OUT = "workers.json"
 BASE: dict[str, Any] = {
     "env.t0": 16, "loop.episodes": 4, "env.image_size": 224, "loop.k": 1, "loop.iterations": 2,
     "data.val_size": 20, "data.test_size": 20, "agent.pretrain_steps": 1000,
@@ -166,7 +161,17 @@ def frame_pipe_cost(size: int, reps: int = 50) -> dict[str, Any]:
     return {"image_size": size, "bytes": len(blob), "seconds": (time.perf_counter() - t) / reps}
 
 
-def run(fast: bool, workers: list[int], repeats: int) -> dict[str, Any]:
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--fast", action="store_true", help="a smoke run (tiny sizes)")
+    ap.add_argument("--workers", default="1,2", help="comma-separated N values")
+    ap.add_argument("--repeats", type=int, default=1, help="passes over N (alternating order)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    return measure(args.fast, ints(args.workers), args.repeats)
+
+
+def measure(fast: bool, workers: list[int], repeats: int) -> dict[str, Any]:
     overrides = {**BASE, **(FAST if fast else {})}
     size = int(overrides["env.image_size"])
     env_steps = 60 if fast else 300
@@ -199,7 +204,7 @@ def _mean(rows: list[dict[str, Any]], n: int, key: str) -> float:
     return float(np.mean([r[key] for r in rows if r["workers"] == n]))
 
 
-def markdown(res: dict[str, Any]) -> list[str]:
+def table(res: dict[str, Any], out: Path) -> list[str]:
     b = res["base"]
     lines = [f"`quick` scaled down: T0={b['env.t0']}, E={b['loop.episodes']}, "
              f"{b['env.image_size']} px, K={b['loop.k']}, val/test {b['data.val_size']}/"
@@ -239,16 +244,5 @@ def markdown(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fast", action="store_true", help="a smoke run (tiny sizes)")
-    ap.add_argument("--workers", default="1,2", help="comma-separated N values")
-    ap.add_argument("--repeats", type=int, default=1, help="passes over N (alternating order)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "workers.json")
-    a = ap.parse_args()
-    res = run(a.fast, [int(n) for n in a.workers.split(",")], a.repeats)
-    finish(res, a.out, markdown)
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

@@ -26,12 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import ints, machine_info, main, pyplot, save_figure
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import finish, machine_info  # noqa: E402
+OUT = "yield.json"
 
 TARGET = 0.95
 TARGET_DISTINCT = 0.9
@@ -58,8 +55,21 @@ def _roll(env, act, steps: int, seed: int) -> dict[str, dict[str, int]]:
     return tally
 
 
-def run(preset: str = "quick", seeds: tuple[int, ...] = (0, 1, 2), steps: int = 600,
-        pretrain_steps: int | None = None, progress: bool = False) -> dict:
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, default=600, help="env steps per agent and seed")
+    ap.add_argument("--pretrain-steps", type=int, default=None,
+                    help="override the preset's agent.pretrain_steps")
+
+
+def run(args: argparse.Namespace) -> dict:
+    return measure(args.preset, tuple(ints(args.seeds)), args.steps, args.pretrain_steps,
+                   progress=True)
+
+
+def measure(preset: str = "quick", seeds: tuple[int, ...] = (0, 1, 2), steps: int = 600,
+            pretrain_steps: int | None = None, progress: bool = False) -> dict:
     from rls3.agents import RandomAgent, pretrained_sac  # noqa: F401  (the loop's agents)
     from rls3.backends import make_backend
     from rls3.config import preset as make_preset
@@ -145,7 +155,7 @@ def run(preset: str = "quick", seeds: tuple[int, ...] = (0, 1, 2), steps: int = 
             "timings_s": timings, "machine": machine_info()}
 
 
-def markdown(res: dict) -> list[str]:
+def table(res: dict, out: Path) -> list[str]:
     f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     lines = [f"SAC pre-trained {res['pretrain_steps']} steps on the intrinsic reward "
              f"(preset `{res['preset']}`), {res['steps_per_seed']} steps per agent and seed, "
@@ -179,19 +189,25 @@ def markdown(res: dict) -> list[str]:
     return lines
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="quick")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=600, help="env steps per agent and seed")
-    ap.add_argument("--pretrain-steps", type=int, default=None,
-                    help="override the preset's agent.pretrain_steps")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "yield.json")
-    a = ap.parse_args()
-    res = run(a.preset, tuple(int(s) for s in a.seeds.split(",") if s), a.steps,
-              a.pretrain_steps, progress=True)
-    finish(res, a.out, markdown)
+def figures(res: dict, out: Path) -> list[Path]:
+    """Yield per training scene, random against SAC: `out` with .png."""
+    plt = pyplot()
+    rows = res["rows"]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    ax.bar(x - 0.2, [r["random_yield"] or 0 for r in rows], 0.4, label="random",
+           color="tab:orange")
+    ax.bar(x + 0.2, [r["sac_yield"] or 0 for r in rows], 0.4,
+           label=f"SAC (pre-trained {res['pretrain_steps']} steps)", color="tab:blue")
+    ax.axhline(res["target_sac_yield"], color="0.4", ls="--", lw=0.8, label="target 0.95")
+    ax.set_xticks(x)
+    ax.set_xticklabels([r["scene"] for r in rows])
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("valid samples / env step")
+    ax.set_title("Sampling yield per training scene")
+    ax.legend(fontsize=8)
+    return [save_figure(fig, out.with_suffix(".png"), res)]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__name__))

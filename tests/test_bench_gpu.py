@@ -4,7 +4,6 @@ tiny models; without CUDA the real mode refuses with a clear message."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,24 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from _common import load, main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gpu"] = module      # dataclasses look their module up while defined
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("bench_gpu", None)
+    return load("bench_gpu")
 
 
 def test_cpu_smoke_writes_every_model(bench, tmp_path):
     out = tmp_path / "gpu.json"
-    assert bench.main(["--cpu-smoke", "--out", str(out)]) == 0
+    assert main(bench, ["--cpu-smoke", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["cpu_smoke"] and res["device"] == "cpu"
     assert [m["model"] for m in res["models"]] == list(bench.PAPER_MODELS)
@@ -44,5 +38,5 @@ def test_cpu_smoke_writes_every_model(bench, tmp_path):
 def test_without_cuda_it_refuses(bench, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "gpu.json"
-    assert bench.main(["--out", str(out)]) == 2
+    assert main(bench, ["--out", str(out)]) == 2
     assert not out.exists() and "no CUDA device" in caplog.text

@@ -273,6 +273,19 @@ def test_remote_error_keeps_connection():
         b.close()
 
 
+def test_ping_changes_nothing():
+    b, _ = toy_peer()
+    try:
+        b.load_scene(0, seed=3)
+        state, image = b.state(), b.render(SIZE, SIZE)
+        b.ping()
+        assert b.state() == state and np.array_equal(b.render(SIZE, SIZE), image)
+    finally:
+        b.close()
+    with pytest.raises(UnityBridgeError, match="closed"):
+        b.ping()
+
+
 # -- failures: clear errors, never a hang ----------------------------------------------------------
 def test_peer_drops_connection_mid_episode():
     b, peer = toy_peer(timeout_s=30)

@@ -499,6 +499,11 @@ class UnityBackend:
             self._warned_resize = True
         return np.asarray(Image.fromarray(self._rgb).resize((width, height), Image.BILINEAR))
 
+    def ping(self) -> None:
+        """One command round trip that changes nothing (NOOP: no physics, no rendering): a check
+        that Unity still answers, and the bridge's fixed cost per command."""
+        self._run(Op.NOOP)
+
     def close(self) -> None:
         if self._closed:
             return
