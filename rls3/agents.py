@@ -1,5 +1,5 @@
 """Data-generation agents: stable-baselines3 SAC (pre-trained on the intrinsic reward) and the
-random baseline, behind one small interface.
+random baseline, behind one small interface, chosen by name from one registry (`AGENT_SPECS`).
 
 Both agents drive an `Rls3Env` episode by episode: `collect(episodes, seed, on_step)` resets the env
 with `seed` and runs until `episodes` episodes have *completed* (reached T0 valid frames; episodes
@@ -37,7 +37,7 @@ import logging
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -614,12 +614,64 @@ def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any],
         write_manifest(tmp)
 
 
+# ------------------------------------------------------------------------------------ registry
+#: what an agent drives: one env, or the scene workers
+AgentEnv = Rls3Env | FeedbackVecEnv
+
+
+def _restore_sac(driven: AgentEnv, folder: Path, cfg: AgentConfig, seed: int) -> Agent:
+    return SACAgent.from_folder(driven, folder, cfg)
+
+
+def _build_random(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str, progress: bool,
+                  workers: FeedbackVecEnv | None) -> Agent:
+    return RandomAgent(workers if workers is not None else env, seed)
+
+
+def _restore_random(driven: AgentEnv, folder: Path, cfg: AgentConfig, seed: int) -> Agent:
+    agent = RandomAgent(driven, seed)
+    agent.load(folder)
+    return agent
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """One data-generation agent as the loop uses it: how a run's start builds it (`build(env,
+    cfg, seed, backend_name, progress, workers)`), how a resume restores it from a checkpoint's
+    agent folder (`restore(driven, folder, cfg, seed)`), and whether it learns from the VLM's
+    feedback (otherwise feedback is computed only with `loop.random_feedback`)."""
+
+    name: str
+    build: Callable[[Rls3Env, AgentConfig, int, str, bool, FeedbackVecEnv | None], Agent]
+    restore: Callable[[AgentEnv, Path, AgentConfig, int], Agent]
+    learns_from_feedback: bool
+
+
+#: the agents, by the names `rls3.config.AGENTS` allows (config.py may not import this module;
+#: tests/test_agents.py checks that both list the same names, in the same order)
+AGENT_SPECS: dict[str, AgentSpec] = {spec.name: spec for spec in (
+    AgentSpec("sac", pretrained_sac, _restore_sac, learns_from_feedback=True),
+    AgentSpec("random", _build_random, _restore_random, learns_from_feedback=False),
+)}
+
+
+def agent_spec(name: str) -> AgentSpec:
+    """The registered agent `name` (ValueError naming the allowed ones)."""
+    spec = AGENT_SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown agent {name!r}; allowed: {list(AGENT_SPECS)}")
+    return spec
+
+
 def build_agent(name: str, env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
                 progress: bool = False, workers: FeedbackVecEnv | None = None) -> Agent:
     """The loop's agent at the start of a run: pre-trained SAC or a seeded random agent, driving
     `workers` when given (scene workers), else `env`."""
-    if name == "sac":
-        return pretrained_sac(env, cfg, seed, backend_name, progress, workers)
-    if name == "random":
-        return RandomAgent(workers if workers is not None else env, seed)
-    raise ValueError(f"unknown agent {name!r}; allowed: ['sac', 'random']")
+    return agent_spec(name).build(env, cfg, seed, backend_name, progress, workers)
+
+
+def restore_agent(name: str, driven: AgentEnv, folder: str | Path, cfg: AgentConfig,
+                  seed: int) -> Agent:
+    """The agent `name` driving `driven` (the env, or the scene workers), restored from the
+    agent folder of a checkpoint (what its `save` wrote)."""
+    return agent_spec(name).restore(driven, Path(folder), cfg, seed)

@@ -37,6 +37,7 @@ __all__ = ["AGENTS", "FEEDBACK_MODES", "REWARD_NORMS", "SIGNALS", "STEP_CAP_T0",
            "ReplayConfig", "VLMConfig", "parse_assignment", "preset"]
 
 
+#: the agents `agent.name` may name; `rls3.agents.AGENT_SPECS` makes them (tested to match)
 AGENTS: tuple[str, ...] = ("sac", "random")
 FEEDBACK_MODES: tuple[str, ...] = ("episode", "sample")
 REWARD_NORMS: tuple[str, ...] = ("none", "running")

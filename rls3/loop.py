@@ -34,41 +34,36 @@ The run directory (format, metrics, checkpoints) is `rls3.rundir`, the per-episo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from pickle import UnpicklingError
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError
 
 from rls3 import runtime
-from rls3.agents import Agent, RandomAgent, SACAgent, build_agent
-from rls3.atomic import atomic_folder, atomic_write
+from rls3.agents import Agent, agent_spec, build_agent, restore_agent
 from rls3.backends import backend_identity, make_backend
 from rls3.collector import EpisodeCollector, RunningNorm
 from rls3.config import Config
 from rls3.data import (DatasetError, complexity_counts, prepare_fixed_sets, read_dataset,
                        term_counts, write_dataset)
 from rls3.env import Rls3Env
-from rls3.finetune import NEW, REPLAYED, Finetuner
+from rls3.finetune import NEW, REPLAYED, Finetuner, FinetuneRecord
 from rls3.manifest import MANIFEST_FILE, sha256, write_manifest
 from rls3.preflight import check_runnable
 from rls3.progress import progress_bar
 from rls3.replay import ReplayError, SampleReplay
 from rls3.rngstate import RngStates
-from rls3.rundir import (BEST_VLM, CHECKPOINTS, CONFIG_FILE, LATEST_FILE, LOG_FILE, METRICS_FILE,
-                         STATE_FILE, RunDirError, RunLock, append_metrics, batch_problems,
-                         check_resumable, check_run_paths, create_run, latest_checkpoint,
-                         load_run_config, lock_run, read_metrics, resolve_budget, saving,
-                         truncate_metrics)
+from rls3.rundir import (CHECKPOINTS, CONFIG_FILE, LOG_FILE, METRICS_FILE, RunDirError, RunLock,
+                         append_metrics, batch_problems, check_resumable, check_run_paths,
+                         create_run, latest_checkpoint, load_run_config, loading, lock_run,
+                         read_checkpoint_state, read_metrics, resolve_budget, save_best_vlm,
+                         truncate_metrics, write_checkpoint)
 from rls3.sample import Sample
 from rls3.seeding import episode_seed, seed_globals, stream_rng
 from rls3.stopping import early_stopping
@@ -168,18 +163,7 @@ class Loop:
                     f"stay readable (`rls3 report {self.run_dir}`); to run it again, start a "
                     f"new run: `rls3 run --config {self.run_dir / CONFIG_FILE}`")
         if self.ckpt is not None:
-            try:
-                raw = json.loads((self.ckpt / STATE_FILE).read_text())
-                if not isinstance(raw, dict):
-                    raise TypeError(f"{STATE_FILE} must hold a JSON object")
-                self.state = RunState.from_dict(raw)
-            except (ValueError, TypeError) as e:   # ValueError: bad JSON or bad UTF-8
-                raise RunDirError(f"checkpoint {str(self.ckpt)!r} is corrupt: bad "
-                                  f"{STATE_FILE}") from e
-            mf = self.run_dir / METRICS_FILE
-            if not mf.is_file() or mf.stat().st_size < self.state.metrics_bytes:
-                raise RunDirError(f"{str(mf)!r} is shorter than checkpoint "
-                                  f"{self.ckpt.name} recorded; the run directory is damaged")
+            self.state = RunState.from_dict(read_checkpoint_state(self.run_dir, self.ckpt))
             if self.cfg.loop.replay.enabled and self.state.replay is None:
                 raise RunDirError(f"checkpoint {str(self.ckpt)!r} has no fine-tuning replay "
                                   f"state but the run's config has loop.replay on (was "
@@ -258,7 +242,7 @@ class Loop:
         vlm = build_vlm_from_config(cfg, parallel=self.parallel)
         self.vlm = vlm
         rng = stream_rng(cfg.seed, "samples")
-        use_feedback = cfg.agent.name == "sac" or cfg.loop.random_feedback
+        use_feedback = agent_spec(cfg.agent.name).learns_from_feedback or cfg.loop.random_feedback
         norm = RunningNorm(self.state.reward_norm) if cfg.loop.reward_norm == "running" else None
         collector = EpisodeCollector(vlm, rng, cfg.loop.eta, cfg.loop.beta, cfg.env.t0,
                                      feedback=use_feedback, mode=cfg.loop.feedback, norm=norm,
@@ -298,7 +282,7 @@ class Loop:
             elapsed0 = self.state.elapsed_s - (time.perf_counter() - t_start)
             while self.state.stop_reason is None:
                 i = self.state.iteration + 1
-                record = self._iteration(i, vlm, agent, env, collector, val, test, writer)
+                record = self._iteration(i, vlm, agent, env, collector, val, test)
                 self.state.elapsed_s = elapsed0 + time.perf_counter() - t_start
                 self._stop_check(record)
                 self._tb(writer, record)
@@ -321,21 +305,11 @@ class Loop:
         cfg = self.cfg
         log.info("resuming %s from %s (iteration %d)", self.run_dir, self.ckpt.name,
                  self.state.iteration)
-        try:
+        with loading(self.ckpt, self.run_dir):
             vlm.load(self.ckpt / "vlm")
-            agent: Agent
-            driven = workers if workers is not None else env
-            if cfg.agent.name == "sac":
-                agent = SACAgent.from_folder(driven, self.ckpt / "agent", cfg.agent)
-            else:
-                agent = RandomAgent(driven, cfg.seed)
-                agent.load(self.ckpt / "agent")
+            agent = restore_agent(cfg.agent.name, workers if workers is not None else env,
+                                  self.ckpt / "agent", cfg.agent, cfg.seed)
             RngStates.read(self.ckpt).restore(collector.rng, vlm)
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, UnpicklingError,
-                EOFError) as e:
-            raise RunDirError(f"checkpoint {str(self.ckpt)!r} cannot be loaded: {e}; nothing "
-                              f"was changed (to run this configuration again, start a new run: "
-                              f"rls3 run --config {self.run_dir / CONFIG_FILE})") from e
         env.episode = self.state.env_episode
         if self.replay is not None:
             assert self.state.replay is not None  # checked in __init__
@@ -400,11 +374,33 @@ class Loop:
                 "cum_terms_generated": dict(sorted(s.cum_terms.items()))}
 
     def _iteration(self, i: int, vlm: VLM, agent: Agent, env: Rls3Env,
-                   collector: EpisodeCollector, val: list[Sample], test: list[Sample],
-                   writer: Any) -> dict[str, Any]:
-        cfg, s = self.cfg, self.state
+                   collector: EpisodeCollector, val: list[Sample],
+                   test: list[Sample]) -> dict[str, Any]:
+        """Steps 1-3 of iteration `i` (see the module docstring) up to its metrics record, which
+        it returns: collect, count, save the batch, fine-tune and validate, test."""
+        s = self.state
         times: dict[str, float] = {}
         t_iter = time.perf_counter()
+        self._collect(i, agent, collector, times)
+        batch = list(collector.batch)
+        generated_terms = self._count(collector)
+        if self.cfg.loop.save_batches:
+            self._save_batch(i, batch, times)
+        ft = self._finetune(i, vlm, batch, val, times)
+        te = self._test(i, vlm, test, times)
+        s.val_scores.append(float(ft.val_points[-1]["score"]))
+        s.iteration = i
+        s.env_episode = env.episode
+        times["total"] = time.perf_counter() - t_iter
+        rec = self._record(i, collector, batch, generated_terms, ft, te, times)
+        _log_iteration(rec)
+        return rec
+
+    def _collect(self, i: int, agent: Agent, collector: EpisodeCollector,
+                 times: dict[str, float]) -> None:
+        """Step 1: the agent runs E episodes, the collector keeping their batch and feedback;
+        times its feedback and the rest (generation)."""
+        cfg, s = self.cfg, self.state
         collector.start()
         collector.last_val = s.val_scores[-1] if s.val_scores else None
         n_iter = "" if cfg.loop.budget else f"/{cfg.loop.iterations}"
@@ -421,7 +417,11 @@ class Loop:
         collect_s = time.perf_counter() - t
         times["feedback"] = collector.feedback_s
         times["generate"] = collect_s - collector.feedback_s
-        batch = list(collector.batch)
+
+    def _count(self, collector: EpisodeCollector) -> dict[str, int]:
+        """The run's counters after this iteration's collection; returns the terms of the
+        frames it generated."""
+        s = self.state
         s.cum_steps += collector.steps
         s.cum_valid += collector.valid
         s.cum_episodes += collector.episodes
@@ -429,34 +429,49 @@ class Loop:
         generated_terms = term_counts(collector.generated)
         for k, v in generated_terms.items():
             s.cum_terms[k] = s.cum_terms.get(k, 0) + v
-        if cfg.loop.save_batches:
-            self._phase(i, "save_batch")
-            t = time.perf_counter()
-            folder = write_dataset(self.run_dir / "data" / f"iter_{i:04d}", batch,
-                                   info={"kind": "finetune-batch", "iteration": i,
-                                         "agent": cfg.agent.name}, overwrite=True)
-            write_manifest(folder)
-            s.batch_digests[str(i)] = sha256(folder / MANIFEST_FILE)
-            times["save_batch"] = time.perf_counter() - t
-        # fine-tune K epochs/steps on the new batch (+ replayed samples), validating after every F
+        return generated_terms
+
+    def _save_batch(self, i: int, batch: list[Sample], times: dict[str, float]) -> None:
+        """The iteration's fine-tuning batch as data/iter_NNNN, its manifest's digest recorded
+        for the checkpoint (replay reads the batch back on resume)."""
+        self._phase(i, "save_batch")
+        t = time.perf_counter()
+        folder = write_dataset(self.run_dir / "data" / f"iter_{i:04d}", batch,
+                               info={"kind": "finetune-batch", "iteration": i,
+                                     "agent": self.cfg.agent.name}, overwrite=True)
+        write_manifest(folder)
+        self.state.batch_digests[str(i)] = sha256(folder / MANIFEST_FILE)
+        times["save_batch"] = time.perf_counter() - t
+
+    def _finetune(self, i: int, vlm: VLM, batch: list[Sample], val: list[Sample],
+                  times: dict[str, float]) -> FinetuneRecord:
+        """Step 2: fine-tune K epochs/steps on the new batch (+ replayed samples), validating
+        after every F."""
         ft = self.finetuner.run(i, batch, lambda: self._evaluate(vlm, val),
                                 on_phase=lambda name: self._phase(i, name))
         times["finetune"], times["validate"] = ft.finetune_s, ft.validate_s
-        losses, val_points = ft.losses, ft.val_points
-        s.finetune_steps += len(losses)
+        self.state.finetune_steps += len(ft.losses)
         if self.replay is not None:
-            s.replay = self.replay.state()
+            self.state.replay = self.replay.state()
+        return ft
+
+    def _test(self, i: int, vlm: VLM, test: list[Sample],
+              times: dict[str, float]) -> dict[str, Any]:
+        """Step 3: the fine-tuned VLM's test metrics."""
         self._phase(i, "test")
         t = time.perf_counter()
         te = self._evaluate(vlm, test)
         times["test"] = time.perf_counter() - t
-        v = val_points[-1]
-        s.val_scores.append(float(v["score"]))
-        s.iteration = i
-        s.env_episode = env.episode
-        times["total"] = time.perf_counter() - t_iter
+        return te
+
+    def _record(self, i: int, collector: EpisodeCollector, batch: list[Sample],
+                generated_terms: dict[str, int], ft: FinetuneRecord, te: dict[str, Any],
+                times: dict[str, float]) -> dict[str, Any]:
+        """Iteration `i`'s metrics record (before `_stop_check` adds the stopping fields): what
+        was generated and kept, the feedback, fine-tuning, validation and test, the times."""
+        cfg = self.cfg
+        j2, losses, v = collector.j2, ft.losses, ft.val_points[-1]
         rec = self._record_base(i)
-        j2 = collector.j2
         rec.update({
             "steps": collector.steps, "valid": collector.valid,
             "yield": collector.valid / collector.steps if collector.steps else None,
@@ -469,7 +484,7 @@ class Loop:
             "finetune_losses": losses,
             "finetune_loss": float(np.mean(losses)) if losses else None,
             **_group_loss_fields(ft.group_losses, len(losses)),
-            "val": {k: v[k] for k in v if k != "k"}, "val_points": val_points, "test": te,
+            "val": {k: v[k] for k in v if k != "k"}, "val_points": ft.val_points, "test": te,
             "terms_generated": generated_terms, "terms_batch": term_counts(batch),
             "complexity_generated": complexity_counts(collector.generated),
             "complexity_batch": complexity_counts(batch),
@@ -481,14 +496,6 @@ class Loop:
             rec["finetune_lr_factors"] = ft.lr_factors
         if cfg.env.workers > 1:  # (absent at N = 1: its records stay as they were)
             rec.update(workers=cfg.env.workers, abandoned_episodes=collector.abandoned_episodes)
-        hard = rec["hardness_mean"]
-        log.info("iteration %d: %d steps, %d valid (yield %.2f), J2 %s, hardness %s, batch %d, "
-                 "loss %s, val %.4f, test %.4f; %.1fs (%.1f steps/s)", i, collector.steps,
-                 collector.valid, rec["yield"] or 0.0,
-                 f"{rec['feedback_j2']:.4g}" if j2 else "-",
-                 f"{hard:.4g}" if hard is not None else "-", len(batch),
-                 f"{rec['finetune_loss']:.4f}" if losses else "-", v["score"], te["score"],
-                 times["total"], rec["samples_per_s"] or 0.0)
         return rec
 
     def _stop_check(self, rec: dict[str, Any]) -> None:
@@ -515,41 +522,27 @@ class Loop:
         rec["stop_reason"] = reason
 
     def _save_best(self, vlm: VLM) -> None:
-        with saving(self.run_dir / BEST_VLM, self.run_dir), \
-                atomic_folder(self.run_dir / BEST_VLM) as tmp:
-            vlm.save(tmp)
-            (tmp / "iteration.json").write_text(json.dumps({"iteration": self.state.iteration}))
-            write_manifest(tmp)
+        """The VLM as the run's best so far (`best_vlm/`)."""
+        save_best_vlm(self.run_dir, self.state.iteration, vlm.save)
 
     def _checkpoint(self, vlm: VLM, agent: Agent, env: Rls3Env,
                     collector: EpisodeCollector) -> None:
+        """Commit the finished iteration's checkpoint: the VLM, the agent, the RNG states and
+        the counters (`RunState`), what a resume continues from identically."""
         i = self.state.iteration
         self._phase(i, "checkpoint")
         t = time.perf_counter()
-        ck = self.run_dir / CHECKPOINTS
-        ck.mkdir(exist_ok=True)
-        for stale in ck.glob(".*"):  # temporaries of a crashed write
-            shutil.rmtree(stale, ignore_errors=True)
-        name = f"iter_{i:04d}"
-        final = ck / name
-        # a folder `final` can only be left by a crash between its rename and LATEST's update
-        # (LATEST names an older one): it is replaced
-        with saving(final, self.run_dir):
-            with atomic_folder(final) as tmp:
-                vlm.save(tmp / "vlm")
-                agent.save(tmp / "agent")
-                self.state.env_episode = env.episode
-                if collector.norm is not None:
-                    self.state.reward_norm = collector.norm.state()
-                RngStates.capture(collector.rng, vlm).write(tmp)
-                (tmp / STATE_FILE).write_text(json.dumps(self.state.to_dict(), indent=1))
-                write_manifest(tmp)
-            atomic_write(ck / LATEST_FILE, json.dumps({"dir": name, "iteration": i}))
-        for old in ck.glob("iter_*"):
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-        self.ckpt = final
-        log.debug("checkpoint %s written in %.1fs", final, time.perf_counter() - t)
+        self.state.env_episode = env.episode
+        if collector.norm is not None:
+            self.state.reward_norm = collector.norm.state()
+
+        def write_parts(folder: Path) -> None:
+            vlm.save(folder / "vlm")
+            agent.save(folder / "agent")
+            RngStates.capture(collector.rng, vlm).write(folder)
+
+        self.ckpt = write_checkpoint(self.run_dir, i, self.state.to_dict(), write_parts)
+        log.debug("checkpoint %s written in %.1fs", self.ckpt, time.perf_counter() - t)
 
     def _tb(self, writer: Any, rec: dict[str, Any]) -> None:
         if writer is None:
@@ -595,6 +588,19 @@ def _close_all(resources: Sequence[Any], failing: bool) -> None:
                 first = e
     if first is not None:
         raise first
+
+
+def _log_iteration(rec: dict[str, Any]) -> None:
+    """One log line summing up an iteration's record."""
+    def g(x: float | None, fmt: str) -> str:
+        return format(x, fmt) if x is not None else "-"
+
+    log.info("iteration %d: %d steps, %d valid (yield %.2f), J2 %s, hardness %s, batch %d, "
+             "loss %s, val %.4f, test %.4f; %.1fs (%.1f steps/s)", rec["iteration"],
+             rec["steps"], rec["valid"], rec["yield"] or 0.0, g(rec["feedback_j2"], ".4g"),
+             g(rec["hardness_mean"], ".4g"), rec["batch_size"], g(rec["finetune_loss"], ".4f"),
+             rec["val"]["score"], rec["test"]["score"], rec["time_s"]["total"],
+             rec["samples_per_s"] or 0.0)
 
 
 def _group_loss_fields(group_losses: list[dict[int, float]], n_steps: int) -> dict[str, Any]:

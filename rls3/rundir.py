@@ -1,5 +1,7 @@
 """Run directories: their format, config and metrics, checkpoints and their manifests, atomic
-writes. Reading a run (reports, budgets) needs nothing heavier than this module.
+writes. Reading a run (reports, budgets) needs nothing heavier than this module. The loop says
+what a checkpoint holds; writing, committing and reading it back is here (`write_checkpoint`,
+`read_checkpoint_state`, `loading`, `save_best_vlm`).
 
 A run directory `runs/{preset}__{agent}__{seed}__{time}/` holds:
   run.json          format marker (format, format_version, rls3 version, allocator, OpenMP policy)
@@ -33,11 +35,13 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 import numpy as np
@@ -45,9 +49,9 @@ from safetensors import SafetensorError
 
 import rls3
 from rls3 import runtime
-from rls3.atomic import atomic_create, atomic_write
+from rls3.atomic import atomic_create, atomic_folder, atomic_write
 from rls3.config import Config, ConfigError
-from rls3.manifest import MANIFEST_FILE, manifest_problems, sha256
+from rls3.manifest import MANIFEST_FILE, manifest_problems, sha256, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +408,74 @@ def saving(target: Path, run_dir: Path) -> Iterator[None]:
         raise RunDirError(f"cannot write {str(target)!r}: {e}; nothing half-written was kept, "
                           f"and the run continues from its last checkpoint once the cause is "
                           f"fixed: rls3 run --resume {run_dir}") from e
+
+
+#: what reading a checkpoint's parts raises when a file is missing, malformed or not data
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError, UnpicklingError,
+               EOFError)
+
+
+@contextmanager
+def loading(checkpoint: Path, run_dir: Path) -> Iterator[None]:
+    """Turn an error while reading `checkpoint`'s parts (VLM, agent, RNG states) into one
+    RunDirError naming it; nothing in the run directory is changed."""
+    try:
+        yield
+    except LOAD_ERRORS as e:
+        raise RunDirError(f"checkpoint {str(checkpoint)!r} cannot be loaded: {e}; nothing "
+                          f"was changed (to run this configuration again, start a new run: "
+                          f"rls3 run --config {run_dir / CONFIG_FILE})") from e
+
+
+def write_checkpoint(run_dir: Path, iteration: int, state: Mapping[str, Any],
+                     write_parts: Callable[[Path], None]) -> Path:
+    """Commit iteration `iteration`'s checkpoint `checkpoints/iter_NNNN`: `write_parts(folder)`
+    fills it (VLM, agent, RNG states), then the loop's counters `state` and the manifest;
+    LATEST.json then names it and older checkpoints are removed. Returns the folder."""
+    ck = run_dir / CHECKPOINTS
+    ck.mkdir(exist_ok=True)
+    for stale in ck.glob(".*"):  # temporaries of a crashed write
+        shutil.rmtree(stale, ignore_errors=True)
+    name = f"iter_{iteration:04d}"
+    final = ck / name
+    # a folder `final` can only be left by a crash between its rename and LATEST's update
+    # (LATEST names an older one): it is replaced
+    with saving(final, run_dir):
+        with atomic_folder(final) as tmp:
+            write_parts(tmp)
+            (tmp / STATE_FILE).write_text(json.dumps(dict(state), indent=1))
+            write_manifest(tmp)
+        atomic_write(ck / LATEST_FILE, json.dumps({"dir": name, "iteration": iteration}))
+    for old in ck.glob("iter_*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_checkpoint_state(run_dir: Path, checkpoint: Path) -> dict[str, Any]:
+    """The loop's counters `write_checkpoint` recorded in `checkpoint` (RunDirError when they are
+    not a JSON object, or when metrics.jsonl is shorter than their `metrics_bytes`)."""
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        if not isinstance(state, dict):
+            raise TypeError(f"{STATE_FILE} must hold a JSON object")
+    except (ValueError, TypeError) as e:   # ValueError: bad JSON or bad UTF-8
+        raise RunDirError(f"checkpoint {str(checkpoint)!r} is corrupt: bad {STATE_FILE}") from e
+    mf = run_dir / METRICS_FILE
+    size = state.get("metrics_bytes", 0)
+    if not mf.is_file() or mf.stat().st_size < size:
+        raise RunDirError(f"{str(mf)!r} is shorter than checkpoint {checkpoint.name} recorded; "
+                          f"the run directory is damaged")
+    return state
+
+
+def save_best_vlm(run_dir: Path, iteration: int, save: Callable[[Path], None]) -> None:
+    """Replace `best_vlm/` with the VLM `save(folder)` writes, the iteration it is from and a
+    manifest (atomically: a crash keeps the previous best)."""
+    with saving(run_dir / BEST_VLM, run_dir), atomic_folder(run_dir / BEST_VLM) as tmp:
+        save(tmp)
+        (tmp / "iteration.json").write_text(json.dumps({"iteration": iteration}))
+        write_manifest(tmp)
 
 
 def verify_manifest(folder: Path) -> None:

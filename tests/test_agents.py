@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import plant_payload
 
-from rls3.agents import (BUFFER_FILE, MODEL_FILE, AgentStateError, RandomAgent, SACAgent,
-                         build_agent, pretrained_folder, pretrain_key)
-from rls3.config import AgentConfig
+from rls3.agents import (AGENT_SPECS, BUFFER_FILE, MODEL_FILE, AgentStateError, RandomAgent,
+                         SACAgent, build_agent, pretrained_folder, pretrain_key, restore_agent)
+from rls3.config import AGENTS, AgentConfig
 from rls3.env import EnvConfig, Rls3Env
 from rls3.manifest import manifest_problems
 
@@ -140,8 +140,25 @@ def test_sac_save_load_continues_identically(backend, tmp_path):
 
 
 def test_bad_agent_name(backend):
-    with pytest.raises(ValueError, match="unknown agent"):
+    with pytest.raises(ValueError, match=r"unknown agent 'ppo'; allowed: \['sac', 'random'\]"):
         build_agent("ppo", make_env(backend), AgentConfig(), 0, "sim")
+
+
+def test_the_registry_holds_the_agents_the_config_allows():
+    """config.py (which imports nothing above it) lists the names; the registry their makers."""
+    assert tuple(AGENT_SPECS) == AGENTS
+    assert {n: s.learns_from_feedback for n, s in AGENT_SPECS.items()} == {"sac": True,
+                                                                          "random": False}
+
+
+def test_a_random_agent_restored_from_its_folder_continues_its_stream(backend, tmp_path):
+    env = make_env(backend)
+    agent = build_agent("random", env, AgentConfig(), 5, "sim")
+    agent.collect(1, seed=1)
+    agent.save(tmp_path / "agent")
+    again = restore_agent("random", env, tmp_path / "agent", AgentConfig(), 5)
+    assert isinstance(again, RandomAgent) and again.num_timesteps == agent.num_timesteps
+    assert np.array_equal(again.rng.random(4), agent.rng.random(4))
 
 
 def test_sample_feedback_reaches_the_buffer_before_the_next_gradient_step(backend, tmp_path):

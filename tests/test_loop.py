@@ -399,7 +399,7 @@ def test_disk_full_while_saving_is_named_cleaned_up_and_resumable(sac_run, root,
     uninterrupted result (issue 13, item 4)."""
     import errno
 
-    import rls3.loop as loop_mod
+    import rls3.rundir as rundir_mod
     from rls3 import atomic
 
     full = {"on": False}
@@ -418,7 +418,7 @@ def test_disk_full_while_saving_is_named_cleaned_up_and_resumable(sac_run, root,
         return hook
 
     monkeypatch.setattr(atomic, "replace_folder", out_of_space(atomic.replace_folder))
-    monkeypatch.setattr(loop_mod, "write_manifest", out_of_space(loop_mod.write_manifest))
+    monkeypatch.setattr(rundir_mod, "write_manifest", out_of_space(rundir_mod.write_manifest))
     d = root / "runs" / "disk_full"
     # iteration 0 always saves the best VLM (after its test phase), before its first checkpoint
     with pytest.raises(RunDirError, match=r"cannot write .*best_vlm.*No space left"):

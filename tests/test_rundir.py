@@ -17,8 +17,10 @@ from conftest import tiny_cli_config
 
 from rls3.cli import main
 from rls3.config import ConfigError
-from rls3.rundir import (CONFIG_FILE, LOCK_FILE, METRICS_FILE, RUN_FILE, RunDirError,
-                         check_run_paths, create_run, lock_run, read_metrics)
+from rls3.rundir import (CHECKPOINTS, CONFIG_FILE, LATEST_FILE, LOCK_FILE, METRICS_FILE, RUN_FILE,
+                         STATE_FILE, RunDirError, check_run_paths, create_run, latest_checkpoint,
+                         loading, lock_run, read_checkpoint_state, read_metrics,
+                         write_checkpoint)
 
 
 #: `main` configures the "rls3" logger for a terminal: every test here gives it back after
@@ -232,3 +234,31 @@ def test_a_torn_metrics_line_is_warned_about_once_per_report(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="rls3"):
         read_metrics(d)
     assert len([r for r in caplog.records if "torn last line" in r.getMessage()]) == 2
+
+
+def test_a_checkpoint_is_committed_read_back_and_replaces_the_last(tmp_path):
+    """`write_checkpoint` commits the parts, the counters and a manifest, points LATEST.json at
+    them and removes the older checkpoint; `read_checkpoint_state` gives the counters back and
+    refuses a metrics file shorter than they record; `loading` names an unreadable part."""
+    (tmp_path / METRICS_FILE).write_text("{}\n")
+
+    def parts(folder):
+        (folder / "vlm").mkdir()
+        (folder / "vlm" / "w.bin").write_bytes(b"weights")
+
+    first = write_checkpoint(tmp_path, 1, {"iteration": 1, "metrics_bytes": 3}, parts)
+    (tmp_path / CHECKPOINTS / ".iter_0002.tmp").mkdir()     # left by a crashed write
+    ck = write_checkpoint(tmp_path, 2, {"iteration": 2, "metrics_bytes": 3}, parts)
+    assert latest_checkpoint(tmp_path) == ck == tmp_path / CHECKPOINTS / "iter_0002"
+    assert not first.exists() and sorted(p.name for p in (tmp_path / CHECKPOINTS).iterdir()) \
+        == [LATEST_FILE, "iter_0002"]
+    assert read_checkpoint_state(tmp_path, ck) == {"iteration": 2, "metrics_bytes": 3}
+    (tmp_path / METRICS_FILE).write_text("{")
+    with pytest.raises(RunDirError, match="shorter than checkpoint iter_0002"):
+        read_checkpoint_state(tmp_path, ck)
+    (ck / STATE_FILE).write_text("[1]")
+    with pytest.raises(RunDirError, match=f"is corrupt: bad {STATE_FILE}"):
+        read_checkpoint_state(tmp_path, ck)
+    with pytest.raises(RunDirError, match="cannot be loaded: .*nothing was changed"), \
+            loading(ck, tmp_path):
+        (ck / "agent" / "missing.json").read_text()
