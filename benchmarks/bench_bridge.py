@@ -115,7 +115,7 @@ def measure(size: int = 224, steps: int = 120, blocks: int = 3,
             raise RuntimeError(f"the two sides diverged: valid steps {valid}")
         total = {k: sum(v) for k, v in times.items()}
         n = steps * blocks
-        per_block = [b / e - 1.0 for b, e in zip(times["bridge"], times["embedded"])]
+        per_block = [b / e - 1.0 for b, e in zip(times["bridge"], times["embedded"], strict=True)]
         rows.append({"action_scale": scale, "valid_share": sum(valid["bridge"]) / n,
                      "embedded_steps_per_s": n / total["embedded"],
                      "bridge_steps_per_s": n / total["bridge"],

@@ -214,7 +214,7 @@ def markdown_table(summary: dict) -> list[str]:
     for agent, a in sorted(summary["agents"].items()):
         h = a["hardness_per_iteration"]
         lines.append(f"| {agent} | " + " | ".join(
-            "-" if m is None else f"{m:.3f} ± {s:.3f}" for m, s in zip(h["mean"], h["std"]))
+            "-" if m is None else f"{m:.3f} ± {s:.3f}" for m, s in zip(h["mean"], h["std"], strict=True))
             + " |")
     ans = summary.get("answer") or {}
     if ans:

@@ -132,7 +132,7 @@ def bench_model(name: str, args: argparse.Namespace, cuda: bool) -> dict[str, An
                                        "finetune": ft_paper,
                                        "evaluate": PAPER_EVAL / evaluate.images_per_s}}
     log.info("%s: %s", name, out)
-    del vlm
+    vlm = None                  # drop the model (the lambdas above hold no reference past here)
     if cuda:
         torch.cuda.empty_cache()
     return out

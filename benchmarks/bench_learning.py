@@ -131,7 +131,7 @@ def figures(res: dict[str, Any], out: Path) -> list[Path]:
     variants = list(res["variants"])
     fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.6), squeeze=False,
                              sharey=True)
-    for ax, name in zip(axes[0], variants):
+    for ax, name in zip(axes[0], variants, strict=True):
         curve = res["variants"][name]["curve"]
         ep = [c["epoch"] for c in curve]
         for s, style in (("train", ":"), ("heldout", "-"), ("test", "--")):

@@ -92,7 +92,7 @@ def _phase_usage(marks: list[tuple[str, float, dict[str, float]]]) -> dict[str, 
     """Per loop phase: wall seconds, user/system CPU, page faults, the most threads seen at its
     ends and CPU seconds per thread group (llvmpipe renderer, python/torch, ...)."""
     out: dict[str, dict[str, float]] = {}
-    for (name, t0, r0), (_, t1, r1) in zip(marks, marks[1:]):
+    for (name, t0, r0), (_, t1, r1) in zip(marks, marks[1:], strict=False):
         row = out.setdefault(name, {"wall_s": 0.0, "user_s": 0.0, "sys_s": 0.0, "minflt": 0,
                                     "threads": 0})
         row["wall_s"] += t1 - t0
@@ -191,7 +191,7 @@ def measure(preset: str = "quick", agent: str = "sac", sets: list[str] | None = 
         if pstats_out:
             stats.dump_stats(str(pstats_out))
         sec = breakdown(stats, total, agent)
-        for (fn, line, name), (cc, nc, tt, ct, _c) in sorted(
+        for (fn, line, name), (_cc, nc, tt, ct, _c) in sorted(
                 stats.stats.items(), key=lambda kv: -kv[1][2])[:top]:  # type: ignore[attr-defined]
             top_rows.append({"function": f"{Path(fn).name}:{line}({name})", "calls": nc,
                              "self_s": tt, "cum_s": ct})

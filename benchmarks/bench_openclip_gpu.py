@@ -66,7 +66,7 @@ def check_model(name: str, samples: list, tmp: Path, dev: str) -> dict[str, Any]
     enc = tok(texts, padding="max_length", max_length=ids_oc.shape[1], truncation=True,
               return_tensors="pt")
     same_ids = sum(int(torch.equal(a[a != 0].cpu(), b[m.bool()].cpu())) for a, b, m in
-                   zip(ids_oc, enc["input_ids"], enc["attention_mask"]))
+                   zip(ids_oc, enc["input_ids"], enc["attention_mask"], strict=True))
     with torch.no_grad():
         i_oc, i_hf = oc.encode_image(x_oc), _features(hf.get_image_features(pixel_values=x_oc))
         t_oc = oc.encode_text(ids_oc)

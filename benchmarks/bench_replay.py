@@ -131,7 +131,7 @@ def table(res: dict[str, Any], out: Path) -> list[str]:
         last = [r["curve"][-1] for r in runs.values()]
         cis = [wilson_interval(c["test"], n) for c in last]
         per_seed = ", ".join(f"{c['test']:.3f} [{lo:.2f}, {hi:.2f}]"
-                             for c, (lo, hi) in zip(last, cis))
+                             for c, (lo, hi) in zip(last, cis, strict=True))
         lines.append(f"| {v} | {np.mean(first):.3f} | {np.mean([c['test'] for c in last]):.3f} ± "
                      f"{np.std([c['test'] for c in last]):.3f} | {per_seed} | "
                      f"{np.mean([c['heldout'] for c in last]):.3f} | {last[0]['steps']} | "
@@ -148,14 +148,14 @@ def figures(res: dict[str, Any], out: Path) -> list[Path]:
         runs = list(res["runs"].get(v, {}).values())
         if not runs:
             continue
-        for ax, key in zip(axes, ("steps", "cpu_s")):
+        for ax, key in zip(axes, ("steps", "cpu_s"), strict=True):
             x = np.mean([[c[key] for c in r["curve"]] for r in runs], axis=0)
             y = np.array([[c["test"] for c in r["curve"]] for r in runs])
             ax.plot(x, y.mean(0), marker="o", ms=3, color=f"C{j}", label=f"{v} (test rooms)")
             ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=f"C{j}",
                             alpha=0.2)
     for ax, label in zip(axes, ("fine-tuning optimizer steps (cumulative)",
-                                "fine-tuning CPU seconds (cumulative)")):
+                                "fine-tuning CPU seconds (cumulative)"), strict=True):
         ax.axhline(1 / 3, color="0.5", lw=0.8, ls="-.", label="chance")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)

@@ -164,7 +164,7 @@ def figures(res: dict, out: Path) -> list[Path]:
     plt = pyplot()
     knobs = list(dict.fromkeys(r["knob"] for r in res["rows"]))
     fig, axes = plt.subplots(1, len(knobs) + 1, figsize=(4 * (len(knobs) + 1), 3.8))
-    for ax, k in zip(axes, knobs):
+    for ax, k in zip(axes, knobs, strict=False):
         rs = [r for r in res["rows"] if r["knob"] == k]
         ax.plot([r["value"] for r in rs], [r["iteration_s"] for r in rs], "o-")
         ax.set_xlabel(k)

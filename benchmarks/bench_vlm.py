@@ -274,7 +274,7 @@ def run(args: argparse.Namespace) -> dict:
             vlm.feedback_cache_samples = cap
             fresh = [copy.copy(s) for s in samples]
 
-            def feedback_then_finetune() -> None:
+            def feedback_then_finetune(fresh: list = fresh) -> None:   # this iteration's copies
                 vlm.feedback(fresh)
                 vlm.finetune(fresh[::2], 1)
             acc.append(timed(feedback_then_finetune))
@@ -290,7 +290,7 @@ def run(args: argparse.Namespace) -> dict:
         t_single.append(timed(lambda: [vlm.feedback([s]) for s in episode]))
         u_single.append(USAGE[-1])
         single = [vlm.feedback([s]).hardness[0] for s in episode]
-        hard_diff = max(hard_diff, max(abs(a - b) for a, b in zip(batched, single)))
+        hard_diff = max(hard_diff, max(abs(a - b) for a, b in zip(batched, single, strict=True)))
     load_after = os.getloadavg()
 
     n = len(samples)

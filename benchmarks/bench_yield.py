@@ -91,8 +91,8 @@ def measure(preset: str = "quick", seeds: tuple[int, ...] = (0, 1, 2), steps: in
             timings["pretrain_or_load_cpu_s"] += time.process_time() - c
             rng = np.random.default_rng(seed)
             agents = {
-                "random": lambda obs: rng.uniform(-1, 1, 3).astype(np.float32),
-                "sac": lambda obs: sac.model.predict(obs, deterministic=False)[0],
+                "random": lambda obs, rng=rng: rng.uniform(-1, 1, 3).astype(np.float32),
+                "sac": lambda obs, sac=sac: sac.model.predict(obs, deterministic=False)[0],
             }
             for name, act in agents.items():
                 t = time.perf_counter()

@@ -454,7 +454,7 @@ def cmd_value(args: argparse.Namespace) -> int:
         loop = load_run_config(args.run).override(args.overrides).loop
         res = replay_schedule(args.run, loop=loop, **common)
         print(f"schedule replayed on {args.run}: iteration, val, test (the loop's test)")
-        for point, loop_test in zip(res["curve"][1:], res["loop_test"]):
+        for point, loop_test in zip(res["curve"][1:], res["loop_test"], strict=False):
             print(f"  {point['iteration']:>3}  {point['val']['score']:.4f}  "
                   f"{point['test']['score']:.4f}  ({loop_test:.4f})")
     else:

@@ -207,7 +207,7 @@ class EpisodeCollector:
         of the scored samples (overall and per spatial term)."""
         h = np.asarray(self.hardness, dtype=np.float64)
         by_term: dict[str, list[float]] = {}
-        for v, terms in zip(self.hardness, self.hardness_terms):
+        for v, terms in zip(self.hardness, self.hardness_terms, strict=True):
             for t in dict.fromkeys(terms):
                 by_term.setdefault(t, []).append(v)
         return {

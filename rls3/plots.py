@@ -229,7 +229,7 @@ def score_vs_data_figure(run_dirs: RunDirs, split: str = "test", x_key: str = "c
             pts = [(_num(r.get(x_key, 0)), _num(_get(r, split, "score"))) for r in run.records]
             pts = [(a, b) for a, b in pts if math.isfinite(a) and math.isfinite(b)]
             if pts:
-                xs, ys = map(np.array, zip(*pts))
+                xs, ys = map(np.array, zip(*pts, strict=True))
                 curves.append((xs, ys))
                 ax.plot(xs, ys, color=_color(agent, i), alpha=0.3, lw=0.8, marker=".", ms=3)
         if not curves:
@@ -340,7 +340,7 @@ def by_complexity_figure(run_dirs: RunDirs, split: str = "test") -> Figure:
     if not levels:
         _empty(axes[0][0], f"{split} scores by complexity")
         return fig
-    for ax, (agent, rs) in zip(axes[0], groups.items()):
+    for ax, (agent, rs) in zip(axes[0], groups.items(), strict=True):
         for j, c in enumerate(levels):
             its, m, s = _per_iteration(rs, lambda r, c=c: _get(r, split, "per_complexity", c))
             _band(ax, its, m, s, f"C{j}", f"{c} term{'s' if str(c) != '1' else ''}")
@@ -468,7 +468,7 @@ def validation_figure(run_dirs: RunDirs) -> Figure:
             if not pts:
                 continue
             drawn = True
-            xs, ys = map(np.array, zip(*pts))
+            xs, ys = map(np.array, zip(*pts, strict=True))
             col = _color(agent, i)
             ax.plot(xs, ys, color=col, alpha=0.75, marker=".", lw=1,
                     label=agent if k == 0 else None)

@@ -166,7 +166,7 @@ class WorkerProcesses(SubprocVecEnv):
         `grace_s` to exit (its backend closes), then terminate or kill it; reap them all."""
         procs = list(getattr(self, "processes", []))
         remotes = list(getattr(self, "remotes", ()))
-        for p, remote in zip(procs, remotes):
+        for p, remote in zip(procs, remotes, strict=False):
             if p.exitcode is not None:
                 continue
             try:

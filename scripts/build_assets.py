@@ -30,7 +30,6 @@ import html
 import io
 import logging
 import re
-import shutil
 import subprocess
 import sys
 import tempfile

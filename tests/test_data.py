@@ -29,7 +29,7 @@ def test_round_trip(tmp_path, samples):
     assert (folder / METADATA_FILE).is_file() and read_info(folder)["n"] == 5
     back = read_dataset(folder)
     assert len(back) == 5
-    for a, b in zip(samples, back):
+    for a, b in zip(samples, back, strict=True):
         assert np.array_equal(a.image, b.image)
         assert a.metadata() == b.metadata()
     assert validate_dataset(folder) == []

@@ -150,7 +150,7 @@ def test_determinism(backend):
 
     (o1, i1), (o2, i2) = rollout(), rollout()
     assert np.array_equal(o1, o2)
-    assert len(i1) == len(i2) > 0 and all(np.array_equal(a, b) for a, b in zip(i1, i2))
+    assert len(i1) == len(i2) > 0 and all(np.array_equal(a, b) for a, b in zip(i1, i2, strict=True))
 
 
 def test_episode_ends_with_t0_valid_frames_and_feedback(backend):

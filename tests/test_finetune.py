@@ -27,7 +27,7 @@ def test_cosine_factor_runs_from_one_to_lr_min():
     assert cosine_factor(1.0, 0.1) == pytest.approx(0.1)
     assert cosine_factor(0.5, 0.0) == pytest.approx(0.5)
     xs = [cosine_factor(t / 10, 0.2) for t in range(11)]
-    assert all(a > b for a, b in zip(xs, xs[1:]))
+    assert all(a > b for a, b in zip(xs, xs[1:], strict=False))
 
 
 def test_chunks_of_an_iteration():
@@ -189,7 +189,7 @@ def test_replaying_the_schedule_reproduces_a_random_run(random_run):
     res = replay_schedule(random_run.run_dir, progress=False)
     recs = read_metrics(random_run.run_dir)
     assert [p["iteration"] for p in res["curve"]] == [0, 1, 2]
-    for p, r in zip(res["curve"], recs):
+    for p, r in zip(res["curve"], recs, strict=True):
         assert p["test"]["score"] == r["test"]["score"]
         assert p["val"]["score"] == r["val"]["score"]
         assert math.isclose(p["test"]["loss"], r["test"]["loss"], rel_tol=1e-6)

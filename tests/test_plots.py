@@ -115,7 +115,7 @@ def test_score_vs_data_draws_every_run_and_the_mean_over_seeds(runs: list[Path])
     ax = plots.score_vs_data_figure(runs).axes[0]
     thin = [ln for ln in ax.get_lines() if ln.get_label().startswith("_")]
     assert len(thin) == len(runs)            # sac seeds first, then random (the fixture's order)
-    for ln, run in zip(thin, runs):
+    for ln, run in zip(thin, runs, strict=True):
         want = [(r["cum_steps"], r["test"]["score"]) for r in records(run)]
         np.testing.assert_allclose(ln.get_xydata(), want)
     bands = _labelled(ax)
@@ -182,7 +182,7 @@ def test_validation_marks_each_runs_best_and_early_stop(runs: list[Path]) -> Non
                               for m in (".", "*", "X"))
     assert len(curves) == len(stars) == len(crosses) == len(runs)
     assert [ln.get_label() for ln in curves][::3] == ["sac", "random"]   # one legend entry each
-    for run, curve, star, cross in zip(runs, curves, stars, crosses):
+    for run, curve, star, cross in zip(runs, curves, stars, crosses, strict=True):
         recs = records(run)
         val = [r["val"]["score"] for r in recs]
         np.testing.assert_allclose(curve.get_xydata(), list(enumerate(val)))

@@ -192,7 +192,7 @@ def test_env_rollout_same_samples_as_sim(bridge, sim):
     assert f1 == f2
     np.testing.assert_allclose(o1, o2, atol=1e-5)  # displacements cross as float32
     assert len(i1) == len(i2) > 0
-    assert all(same_image(a, b) for a, b in zip(i1, i2))
+    assert all(same_image(a, b) for a, b in zip(i1, i2, strict=True))
 
 
 def test_env_checkers_pass(bridge):

@@ -130,7 +130,7 @@ def test_finetune_shapes_and_group_losses(name, fresh, samples):
     assert got == b.finetune(samples, 2) and b.last_group_losses == []
     assert len(got) == CASES[name].steps(len(samples), 2)
     assert len(a.last_group_losses) == len(got)
-    for loss, per in zip(got, a.last_group_losses):
+    for loss, per in zip(got, a.last_group_losses, strict=True):
         assert per and set(per) <= {0, 1}
         if len(per) == 1:
             assert next(iter(per.values())) == pytest.approx(loss, rel=1e-5)

@@ -64,7 +64,7 @@ def test_two_processes_match_one(one_and_two, name):
     assert len(one["losses"]) == {"clip-tiny": 6, "lite": 3, "paligemma-tiny": 3}[name]
     assert len(one["group_losses"]) == {"clip-tiny": 3, "lite": 1, "paligemma-tiny": 1}[name]
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5, atol=1e-6)
-    for g1, g2 in zip(one["group_losses"], two["group_losses"]):
+    for g1, g2 in zip(one["group_losses"], two["group_losses"], strict=True):
         assert g1.keys() == g2.keys()
         np.testing.assert_allclose(list(g2.values()), list(g1.values()), rtol=1e-5, atol=1e-6)
     moved = max(float((one["weights"][k] - one["before"][k]).abs().max())
@@ -102,7 +102,7 @@ def test_dealt_groups_come_back_in_sample_order():
         a = np.arange(sl.start, sl.stop, dtype=float)
         return [a, a > 2, -a]
     parts = [[arrays(sl) for sl in share] for share in shares]
-    losses, correct, hard = (np.concatenate(f) for f in zip(*undeal(parts, len(groups))))
+    losses, correct, hard = (np.concatenate(f) for f in zip(*undeal(parts, len(groups)), strict=True))
     assert losses.tolist() == list(range(7))
     assert correct.tolist() == [i > 2 for i in range(7)] and hard.tolist() == [-i for i in range(7)]
 
@@ -167,7 +167,7 @@ def test_rls3_run_on_two_processes_matches_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "one", "two"]
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert [r["iteration"] for r in two] == [r["iteration"] for r in one] == [0, 1]
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         for split in ("val", "test"):
             assert b[split]["score"] == a[split]["score"]
             assert b[split]["loss"] == pytest.approx(a[split]["loss"], rel=1e-5)

@@ -59,7 +59,7 @@ class BatchPrefix:
     def serves(self, samples: Sequence[Sample], image_rows: int) -> bool:
         """True when this is the batch of exactly `samples` with `image_rows` image rows."""
         return (len(self.samples) == len(samples) and len(self.table.index) == image_rows
-                and all(a is b for a, b in zip(self.samples, samples)))
+                and all(a is b for a, b in zip(self.samples, samples, strict=True)))
 
 
 class EvalCache:
@@ -81,7 +81,7 @@ class EvalCache:
     def get(self, chunk: Sequence[Sample]) -> tuple[TextTable, Any, Any] | None:
         """(text table, image rows, text rows) of `chunk`, or None when it is not held."""
         hit = self._chunks.get(tuple(id(s) for s in chunk))
-        if hit is not None and all(a is b for a, b in zip(hit[0], chunk)):
+        if hit is not None and all(a is b for a, b in zip(hit[0], chunk, strict=True)):
             return hit[1], hit[2], hit[3]
         return None
 

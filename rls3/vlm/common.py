@@ -121,7 +121,7 @@ def breakdown(values: Sequence[float], descriptions: Sequence[Description]
         return float("nan"), {}, {}
     per_term: dict[str, list[float]] = {}
     per_cx: dict[int, list[float]] = {}
-    for v, d in zip(values, descriptions):
+    for v, d in zip(values, descriptions, strict=True):
         for t in dict.fromkeys(d.terms):
             per_term.setdefault(t, []).append(float(v))
         per_cx.setdefault(d.complexity, []).append(float(v))
@@ -268,7 +268,7 @@ def aligned(module: torch.nn.Module) -> torch.nn.Module:
     than for the same weights in aligned memory: a resumed run would not repeat the
     uninterrupted one exactly."""
     for m in module.modules():
-        for name, p in m._parameters.items():
+        for _name, p in m._parameters.items():
             if p is not None and p.data_ptr() % ALIGNMENT:
                 p.data = p.data.clone()
         for name, b in m._buffers.items():

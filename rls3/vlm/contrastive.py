@@ -309,7 +309,7 @@ class ContrastiveVLM(AdapterShell):
             per_group = self.parallel.undeal(per_group, len(groups))
         if not per_group:
             return np.zeros(0), np.zeros(0), np.zeros(0)
-        loss, correct, hard = (np.concatenate(f) for f in zip(*per_group))
+        loss, correct, hard = (np.concatenate(f) for f in zip(*per_group, strict=True))
         return loss, correct, hard
 
     # ----------------------------------------------------------------- VLM Protocol
@@ -495,7 +495,7 @@ class ContrastiveVLM(AdapterShell):
             flipped = [_mirrored(s) for s in samples]
             images += [im for im, _ in flipped]
             descriptions += [d for _, d in flipped]
-            kept = sum(d is s.description for s, (_, d) in zip(samples, flipped))
+            kept = sum(d is s.description for s, (_, d) in zip(samples, flipped, strict=True))
             if kept:
                 log.warning("%s: %d of %d samples have captions rls3.captions.mirror cannot "
                             "mirror; they are never flipped", self.name, kept, len(samples))

@@ -433,7 +433,7 @@ def hf_state_dict(sd: Mapping[str, torch.Tensor], arch: ClipArchitecture,
         dst, fn = names[key]
         t = t.detach().to(torch.float32)
         if "{}" in dst:                                 # the packed q/k/v in-projection
-            for name, part in zip("qkv", t.chunk(3, dim=0)):
+            for name, part in zip("qkv", t.chunk(3, dim=0), strict=True):
                 out[dst.format(name)] = part.clone()
         else:
             out[dst] = (fn(t) if fn is not None else t).clone().contiguous()

@@ -194,7 +194,7 @@ class PaliGemmaVLM(AdapterShell):
                     s, n = self._loss_sum(self.training_inputs(chunk))
                     loss = float(s)
                 per_group.append((got, [int(score(a, x.description.terms))
-                                        for a, x in zip(got, chunk)], loss, n))
+                                        for a, x in zip(got, chunk, strict=True)], loss, n))
                 bar.update(len(chunk))
         if self.parallel is not None:   # every group, in order, on every process
             per_group = self.parallel.undeal(per_group, len(groups))
