@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -38,9 +39,9 @@ class RngStates:
 
     python: tuple[Any, ...]        # random.getstate()
     numpy: tuple[Any, ...]         # np.random.get_state(legacy=True)
-    torch: torch.Tensor            # torch.get_rng_state(), uint8
+    torch: Tensor                  # torch.get_rng_state(), uint8
     loop: dict[str, Any]           # the loop's numpy Generator: bit_generator.state
-    vlm: torch.Tensor | None       # VLM.rng_state() (uint8), None when the adapter has none
+    vlm: Tensor | None             # VLM.rng_state() (uint8), None when the adapter has none
 
     @classmethod
     def capture(cls, loop_rng: np.random.Generator, vlm: VLM) -> RngStates:

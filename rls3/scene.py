@@ -258,4 +258,4 @@ def _vec3(v: Any, what: str) -> Vec3:
         raise ValueError(f"{what} must be 3 numbers, got {v!r}") from e
     if len(t) != 3:
         raise ValueError(f"{what} must be 3 numbers, got {v!r}")
-    return t  # type: ignore[return-value]
+    return t

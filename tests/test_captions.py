@@ -57,7 +57,7 @@ def clear_of_boundaries(a, b, fwd) -> bool:
             and all(abs(abs(phi) - x) > MARGIN for x in V_BOUNDS))
 
 
-# --- properties ------------------------------------------------------------------------------------
+# --- properties -----------------------------------------------------------------------------------
 
 @settings(max_examples=300, deadline=None)
 @given(point, point, yaw, pitch, st.floats(-math.pi, math.pi))
@@ -117,7 +117,7 @@ def test_term_count_follows_the_angles(theta, phi):
     assert len(terms) == expected
 
 
-# --- orientation conventions -------------------------------------------------------------------------
+# --- orientation conventions ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("d, expected", [
     ((1.0, 0.0, 0.0), ("behind",)),         # farther from a camera looking along +x
@@ -142,7 +142,7 @@ def test_camera_pitch_does_not_matter_only_its_heading():
         assert spatial_terms(a, b, forward_of(0.7, p)) == ref
 
 
-# --- exact boundaries ------------------------------------------------------------------------------
+# --- exact boundaries -----------------------------------------------------------------------------
 
 def below_(x: float) -> float:
     return math.nextafter(x, -math.inf)
@@ -334,7 +334,7 @@ def test_opposite_is_an_involution_over_the_terms():
     assert TERMS == ("above", "below", "behind", "in front", "left", "right")
 
 
-# --- describe() --------------------------------------------------------------------------------------
+# --- describe() -----------------------------------------------------------------------------------
 
 def make_state(positions: dict[str, tuple[float, float, float]],
                camera: Camera | None = None) -> SceneState:

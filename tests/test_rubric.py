@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from rls3.captions import OPPOSITE, TERMS, caption, order_swap, spatial_swap
 from rls3.rubric import parse_terms, score
 
-# --- parse_terms ------------------------------------------------------------------------------------
+# --- parse_terms ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("answer, expected", [
@@ -86,7 +86,7 @@ def test_parse_terms_rejects_non_strings():
         parse_terms(None)  # type: ignore[arg-type]
 
 
-# --- score: every row of the table -------------------------------------------------------------------
+# --- score: every row of the table ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("answer, truth, expected", [
@@ -156,7 +156,7 @@ def test_score_rejects_empty_contradictory_or_string_truth(truth):
         score("above", truth)
 
 
-# --- properties against the caption generator ------------------------------------------------------
+# --- properties against the caption generator -----------------------------------------------------
 
 vertical = st.sampled_from([None, "above", "below"])
 depth = st.sampled_from([None, "behind", "in front"])

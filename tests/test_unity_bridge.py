@@ -141,7 +141,7 @@ def test_side_channel_framing():
     assert raw[:16] == CHANNEL_ID.bytes_le and raw[16:20] == (2).to_bytes(4, "little")
 
 
-# -- equivalence with the embedded backend -----------------------------------------------------------
+# -- equivalence with the embedded backend ---------------------------------------------------------
 def test_real_mlagents_environment_and_catalog(bridge, sim):
     assert isinstance(bridge, SceneBackend)
     assert isinstance(bridge._env, UnityEnvironment)

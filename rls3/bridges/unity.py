@@ -218,7 +218,7 @@ class _BridgeEnvironment(UnityEnvironment):
             self._safe_close()
             raise
 
-    def _get_communicator(  # type: ignore[override]
+    def _get_communicator(
             self, worker_id: int, base_port: int, timeout_wait: float) -> RpcCommunicator:
         return _Communicator(worker_id, base_port, timeout_wait, self._host)
 
@@ -234,9 +234,9 @@ class _BridgeEnvironment(UnityEnvironment):
     def _safe_close(self, timeout: float = 5.0) -> None:
         try:
             if getattr(self, "_communicator", None) is not None:
-                self._close(timeout)  # type: ignore[arg-type]
-            elif getattr(self, "_process", None) is not None:
-                self._process.kill()
+                self._close(timeout)
+            elif (process := getattr(self, "_process", None)) is not None:
+                process.kill()
         except (UnityException, OSError, ValueError) as e:
             log.debug("ignored while closing the Unity environment: %r", e)
         proc = getattr(self, "_process", None)
@@ -497,7 +497,7 @@ class UnityBackend:
                         "--rls3-image-size to avoid this)", self._rgb.shape[1], self._rgb.shape[0],
                         width, height)
             self._warned_resize = True
-        return np.asarray(Image.fromarray(self._rgb).resize((width, height), Image.BILINEAR))
+        return np.asarray(Image.fromarray(self._rgb).resize((width, height), Image.Resampling.BILINEAR))
 
     def ping(self) -> None:
         """One command round trip that changes nothing (NOOP: no physics, no rendering): a check
@@ -525,7 +525,7 @@ class UnityBackend:
             except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
                 pass
 
-    # -- one operation ------------------------------------------------------------------------------
+    # -- one operation -----------------------------------------------------------------------------
     def _check_slot(self, slot: int) -> None:
         if slot not in (0, 1, 2):
             raise ValueError(f"slot must be 0, 1 or 2, got {slot!r}")

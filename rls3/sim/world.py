@@ -134,7 +134,7 @@ def _parse(raw: Any, path: Path) -> SceneSpec:
             raise ValueError(f"furniture {fid!r}: position must have 2 or 3 numbers")
         surf = f.get("surfaces")
         surfaces = None if surf is None or surf == "all" else tuple(int(s) for s in surf)
-        furniture.append(FurnitureSpec(fid, str(f["asset"]), pos, yaw, surfaces))  # type: ignore[arg-type]
+        furniture.append(FurnitureSpec(fid, str(f["asset"]), pos, yaw, surfaces))
     cam = raw["camera"]
     camera = CameraSpec(_floats(cam["position"], 3, "camera.position"),
                         _floats(cam["look_at"], 3, "camera.look_at"), float(cam.get("fov_y", 60.0)))

@@ -96,7 +96,7 @@ def resize_batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:
         if arr.shape[0] == size and arr.shape[1] == size:
             out[i] = arr
         else:
-            out[i] = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
+            out[i] = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
     return out
 
 

@@ -85,7 +85,7 @@ def make_sample(rng: np.random.Generator, size: int = 160, max_terms: int = 2,
     base = rng.integers(90, 200, size=3)
     noise = rng.integers(-25, 26, size=(size // 8, size // 8, 3))
     bg = np.clip(base + noise, 0, 255).astype(np.uint8)
-    img = Image.fromarray(bg).resize((size, size), Image.BILINEAR)
+    img = Image.fromarray(bg).resize((size, size), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(img)
     for name, x, y in ((a, ax, ay), (b, bx, by)):
         colour, shape = name.split(" ")
