@@ -61,6 +61,7 @@ def make_sample(rng: np.random.Generator, size: int = 160, max_terms: int = 2,
     horizontal = rng.choice(["left", "right"])
     vertical = rng.choice(["above", "below"])
     k = int(rng.integers(1, max_terms + 1))
+    terms: tuple[str, ...]
     if k == 1:
         terms = (str(horizontal),) if rng.random() < 0.5 else (str(vertical),)
     else:
