@@ -10,7 +10,8 @@ launch of this script (1 process takes the plain single-process path). Timed on 
 after building the model and an untimed warm-up call on other samples: `finetune` on n samples
 for K epochs from a cold cache (frozen prefix + K epochs, as the loop's first call on a new
 batch), the same call again (prefix cached: the trainable part only), and `evaluate` on the n
-samples. Launches are interleaved over `--repeats` and the median is reported. Writes benchmarks/results/dp.json (or --out).
+samples. Launches are interleaved over `--repeats` and the median is reported. Writes
+benchmarks/results/dp.json (or --out).
 """
 
 from __future__ import annotations

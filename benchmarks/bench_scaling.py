@@ -6,7 +6,8 @@ throughput with SB3 vectorised envs at 1 and 2 worker processes.
 Each point is a fresh two-iteration run of a small base config (the `quick` preset scaled down:
 T0=8, E=2, 64 px, K=1, 20-frame validation/test sets, SAC pre-trained 300 steps) with one knob
 changed; the time is the loop's own `time_s.total` of iteration 2 (collection, feedback,
-fine-tuning, validation, test), with its phase split. A first run (discarded) warms the process up. Vectorised envs: `SubprocVecEnv` with 1 and 2
+fine-tuning, validation, test), with its phase split. A first run (discarded) warms the process
+up. Vectorised envs: `SubprocVecEnv` with 1 and 2
 processes (spawned; each builds its own simulator) stepping random actions with rendering on, the
 way SB3 would feed a multi-env SAC; `DummyVecEnv` (in process) is the 1-process reference.
 """

@@ -301,7 +301,8 @@ def same_layout(a: SceneState, b: SceneState, tol: float = SAME_LAYOUT_TOL) -> b
     """True when two states show the same scene with the same objects within `tol` metres."""
     if a.scene_name != b.scene_name or len(a.objects) != len(b.objects):
         return False
-    return all(p.name == q.name and max(abs(x - y) for x, y in zip(p.position, q.position, strict=True)) <= tol
+    return all(p.name == q.name
+               and max(abs(x - y) for x, y in zip(p.position, q.position, strict=True)) <= tol
                for p, q in zip(a.objects, b.objects, strict=True))
 
 
