@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "spatial reasoning in vision-language models (RLS3).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress")
-    common = argparse.ArgumentParser(add_help=False)  # -v/-q also after the command
+    common = _Parser(add_help=False)  # -v/-q also after the command (a parent: never parses)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
@@ -334,34 +334,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rls3.atomic import atomic_write
     from rls3.data import read_dataset
-    from rls3.rundir import vlm_checkpoint
-    from rls3.vlm import build_vlm, get_vlm_spec
-    from rls3.vlm.common import read_meta
-    from rls3.vlm.openai_clip import is_state_dict_source
+    from rls3.vlm import build_vlm
 
     for what, p in (("checkpoint", args.checkpoint), ("dataset", args.dataset)):
         if not p.exists():
             raise UsageError(f"{what} {str(p)!r} does not exist")
     if args.json is not None and not args.json.parent.is_dir():
         raise UsageError(f"--json: folder {str(args.json.parent)!r} does not exist")
-    if is_state_dict_source(args.checkpoint):      # converted in memory by the clip adapter
-        folder, name = args.checkpoint, args.vlm or "clip"
-        try:
-            adapter = get_vlm_spec(name).adapter
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        if adapter != "clip":
-            raise UsageError(f"{str(folder)!r} is a state-dict file, which only the clip "
-                             f"adapter loads; --vlm {name!r} is a {adapter!r} model")
-    else:
-        folder = vlm_checkpoint(args.checkpoint)
-        try:
-            meta = read_meta(folder)
-        except (ValueError, FileNotFoundError) as e:
-            raise UsageError(str(e)) from e
-        name = args.vlm or meta.get("name") or meta.get("kind")
+    folder, name = _eval_checkpoint(args)
     samples = read_dataset(args.dataset, progress=not args.quiet)
     kw: dict[str, Any] = {}
     if args.device:
@@ -380,6 +361,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     m = vlm.evaluate(samples).to_dict()
     if parallel is not None and not parallel.is_main:
         return 0
+    _print_eval(args, folder, name, m)
+    return 0
+
+
+def _eval_checkpoint(args: argparse.Namespace) -> tuple[Path, Any]:
+    """`eval`'s model: the weights folder (or state-dict file) and the VLM name to build."""
+    from rls3.rundir import vlm_checkpoint
+    from rls3.vlm import get_vlm_spec
+    from rls3.vlm.common import read_meta
+    from rls3.vlm.openai_clip import is_state_dict_source
+
+    if is_state_dict_source(args.checkpoint):      # converted in memory by the clip adapter
+        folder, name = args.checkpoint, args.vlm or "clip"
+        try:
+            adapter = get_vlm_spec(name).adapter
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if adapter != "clip":
+            raise UsageError(f"{str(folder)!r} is a state-dict file, which only the clip "
+                             f"adapter loads; --vlm {name!r} is a {adapter!r} model")
+    else:
+        folder = vlm_checkpoint(args.checkpoint)
+        try:
+            meta = read_meta(folder)
+        except (ValueError, FileNotFoundError) as e:
+            raise UsageError(str(e)) from e
+        name = args.vlm or meta.get("name") or meta.get("kind")
+    return folder, name
+
+
+def _print_eval(args: argparse.Namespace, folder: Path, name: Any, m: dict[str, Any]) -> None:
+    """`eval`'s metrics `m` on stdout, and into `--json` when given."""
+    from rls3.atomic import atomic_write
+
     print(f"{name} ({folder}) on {args.dataset} ({m['n']} samples)")
     print(f"  score  {m['score']:.4f}" + (f"   loss {m['loss']:.4f}" if m.get("loss") is not None
                                           else ""))
@@ -392,7 +407,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   "dataset": str(args.dataset.resolve())}
         atomic_write(args.json, json.dumps(record, indent=2))
         print(f"metrics: {args.json}")
-    return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
-from typing import Any, Union
+from typing import Any, Union, cast
 
 from rls3.configerror import ConfigError
 
@@ -75,28 +75,11 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     if is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"invalid {key}={value!r}: must be a mapping (section)")
-        return build_record(tp, value, key + ".")
+        return build_record(cast(type, tp), value, key + ".")
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"invalid {key}=None: a value is required")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(arg, value, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[-1] if len(errors) == 1 else
-                          f"invalid {key}={value!r}: must be {describe(tp)}")
+        return _coerce_union(tp, value, key)
     if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"invalid {key}={value!r}: must be a list")
-        (elem, *_rest) = typing.get_args(tp)
-        return tuple(coerce(elem, v, f"{key}[{i}]") for i, v in enumerate(value))
+        return _coerce_tuple(tp, value, key)
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"invalid {key}={value!r}: must be a mapping")
@@ -105,36 +88,84 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"invalid {key}={value!r}: must be true or false")
         return value
-    if tp in (int, float) and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-5" (and "1e12") as a string
-            value = float(value) if tp is float else int(value)
-        except ValueError:
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"invalid {key}={value!r}: must be an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"invalid {key}={value!r}: must be a number")
-        if not math.isfinite(value):
-            raise ConfigError(f"invalid {key}={value!r}: must be a finite number")
-        return float(value)
+    if tp in (int, float):
+        return _coerce_number(tp, value, key)
     if tp is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith(
-                "ent_coef"):
-            return str(value)
-        if not isinstance(value, str):
-            raise ConfigError(f"invalid {key}={value!r}: must be a string")
-        return value
+        return _coerce_str(value, key)
     if tp is Any:
         return value
     raise ConfigError(f"{key}: unsupported config type {tp!r}")  # pragma: no cover
+
+
+def _coerce_union(tp: Any, value: Any, key: str) -> Any:
+    """`coerce` for `X | Y | None`: the first member type that accepts `value`."""
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"invalid {key}=None: a value is required")
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return coerce(arg, value, key)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[-1] if len(errors) == 1 else
+                      f"invalid {key}={value!r}: must be {describe(tp)}")
+
+
+def _coerce_tuple(tp: Any, value: Any, key: str) -> tuple[Any, ...]:
+    """`coerce` for `tuple[X, ...]`: a YAML list, each element coerced to X."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"invalid {key}={value!r}: must be a list")
+    (elem, *_rest) = typing.get_args(tp)
+    return tuple(coerce(elem, v, f"{key}[{i}]") for i, v in enumerate(value))
+
+
+def _coerce_number(tp: Any, value: Any, key: str) -> int | float:
+    """`coerce` for `int` and `float` (`tp`), a number spelled as a string included."""
+    if isinstance(value, str):
+        value = _parse_number(tp, value)
+    return _coerce_int(value, key) if tp is int else _coerce_float(value, key)
+
+
+def _parse_number(tp: Any, value: str) -> Any:
+    """`value` as a `tp` (else a float, else unchanged): YAML 1.1 reads "1e-5" (and "1e12") as
+    a string."""
+    try:
+        return float(value) if tp is float else int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+
+def _coerce_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"invalid {key}={value!r}: must be an integer")
+    return value
+
+
+def _coerce_float(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"invalid {key}={value!r}: must be a number")
+    if not math.isfinite(value):
+        raise ConfigError(f"invalid {key}={value!r}: must be a finite number")
+    return float(value)
+
+
+def _coerce_str(value: Any, key: str) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith(
+            "ent_coef"):
+        return str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"invalid {key}={value!r}: must be a string")
+    return value
 
 
 def describe(tp: Any) -> str:

@@ -128,9 +128,38 @@ def validate_dataset(folder: str | Path) -> list[str]:
 
 
 def _scan(folder: Path, load: bool, progress: bool) -> tuple[list[Sample], list[str]]:
+    meta_path = folder / METADATA_FILE
+    info = _check_folder(folder, meta_path)
+    problems: list[str] = []
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    try:
+        lines = meta_path.read_text().splitlines()
+    except UnicodeDecodeError as e:
+        raise DatasetError(folder, [f"{METADATA_FILE} is not UTF-8 text ({e})"]) from e
+    records = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
+    for lineno, line in progress_bar(records, desc=f"read {folder.name}", unit="img",
+                                     enabled=progress):
+        where = f"{METADATA_FILE} line {lineno}"
+        rec = _check_record(folder, line, where, seen, problems)
+        if rec is None:
+            continue
+        sample = _record_sample(folder, rec, load, problems)
+        if sample is not None and load:
+            samples.append(sample)
+    expected = info.get("n")
+    if isinstance(expected, int) and expected != len(records):
+        problems.append(f"{METADATA_FILE} has {len(records)} records but {INFO_FILE} says "
+                        f"{expected}")
+    if not records:
+        problems.append(f"{METADATA_FILE} is empty")
+    return samples, problems
+
+
+def _check_folder(folder: Path, meta_path: Path) -> dict[str, Any]:
+    """The folder's info (`read_info`), or a DatasetError when it is no readable dataset."""
     if not folder.is_dir():
         raise DatasetError(folder, ["folder does not exist"])
-    meta_path = folder / METADATA_FILE
     if not meta_path.is_file():
         raise DatasetError(folder, [f"not a dataset folder: no {METADATA_FILE}"])
     if not _inside(folder, meta_path):
@@ -143,69 +172,70 @@ def _scan(folder: Path, load: bool, progress: bool) -> tuple[list[Sample], list[
     if info and info.get("version") != DATASET_VERSION:
         raise DatasetError(folder, [f"{INFO_FILE} has version {info.get('version')!r}; this rls3 "
                                     f"reads version {DATASET_VERSION} (regenerate the set)"])
-    problems: list[str] = []
-    samples: list[Sample] = []
-    seen: set[str] = set()
+    return info
+
+
+def _check_record(folder: Path, line: str, where: str, seen: set[str],
+                  problems: list[str]) -> dict[str, Any] | None:
+    """One metadata line's record once it names a new image file inside `folder`; else None,
+    its problem appended to `problems`. Adds the name to `seen`."""
     try:
-        lines = meta_path.read_text().splitlines()
-    except UnicodeDecodeError as e:
-        raise DatasetError(folder, [f"{METADATA_FILE} is not UTF-8 text ({e})"]) from e
-    records = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
-    for lineno, line in progress_bar(records, desc=f"read {folder.name}", unit="img",
-                                     enabled=progress):
-        where = f"{METADATA_FILE} line {lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{where}: not valid JSON ({e.msg})")
-            continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("file_name"), str):
-            problems.append(f"{where}: record has no 'file_name'")
-            continue
-        name = rec["file_name"]
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            problems.append(f"{name}: file_name must be a path inside the folder ({where})")
-            continue
-        if name in seen:
-            problems.append(f"{name}: listed twice ({where})")
-            continue
-        seen.add(name)
-        path = folder / name
-        if not path.is_file():
-            problems.append(f"{name}: image file missing ({where})")
-            continue
-        if not _inside(folder, path):
-            problems.append(f"{name}: a symbolic link leading out of the folder ({where})")
-            continue
-        try:
-            image = _load_image(path) if load else _check_image(path)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            problems.append(f"{name}: image too large to load ({e})")
-            continue
-        except (OSError, SyntaxError, ValueError) as e:
-            problems.append(f"{name}: corrupt image ({e})")
-            continue
-        meta = {k: v for k, v in rec.items() if k != "file_name"}
-        try:
-            sample = Sample.from_metadata(image if image is not None else
-                                          np.zeros((1, 1, 3), np.uint8), meta)
-        except ValueError as e:
-            problems.append(f"{name}: bad metadata ({e})")
-            continue
-        if meta.get("complexity") is not None and meta["complexity"] != \
-                sample.description.complexity:
-            problems.append(f"{name}: complexity {meta['complexity']!r} does not match its "
-                            f"terms {list(sample.description.terms)}")
-            continue
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        problems.append(f"{where}: not valid JSON ({e.msg})")
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("file_name"), str):
+        problems.append(f"{where}: record has no 'file_name'")
+        return None
+    name = rec["file_name"]
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        problems.append(f"{name}: file_name must be a path inside the folder ({where})")
+        return None
+    if name in seen:
+        problems.append(f"{name}: listed twice ({where})")
+        return None
+    seen.add(name)
+    path = folder / name
+    if not path.is_file():
+        problems.append(f"{name}: image file missing ({where})")
+        return None
+    if not _inside(folder, path):
+        problems.append(f"{name}: a symbolic link leading out of the folder ({where})")
+        return None
+    return rec
+
+
+def _record_sample(folder: Path, rec: dict[str, Any], load: bool,
+                   problems: list[str]) -> Sample | None:
+    """The checked record's sample (its image loaded when `load`, else a 1x1 stand-in after a
+    check); None, its problem appended to `problems`, when the image or metadata is bad."""
+    name = rec["file_name"]
+    path = folder / name
+    image: np.ndarray | None = None
+    try:
         if load:
-            samples.append(sample)
-    expected = info.get("n")
-    if isinstance(expected, int) and expected != len(records):
-        problems.append(f"{METADATA_FILE} has {len(records)} records but {INFO_FILE} says "
-                        f"{expected}")
-    if not records:
-        problems.append(f"{METADATA_FILE} is empty")
-    return samples, problems
+            image = _load_image(path)
+        else:
+            _check_image(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        problems.append(f"{name}: image too large to load ({e})")
+        return None
+    except (OSError, SyntaxError, ValueError) as e:
+        problems.append(f"{name}: corrupt image ({e})")
+        return None
+    meta = {k: v for k, v in rec.items() if k != "file_name"}
+    try:
+        sample = Sample.from_metadata(image if image is not None else
+                                      np.zeros((1, 1, 3), np.uint8), meta)
+    except ValueError as e:
+        problems.append(f"{name}: bad metadata ({e})")
+        return None
+    if meta.get("complexity") is not None and meta["complexity"] != \
+            sample.description.complexity:
+        problems.append(f"{name}: complexity {meta['complexity']!r} does not match its "
+                        f"terms {list(sample.description.terms)}")
+        return None
+    return sample
 
 
 def _inside(folder: Path, path: Path) -> bool:
@@ -227,9 +257,8 @@ def _load_image(path: Path) -> np.ndarray:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as im:
             im.load()
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8).copy()
+            rgb = im if im.mode == "RGB" else im.convert("RGB")
+            return np.asarray(rgb, dtype=np.uint8).copy()
 
 
 # ------------------------------------------------------------------------------------ generating

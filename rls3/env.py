@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -210,6 +210,7 @@ class Rls3Env(gym.Env):
             self._state = self.backend.load_scene(self._scene, seed=self._draw_seed())
         self._moving = int(self.np_random.integers(3))
         if self.np_random.random() < self.config.swap_prob:
+            assert self._state is not None   # loaded by reset() before any step
             active = {o.name for o in self._state.objects}
             idle = [n for n in self._pool if n not in active]
             if idle:
@@ -230,7 +231,8 @@ class Rls3Env(gym.Env):
             v += [*o.position, *(_wrap(r) for r in o.rotation)]
         v += [*s.camera.position, *(_wrap(r) for r in s.camera.rotation)]
         obs = np.asarray(v, dtype=np.float32)
-        return np.clip(obs, self.observation_space.low, self.observation_space.high)
+        box = cast(spaces.Box, self.observation_space)   # __init__ always builds a Box
+        return np.clip(obs, box.low, box.high)
 
 
     @staticmethod

@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import matplotlib
 
@@ -342,7 +342,7 @@ def by_complexity_figure(run_dirs: RunDirs, split: str = "test") -> Figure:
         return fig
     for ax, (agent, rs) in zip(axes[0], groups.items(), strict=True):
         for j, c in enumerate(levels):
-            its, m, s = _per_iteration(rs, lambda r, c=c: _get(r, split, "per_complexity", c))
+            its, m, s = _per_iteration(rs, _complexity_score(split, c))
             _band(ax, its, m, s, f"C{j}", f"{c} term{'s' if str(c) != '1' else ''}")
         ax.set_title(f"{agent}: {split} score by complexity (n={len(rs)})")
         ax.set_xlabel("iteration")
@@ -358,6 +358,11 @@ def plot_by_complexity(run_dirs: RunDirs, out_dir: str | Path, split: str = "tes
                        name: str = "fig7_by_complexity.png") -> Path:
     """Fig. 7 (`by_complexity_figure`) written as `out_dir/name`."""
     return _finish(by_complexity_figure(run_dirs, split), out_dir, name)
+
+
+def _complexity_score(split: str, c: Any) -> Callable[[dict[str, Any]], Any]:
+    """A record's `split` score at complexity `c` (for `_per_iteration`)."""
+    return lambda r: _get(r, split, "per_complexity", c)
 
 
 def _iteration_losses(run: Run) -> list[tuple[int, list[float], list[float], list[float]]]:
@@ -396,57 +401,68 @@ def finetune_loss_figure(run_dirs: RunDirs) -> Figure:
         ax, bx = axes[0][col], axes[1][col]
         bounds_drawn = any_here = False
         for j, run in enumerate(rs):
-            its = _iteration_losses(run)
-            allv = [v for _, a, _, _ in its for v in a]
-            if not allv:
-                continue
-            any_here = True
-            x = np.arange(1, len(allv) + 1)
-            new = np.array([v for _, _, n, _ in its for v in n], dtype=float)
-            rep = np.array([v for _, _, _, r in its for v in r], dtype=float)
-            color = f"C{j % 10}"
-            if np.isfinite(new).any():
-                ax.plot(x, new, lw=1, color=color, label=f"seed {run.seed}: new batch")
-                if np.isfinite(rep).any():
-                    ax.plot(x, rep, lw=1, ls="--", color=color,
-                            label=f"seed {run.seed}: replayed")
-            else:
-                ax.plot(x, allv, lw=1, color=color, label=f"seed {run.seed}")
-            if not bounds_drawn:
-                pos = np.cumsum([len(a) for _, a, _, _ in its])
-                for p in pos[:-1]:
-                    ax.axvline(p + 0.5, color="0.5", ls=":", lw=0.8)
-                bounds_drawn = True
-            it = [i for i, *_ in its]
-            parts = ((2, "-", "new"), (3, "--", "replayed")) if np.isfinite(new).any() else \
-                ((1, "-", "all samples"),)         # runs recorded before the split existed
-            for vals, style, what in parts:
-                ends = np.array([_ends(t[vals]) for t in its], dtype=float)
-                if not np.isfinite(ends).any():
-                    continue
-                bx.plot(it, ends[:, 0], style, marker="o", ms=4, color=color,
-                        label=f"seed {run.seed}: {what}, start")
-                bx.plot(it, ends[:, 1], style, marker="x", ms=4, color=color, alpha=0.6,
-                        label=f"seed {run.seed}: {what}, end")
-        ax.set_title(f"{agent}: fine-tuning loss per step (dotted: iteration ends)")
-        ax.set_xlabel("optimizer step (concatenated over iterations)")
-        bx.set_title(f"{agent}: loss at the start (o) and end (x) of each iteration")
-        bx.set_xlabel("iteration")
-        bx.xaxis.set_major_locator(MaxNLocator(integer=True))
-        for a in (ax, bx):
-            a.grid(alpha=0.3)
-            a.set_ylabel("training loss")
-        if any_here:
-            ax.legend(fontsize=7)
-            if bx.get_legend_handles_labels()[0]:
-                bx.legend(fontsize=6, ncol=2)
-        else:
-            _empty(ax, "fine-tuning losses")
-            _empty(bx, "fine-tuning losses")
+            drawn = _finetune_run(ax, bx, run, f"C{j % 10}", bounds_drawn)
+            any_here = any_here or drawn
+            bounds_drawn = bounds_drawn or drawn
+        _finetune_axes(ax, bx, agent, any_here)
     if not groups:
         _empty(axes[0][0], "fine-tuning losses")
         _empty(axes[1][0], "fine-tuning losses")
     return fig
+
+
+def _finetune_run(ax: Any, bx: Any, run: Run, color: str, bounds_drawn: bool) -> bool:
+    """One run's curves of `finetune_loss_figure` (the iteration ends too unless
+    `bounds_drawn`); whether it had any losses to draw."""
+    its = _iteration_losses(run)
+    allv = [v for _, a, _, _ in its for v in a]
+    if not allv:
+        return False
+    x = np.arange(1, len(allv) + 1)
+    new = np.array([v for _, _, n, _ in its for v in n], dtype=float)
+    rep = np.array([v for _, _, _, r in its for v in r], dtype=float)
+    if np.isfinite(new).any():
+        ax.plot(x, new, lw=1, color=color, label=f"seed {run.seed}: new batch")
+        if np.isfinite(rep).any():
+            ax.plot(x, rep, lw=1, ls="--", color=color,
+                    label=f"seed {run.seed}: replayed")
+    else:
+        ax.plot(x, allv, lw=1, color=color, label=f"seed {run.seed}")
+    if not bounds_drawn:
+        pos = np.cumsum([len(a) for _, a, _, _ in its])
+        for p in pos[:-1]:
+            ax.axvline(p + 0.5, color="0.5", ls=":", lw=0.8)
+    it = [i for i, *_ in its]
+    parts = ((2, "-", "new"), (3, "--", "replayed")) if np.isfinite(new).any() else \
+        ((1, "-", "all samples"),)         # runs recorded before the split existed
+    for vals, style, what in parts:
+        ends = np.array([_ends(cast("list[float]", t[vals])) for t in its], dtype=float)
+        if not np.isfinite(ends).any():
+            continue
+        bx.plot(it, ends[:, 0], style, marker="o", ms=4, color=color,
+                label=f"seed {run.seed}: {what}, start")
+        bx.plot(it, ends[:, 1], style, marker="x", ms=4, color=color, alpha=0.6,
+                label=f"seed {run.seed}: {what}, end")
+    return True
+
+
+def _finetune_axes(ax: Any, bx: Any, agent: str, any_here: bool) -> None:
+    """Titles, labels and legends of one agent's two `finetune_loss_figure` panels."""
+    ax.set_title(f"{agent}: fine-tuning loss per step (dotted: iteration ends)")
+    ax.set_xlabel("optimizer step (concatenated over iterations)")
+    bx.set_title(f"{agent}: loss at the start (o) and end (x) of each iteration")
+    bx.set_xlabel("iteration")
+    bx.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for a in (ax, bx):
+        a.grid(alpha=0.3)
+        a.set_ylabel("training loss")
+    if any_here:
+        ax.legend(fontsize=7)
+        if bx.get_legend_handles_labels()[0]:
+            bx.legend(fontsize=6, ncol=2)
+    else:
+        _empty(ax, "fine-tuning losses")
+        _empty(bx, "fine-tuning losses")
 
 
 def plot_finetune_loss(run_dirs: RunDirs, out_dir: str | Path,

@@ -21,6 +21,7 @@ class LineBar(tqdm):
 
     _last_line = -math.inf   # monotonic time of the last line written
     _closing = False
+    last_print_n: int        # tqdm's, set in its __init__ (declared: its stubs leave it untyped)
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         if msg == "" or self.fp is None:   # tqdm clears a closed bar with an empty message; a

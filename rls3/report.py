@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -222,8 +222,8 @@ def answer_lines(answers: Sequence[RunAnswer], baselines: Sequence[Baseline] = (
                 v = [x for x in vals if x is not None]
                 m, lo, hi = mean_interval(v) if v else (math.nan, None, None)
                 cells.append(f"{m:.3f}" + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]"))
-            _, lo, hi = mean_interval([a.gain for a in rs])
-            verdict = "-" if lo is None else ("yes" if lo > 0 or hi < 0 else "no")
+            _, lo, hi = mean_interval([cast(float, a.gain) for a in rs])  # grouped: set
+            verdict = "-" if lo is None or hi is None else ("yes" if lo > 0 or hi < 0 else "no")
             lines.append(f"| {agent} | {len(rs)} | " + " | ".join(cells) + f" | {verdict} |")
     terms = sorted({t for a in answers for t in a.per_term_before}
                    | {t for b in baselines for t in b.per_term})

@@ -9,7 +9,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -50,8 +50,9 @@ class RngStates:
         if vlm_state is not None and not isinstance(vlm_state, torch.Tensor):
             raise TypeError(f"{type(vlm).__name__}.rng_state() returned a "
                             f"{type(vlm_state).__name__}; a checkpoint stores a tensor or None")
-        return cls(random.getstate(), np.random.get_state(legacy=True), torch.get_rng_state(),
-                   loop_rng.bit_generator.state, vlm_state)
+        numpy_state = cast("tuple[Any, ...]", np.random.get_state(legacy=True))  # legacy: a tuple
+        loop_state = cast("dict[str, Any]", loop_rng.bit_generator.state)      # a fresh dict
+        return cls(random.getstate(), numpy_state, torch.get_rng_state(), loop_state, vlm_state)
 
     def restore(self, loop_rng: np.random.Generator, vlm: VLM) -> None:
         """Put every state back (the VLM's through `set_rng_state`)."""

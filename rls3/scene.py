@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -148,7 +148,7 @@ class Camera:
             raise ValueError(f"camera target {target} coincides with its position {position}")
         yaw = math.atan2(d[1], d[0])
         pitch = math.asin(float(np.clip(d[2] / n, -1.0, 1.0)))
-        return cls(tuple(map(float, position)), (0.0, pitch, yaw), fov_y, width, height)
+        return cls(cast(Vec3, tuple(map(float, position))), (0.0, pitch, yaw), fov_y, width, height)
 
     def to_dict(self) -> dict[str, Any]:
         return {"position": list(self.position), "rotation": list(self.rotation),

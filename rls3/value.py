@@ -118,7 +118,8 @@ class Trainer:
         """The VLM as built (the first call returns it untouched)."""
         if self._used:
             self.vlm.restore_initial()
-            self.vlm.set_rng_state(self._rng)
+            if self._rng is not None:       # an adapter without a generator has none to reset
+                self.vlm.set_rng_state(self._rng)
         self._used = True
         return self.vlm
 

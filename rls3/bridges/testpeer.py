@@ -103,7 +103,8 @@ class PeerFaults:
                 n, _, kind = val.partition(":")
                 f = replace(f, malformed_after=int(n), malformed=kind or "not_json")
             elif key in ("crash_after", "hang_after"):
-                f = replace(f, **{key: int(val)})
+                f = replace(f, crash_after=int(val)) if key == "crash_after" else \
+                    replace(f, hang_after=int(val))
             else:
                 raise ValueError(f"unknown fault {key!r}; use crash_after, hang_after, malformed_after")
         return f
@@ -178,8 +179,9 @@ class TestPeer:
         """Connect, handshake and answer until Python closes the environment; returns an exit code."""
         if self._stop.is_set():
             return 0
-        owned = callable(self._backend_arg)  # a factory (class or function), not an instance
-        backend = self._backend_arg() if owned else self._backend_arg  # type: ignore[operator]
+        arg = self._backend_arg
+        owned = callable(arg)  # a factory (class or function), not an instance
+        backend: SceneBackend = arg() if callable(arg) else arg
         self.backend = backend
         self._blank = _png(np.zeros((self.image_size, self.image_size, 3), np.uint8), level=9)
         # the player usually starts before Python's server listens: retry the connection quickly
@@ -195,23 +197,8 @@ class TestPeer:
                 backend.close()
 
     def _serve(self, stub: UnityToExternalProtoStub) -> int:
-        init = UnityMessageProto()
-        init.header.status = 200
-        out = init.unity_output.rl_initialization_output
-        out.name = "rls3-test-peer"
-        out.communication_version = COMMUNICATION_VERSION
-        out.package_version = PACKAGE_VERSION
-        out.capabilities.CopyFrom(_capabilities())
-        try:
-            reply = stub.Exchange(init, wait_for_ready=True, timeout=self.connect_timeout_s)
-        except grpc.RpcError as e:
-            log.error("could not reach the Python side at %s: %s", self.target, e)
+        if not self._handshake(stub):
             return 2
-        py = reply.unity_input.rl_initialization_input
-        if py.communication_version.split(".")[0] != COMMUNICATION_VERSION.split(".")[0]:
-            log.error("Python speaks communication version %s", py.communication_version)
-            return 2
-        self.python_seed = py.seed
         ack = UnityMessageProto()
         ack.header.status = 200
         reply = self._exchange(stub, ack)  # its reply is Python's first input
@@ -224,31 +211,60 @@ class TestPeer:
             if rl_in.command == RESET:
                 answer = self._answer("reset", 0, Feasibility.ok(), False, 0.0)
             else:
-                actions = rl_in.agent_actions[self.behavior].value if \
-                    self.behavior in rl_in.agent_actions else []
-                if not actions:
-                    log.debug("step without an action for %s: nothing to do", self.behavior)
-                    answer = self._answer("noop", 0, Feasibility.ok(), False, 0.0)
-                else:
-                    self.commands += 1
-                    if self.faults.crash_after == self.commands:
-                        log.warning("fault: crashing on command %d", self.commands)
-                        if self.exit_on_crash:
-                            os._exit(3)
-                        return 3
-                    if self.faults.hang_after == self.commands:
-                        log.warning("fault: hanging on command %d", self.commands)
-                        self._stop.wait()
-                        return 0
-                    try:
-                        cmd = Command.from_action(list(actions[0].continuous_actions))
-                    except ValueError as e:  # reported like any failed command
-                        answer = self._answer("noop", 0, Feasibility.ok(), False, 0.0, f"bad command: {e}")
-                    else:
-                        answer = self._execute(cmd)
+                step = self._step(rl_in)
+                if isinstance(step, int):
+                    return step
+                answer = step
             reply = self._exchange(stub, answer)
         log.info("Python closed the environment after %d commands", self.commands)
         return 0
+
+    def _handshake(self, stub: UnityToExternalProtoStub) -> bool:
+        """Send the initialization output; whether Python answered with a compatible version
+        (its seed then in `python_seed`)."""
+        init = UnityMessageProto()
+        init.header.status = 200
+        out = init.unity_output.rl_initialization_output
+        out.name = "rls3-test-peer"
+        out.communication_version = COMMUNICATION_VERSION
+        out.package_version = PACKAGE_VERSION
+        out.capabilities.CopyFrom(_capabilities())
+        try:
+            reply = stub.Exchange(init, wait_for_ready=True, timeout=self.connect_timeout_s)
+        except grpc.RpcError as e:
+            log.error("could not reach the Python side at %s: %s", self.target, e)
+            return False
+        py = reply.unity_input.rl_initialization_input
+        if py.communication_version.split(".")[0] != COMMUNICATION_VERSION.split(".")[0]:
+            log.error("Python speaks communication version %s", py.communication_version)
+            return False
+        self.python_seed = py.seed
+        return True
+
+    def _step(self, rl_in: Any) -> UnityMessageProto | int:
+        """The answer to one step input, or the exit code when an injected fault ends the
+        session."""
+        actions = rl_in.agent_actions[self.behavior].value if \
+            self.behavior in rl_in.agent_actions else []
+        if not actions:
+            log.debug("step without an action for %s: nothing to do", self.behavior)
+            return self._answer("noop", 0, Feasibility.ok(), False, 0.0)
+        self.commands += 1
+        if self.faults.crash_after == self.commands:
+            log.warning("fault: crashing on command %d", self.commands)
+            if self.exit_on_crash:
+                os._exit(3)
+            return 3
+        if self.faults.hang_after == self.commands:
+            log.warning("fault: hanging on command %d", self.commands)
+            self._stop.wait()
+            return 0
+        try:
+            cmd = Command.from_action(list(actions[0].continuous_actions))
+        except ValueError as e:  # reported like any failed command
+            return self._answer("noop", 0, Feasibility.ok(), False, 0.0,
+                                f"bad command: {e}")
+        return self._execute(cmd)
 
     def _exchange(self, stub: UnityToExternalProtoStub, msg: UnityMessageProto) -> UnityMessageProto | None:
         """One blocking call, like C#'s Exchange (no deadline: Python may train for minutes

@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import trimesh
@@ -153,7 +154,8 @@ class SimBackend:
         objs = []
         for s in w.slots:
             ext = w.bodies[s.name].extents
-            objs.append(ObjectPose(s.name, tuple(map(float, s.base + (0, 0, ext[2] / 2))),
+            centre = cast(Vec3, tuple(map(float, s.base + (0, 0, ext[2] / 2))))
+            objs.append(ObjectPose(s.name, centre,
                                    (0.0, 0.0, float(s.yaw)), s.surface, _aabb_size(ext, s.yaw)))
         sx, sy, sz = w.spec.room
         return SceneState(self._index, w.spec.name, tuple(objs), w.surfaces, self._camera(w),
@@ -381,7 +383,9 @@ def _as_mesh(tscene: trimesh.Scene | trimesh.Trimesh) -> trimesh.Trimesh:
     """All geometry of a trimesh scene as one mesh in the asset frame."""
     if isinstance(tscene, trimesh.Trimesh):
         return tscene
-    return tscene.to_geometry() if hasattr(tscene, "to_geometry") else tscene.dump(concatenate=True)
+    # a whole scene concatenates to one Trimesh; the stubs type both calls as Geometry lists
+    return cast(trimesh.Trimesh, tscene.to_geometry() if hasattr(tscene, "to_geometry")
+                else tscene.dump(concatenate=True))
 
 
 def _aabb_half(extents: np.ndarray, yaw: float) -> tuple[float, float]:

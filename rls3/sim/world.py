@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -136,8 +136,8 @@ def _parse(raw: Any, path: Path) -> SceneSpec:
         surfaces = None if surf is None or surf == "all" else tuple(int(s) for s in surf)
         furniture.append(FurnitureSpec(fid, str(f["asset"]), pos, yaw, surfaces))
     cam = raw["camera"]
-    camera = CameraSpec(_floats(cam["position"], 3, "camera.position"),
-                        _floats(cam["look_at"], 3, "camera.look_at"), float(cam.get("fov_y", 60.0)))
+    camera = CameraSpec(_floats3(cam["position"], "camera.position"),
+                        _floats3(cam["look_at"], "camera.look_at"), float(cam.get("fov_y", 60.0)))
     if not 10.0 <= camera.fov_y <= 120.0:
         raise ValueError(f"camera.fov_y {camera.fov_y} outside [10, 120] degrees")
     light = raw.get("light", {})
@@ -145,7 +145,7 @@ def _parse(raw: Any, path: Path) -> SceneSpec:
         name=str(raw["name"]), split=split, room=size,  # type: ignore[arg-type]
         floor=str(room.get("floor", "")), wall=str(room.get("wall", "")),
         furniture=tuple(furniture), camera=camera,
-        light_direction=_floats(light.get("direction", (-0.4, 0.3, -1.0)), 3, "light.direction"),
+        light_direction=_floats3(light.get("direction", (-0.4, 0.3, -1.0)), "light.direction"),
         light_intensity=float(light.get("intensity", 3.0)), ambient=float(light.get("ambient", 0.35)),
         path=path)
 
@@ -158,3 +158,8 @@ def _floats(v: Any, n: int | None, what: str) -> tuple[float, ...]:
     if n is not None and len(t) != n:
         raise ValueError(f"{what} must have {n} numbers, got {v!r}")
     return t
+
+
+def _floats3(v: Any, what: str) -> tuple[float, float, float]:
+    """`_floats(v, 3, what)`, typed as the 3-vector its length check guarantees."""
+    return cast("tuple[float, float, float]", _floats(v, 3, what))
