@@ -68,6 +68,14 @@ def run(args: argparse.Namespace) -> dict:
                    progress=True)
 
 
+def _accumulate(rows: dict[str, dict[str, Any]], tally: dict[str, dict[str, Any]]) -> None:
+    """Add one rollout's per-scene counts (and move lengths) to an agent's running totals."""
+    for scene, c in tally.items():
+        acc = rows.setdefault(scene, {"moves": []})
+        for k, v in c.items():
+            acc[k] = acc.get(k, 0) + v if k != "moves" else acc[k] + v
+
+
 def measure(preset: str = "quick", seeds: tuple[int, ...] = (0, 1, 2), steps: int = 600,
             pretrain_steps: int | None = None, progress: bool = False) -> dict:
     from rls3.agents import RandomAgent, pretrained_sac  # noqa: F401  (the loop's agents)
@@ -98,10 +106,7 @@ def measure(preset: str = "quick", seeds: tuple[int, ...] = (0, 1, 2), steps: in
                 t = time.perf_counter()
                 tally = _roll(env, act, steps, seed)
                 timings[f"{name}_s"] += time.perf_counter() - t
-                for scene, c in tally.items():
-                    acc = rows[name].setdefault(scene, {"moves": []})
-                    for k, v in c.items():
-                        acc[k] = acc.get(k, 0) + v if k != "moves" else acc[k] + v
+                _accumulate(rows[name], tally)
     finally:
         env.close()
     scenes = sorted(set(rows["random"]) | set(rows["sac"]))

@@ -445,13 +445,10 @@ def load_parts(obj: Path) -> list[Part]:
     return parts
 
 
-def convert(spec: ModelSpec, cat: Sh3fCatalog, work: Path, out_path: Path) -> BuildResult:
-    entry = cat.entry(spec.sh3d_id)
-    obj = cat.extract_model_dir(entry, work / spec.id)
-    parts = load_parts(obj)
-    source_tris = sum(len(p.mesh.faces) for p in parts)
-    changes: list[str] = []
-
+def _orient_and_scale(parts: list[Part], entry: Any, spec: ModelSpec, changes: list[str]
+                      ) -> None:
+    """Steps 1-2 of `convert`: catalog rotation, Y-up to Z-up, scale to the catalog box with
+    the origin at the bottom centre (in place; the notes go to `changes`)."""
     # 1. orientation: catalog modelRotation, then Y-up -> Z-up (+90 deg about X)
     rot_x = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float)
     linear = rot_x @ entry.rotation
@@ -482,6 +479,11 @@ def convert(spec: ModelSpec, cat: Sh3fCatalog, work: Path, out_path: Path) -> Bu
     changes.append("scaled to {:.1f} x {:.1f} x {:.1f} cm{}, origin at bottom centre".format(
         *(target * 100), f" (catalog size x {spec.scale:g})" if spec.scale != 1 else ""))
 
+
+def _decimate_parts(parts: list[Part], spec: ModelSpec, source_tris: int,
+                    changes: list[str]) -> int:
+    """Step 3 of `convert`: decimate the parts to the kind's triangle budget (in place); the
+    triangles left."""
     # 3. decimation
     max_tris = spec.max_triangles or (OBJECT_MAX_TRIS if spec.kind == "object" else FURNITURE_MAX_TRIS)
     if source_tris > max_tris:
@@ -498,7 +500,11 @@ def convert(spec: ModelSpec, cat: Sh3fCatalog, work: Path, out_path: Path) -> Bu
     tris = sum(len(p.mesh.faces) for p in parts)
     if tris < source_tris:
         changes.append(f"decimated from {source_tris} to {tris} triangles (fast-simplification)")
+    return tris
 
+
+def _materials(parts: list[Part], spec: ModelSpec, changes: list[str]) -> None:
+    """Step 4 of `convert`: flat colours, recolouring and texture re-encoding (in place)."""
     # 4. materials
     if any(p.flat_from_texture for p in parts):
         changes.append("parts referencing a texture without UVs made flat colour")
@@ -519,7 +525,20 @@ def convert(spec: ModelSpec, cat: Sh3fCatalog, work: Path, out_path: Path) -> Bu
             resized[key] = shrink_image(p.image, max_px)
         p.image = resized[key]
     if resized:
-        changes.append(f"textures re-encoded{' and downsized to <= ' + str(max_px) + ' px' if any_resized else ''}")
+        downsized = f" and downsized to <= {max_px} px" if any_resized else ""
+        changes.append(f"textures re-encoded{downsized}")
+
+
+def convert(spec: ModelSpec, cat: Sh3fCatalog, work: Path, out_path: Path) -> BuildResult:
+    entry = cat.entry(spec.sh3d_id)
+    obj = cat.extract_model_dir(entry, work / spec.id)
+    parts = load_parts(obj)
+    source_tris = sum(len(p.mesh.faces) for p in parts)
+    changes: list[str] = []
+
+    _orient_and_scale(parts, entry, spec, changes)
+    tris = _decimate_parts(parts, spec, source_tris, changes)
+    _materials(parts, spec, changes)
 
     scene = trimesh.Scene()
     for i, p in enumerate(parts):
