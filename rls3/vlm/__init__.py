@@ -105,7 +105,7 @@ for _spec in (
     register_vlm(_spec)
 
 
-def _adapter_class(kind: str) -> type:
+def _adapter_class(kind: str) -> type[Any]:
     module, cls = ADAPTERS[kind].split(":")
     return getattr(importlib.import_module(module), cls)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from torch import nn
 
 from rls3.vlm.common import aligned, load_hf_config, resize_batch
 from rls3.vlm.contrastive import MAX_LOGIT_SCALE, ContrastiveVLM
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel, SiglipModel
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ class ClipVLM(ContrastiveVLM):
     """
 
     kind = "clip"
+    module: CLIPModel | SiglipModel
 
     def __init__(self, name: str = "clip", *, weights: str | Path | None = None,
                  tiny: str | None = None, device: str | torch.device | None = None,
@@ -92,20 +96,21 @@ class ClipVLM(ContrastiveVLM):
         self._resume_optimizer_from(weights)
 
     def _install(self, model: nn.Module, tokenizer: Any, image_processor: Any) -> None:
-        self.module = model.to(self.device).eval()
+        self.module = cast("CLIPModel | SiglipModel", model.to(self.device).eval())
         for p in self.module.parameters():
             p.requires_grad_(True)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.model_type = model.config.model_type
-        vision = model.config.vision_config
+        config: Any = model.config
+        self.model_type = config.model_type
+        vision = config.vision_config
         size = vision.image_size
         self.image_size = int(size if isinstance(size, int) else size[0])
         mean = getattr(image_processor, "image_mean", None) or [0.5, 0.5, 0.5]
         std = getattr(image_processor, "image_std", None) or [0.5, 0.5, 0.5]
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        self.max_text_length = int(model.config.text_config.max_position_embeddings)
+        self.max_text_length = int(config.text_config.max_position_embeddings)
 
     # hooks -----------------------------------------------------------------------------------
     def image_inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:

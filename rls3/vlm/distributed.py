@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -173,11 +173,12 @@ class DataParallel:
         if not live:
             return
         with self._collective("gradient all-reduce"):
-            flat = reduce(torch.cat([p.grad.reshape(-1) for p in live]), reduction="mean")
+            flat = reduce(torch.cat([cast(torch.Tensor, p.grad).reshape(-1) for p in live]),
+                          reduction="mean")
         offset = 0
         for p in live:
             n = p.numel()
-            p.grad.copy_(flat[offset: offset + n].view_as(p))
+            cast(torch.Tensor, p.grad).copy_(flat[offset: offset + n].view_as(p))
             offset += n
 
     def deal(self, items: Sequence[Any]) -> list[Any]:
@@ -290,7 +291,7 @@ class RemoteVLM:
         attr = getattr(self._vlm, name)
         if name in COLLECTIVE_METHODS:
             def call(*args: Any, **kw: Any) -> Any:
-                wire = []
+                wire: list[tuple[Any, ...]] = []
                 for a in args:
                     if _is_samples(a):
                         enc, dropped = self._codec.encode(a)

@@ -304,6 +304,7 @@ class LiteVLM(ContrastiveVLM):
     kind = "lite"
     checkpoint_format = LITE_FORMAT
     plain_folders = False
+    module: LiteDualEncoder
 
     def __init__(self, name: str = "lite", *, weights: str | Path | None = None,
                  image_size: int | None = None, channels: int | None = None,
@@ -323,7 +324,7 @@ class LiteVLM(ContrastiveVLM):
                  "train_image_blocks": train_image_blocks, "train_image_head": train_image_head,
                  "train_text_layers": train_text_layers, "max_text_length": max_text_length}
         stored = read_meta(weights, self.kind)["options"] if weights is not None else {}
-        arch = {}
+        arch: dict[str, Any] = {}
         for key, default in ARCH_DEFAULTS.items():
             if given[key] is not None and key in stored and given[key] != stored[key]:
                 raise ValueError(f"{key}={given[key]!r} conflicts with the checkpoint "
@@ -349,10 +350,10 @@ class LiteVLM(ContrastiveVLM):
                              max_length=self.options["max_text_length"], return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def image_prefix(self, x: torch.Tensor) -> torch.Tensor:
+    def image_prefix(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.module.image_prefix(x)
 
-    def image_suffix(self, h: torch.Tensor) -> torch.Tensor:
+    def image_suffix(self, h: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.module.image_suffix(h)
 
     def text_prefix(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -485,7 +485,9 @@ def clip_tokenizer(context_length: int = 77, bpe: str | Path | None = None) -> A
     from transformers import CLIPTokenizer
 
     vocab, merges = openai_vocab(bpe)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=int(context_length))
+    # transformers types `merges` as str | list[str], but the BPE tokenizer takes (a, b) pairs
+    return CLIPTokenizer(vocab=vocab, merges=merges,  # type: ignore[arg-type]  # see above
+                         model_max_length=int(context_length))
 
 
 def clip_image_processor(resolution: int) -> Any:

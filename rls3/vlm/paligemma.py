@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from rls3.vlm.base import Feedback, Metrics
 from rls3.vlm.common import aligned, batches, breakdown, load_hf_config, progress, to_pil
 from rls3.vlm.distributed import Shards
 from rls3.vlm.shell import AdapterShell
+
+if TYPE_CHECKING:
+    from transformers import PaliGemmaForConditionalGeneration
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ def load_paligemma(source: str | Path, dtype: torch.dtype = torch.float32) -> tu
         raise ValueError(f"checkpoint {str(source)!r} is a {config.model_type!r} model; the "
                          "paligemma adapter needs a 'paligemma' checkpoint")
     major = int(transformers.__version__.split(".")[0])
-    kw = {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
+    kw: dict[str, Any] = {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
     model = PaliGemmaForConditionalGeneration.from_pretrained(src, **kw)
     processor = AutoProcessor.from_pretrained(src)
     return aligned(model).eval(), processor
@@ -118,9 +121,9 @@ class PaliGemmaVLM(AdapterShell):
         self.trainable_names = freeze_all_but_lm_attention(self.module)
 
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> PaliGemmaForConditionalGeneration:
         """The `PaliGemmaForConditionalGeneration` (the adapter's `module`)."""
-        return self.module
+        return cast("PaliGemmaForConditionalGeneration", self.module)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         """AdamW over the attention projections, one group. With several processes (`distribute`)

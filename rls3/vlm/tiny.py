@@ -7,7 +7,7 @@ function as a hub checkpoint.
 from __future__ import annotations
 
 import string
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rls3.vlm.common import seeded
@@ -94,11 +94,13 @@ def tiny_clip(kind: str = "clip", *, seed: int = 0, image_size: int = 32) -> tup
                     eos_token_id=tok.eos_token_id)
         if not paper:
             text["vocab_size"] = len(tok)
-        config = CLIPConfig(text_config=text, vision_config=vision,
-                            **({} if paper else {"projection_dim": 32}))
+        extra: dict[str, Any] = {} if paper else {"projection_dim": 32}
+        config: CLIPConfig | SiglipConfig
+        proc: CLIPImageProcessorPil | SiglipImageProcessorPil
+        config = CLIPConfig(text_config=text, vision_config=vision, **extra)
         proc = CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                      crop_size={"height": image_size, "width": image_size})
-        cls = CLIPModel
+        cls: Callable[[Any], CLIPModel | SiglipModel] = CLIPModel
     else:
         length = 64 if paper else 16
         tok = train_tokenizer(single="$A <eos>", pair="$A <eos> $B <eos>",
@@ -158,7 +160,9 @@ def tiny_paligemma(*, seed: int = 0, image_size: int = 32, patch_size: int = 16,
                            head_dim=16, max_position_embeddings=256,
                            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                            eos_token_id=tok.eos_token_id)
-    config = PaliGemmaConfig(vision_config=vision, text_config=text,
+    # transformers' dataclass signature of PaliGemmaConfig omits the token-id kwargs it accepts
+    config = PaliGemmaConfig(  # type: ignore[call-arg]  # see above
+                             vision_config=vision, text_config=text,
                              image_token_index=processor.image_token_id, vocab_size=vocab,
                              projection_dim=width, hidden_size=width,
                              pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
