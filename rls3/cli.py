@@ -266,6 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # the scene, the agent and the run directory belong to the main process; this one runs
         # the main process's VLM calls on its share of each batch
         launch.serve_vlm(parallel)
+        parallel.close()
         return 0
     # on an error the main process exits non-zero and the launcher ends the others (they may be
     # inside a collective call the main process abandoned: a stop message could not reach them)
@@ -274,6 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from rls3.vlm.distributed import stop_serving
 
         stop_serving(parallel)
+        parallel.close()
     from rls3.report import run_answer, summary_line
 
     final = result.final
@@ -359,8 +361,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if parallel is not None:
         vlm.distribute(parallel)
     m = vlm.evaluate(samples).to_dict()
-    if parallel is not None and not parallel.is_main:
-        return 0
+    if parallel is not None:
+        parallel.close()
+        if not parallel.is_main:
+            return 0
     _print_eval(args, folder, name, m)
     return 0
 

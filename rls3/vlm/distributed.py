@@ -206,6 +206,15 @@ class DataParallel:
             broadcast_object_list(box, from_process=0)
         return box[0]
 
+    def close(self) -> None:
+        """Destroy this process's end of the group before the interpreter exits: left to static
+        destructors, gloo's threads can abort a process that finished its work (SIGABRT,
+        "terminate called without an active exception") and the launcher then ends the others."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            self.accelerator.end_training()
+
     @contextmanager
     def _collective(self, what: str) -> Iterator[None]:
         """A collective's timeout as a CollectiveTimeoutError naming it and the limit."""
