@@ -136,6 +136,18 @@ BENCHMARKS: dict[str, Bench] = {
         optional="compares two code versions: `benchmarks/run_all --only iteration` measures "
                  "the working tree against HEAD (give other revisions with the script's own "
                  "--before)"),
+    "run": Bench(
+        "bench_run", "run.json",
+        "Before/after: the default `rls3 run` from a fresh folder, per phase (wall, CPU, RSS)",
+        fast=["--before", "HEAD", *TINY, "--set", "loop.iterations=1"],
+        full=["--before", "HEAD"],
+        optional="compares two code versions over whole runs (about 15 minutes): "
+                 "`benchmarks/run_all --only run` measures the working tree against HEAD"),
+    "pretrain": Bench(
+        "bench_pretrain", "pretrain.json",
+        "SAC pre-training: the loop's update schedule against the preset's",
+        fast=["--seeds", "0", "--steps", "30", "--pretrain-steps", "200"],
+        full=[]),
     "render": Bench(
         "bench_render", "render.json", "Env steps against raw renders of the same layouts",
         fast=["--size", "96", "--steps", "30", "--scenes", "kitchen,bedroom"],

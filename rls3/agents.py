@@ -37,7 +37,7 @@ import logging
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -546,12 +546,26 @@ def pretrain_key(cfg: AgentConfig, env: Rls3Env, seed: int, backend_name: str) -
     env_cfg = {k: v for k, v in asdict(env.config).items()
                if k not in ("render", "image_size", "workers")}
     agent = {k: v for k, v in asdict(cfg).items()
-             if k not in ("name", "pretrained_dir", "device", "torch_threads")}
+             if k not in ("name", "pretrained_dir", "device", "torch_threads")
+             and not (k in PRETRAIN_SCHEDULE and v is None)}  # unset: the key of older caches
     agent["net_arch"] = list(cfg.net_arch)
     return {"format": AGENT_FORMAT, "backend": backend_name,
             "scenes": list(env.backend.scene_names), "objects": list(env.backend.object_pool),
             "env": env_cfg, "agent": agent, "seed": int(seed),
             "sb3": stable_baselines3.__version__}
+
+
+#: AgentConfig fields that set SAC's update schedule during pre-training only (None: the loop's)
+PRETRAIN_SCHEDULE = {"pretrain_train_freq": "train_freq",
+                     "pretrain_gradient_steps": "gradient_steps",
+                     "pretrain_batch_size": "batch_size"}
+
+
+def pretrain_schedule(cfg: AgentConfig) -> AgentConfig:
+    """`cfg` with the pre-training update schedule in place of the loop's (the model saved after
+    pre-training is loaded into a SAC built from `cfg` itself, so the loop keeps its own)."""
+    return replace(cfg, **{loop_key: getattr(cfg, key) for key, loop_key in
+                           PRETRAIN_SCHEDULE.items() if getattr(cfg, key) is not None})
 
 
 def pretrained_folder(cfg: AgentConfig, key: Mapping[str, Any]) -> Path:
@@ -593,12 +607,10 @@ def pretrained_sac(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
 
 def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any], folder: Path,
               progress: bool) -> None:
-    from dataclasses import replace
-
     import time
 
     quiet = Rls3Env(env.backend, replace(env.config, render=False), feedback=None)
-    agent = SACAgent.new(quiet, cfg, seed)
+    agent = SACAgent.new(quiet, pretrain_schedule(cfg), seed)
     t0, c0 = time.perf_counter(), time.process_time()
     if cfg.pretrain_steps > 0:
         with torch_threads(cfg.torch_threads):

@@ -60,16 +60,22 @@ class ReplayConfig:
     iteration on its new batch plus round(`fraction` * stored) of them, drawn without
     replacement. Fine-tuning 64 new samples alone memorised and forgot (`rls3 run`, quick: test
     0.24 -> 0.25); with replay the quick preset (then with the paper's agent) rose 0.29 -> 0.62
-    (3 seeds, 7 iterations; benchmarks/results/quick_run)."""
+    (3 seeds, 7 iterations; benchmarks/results/quick_run). `limit` (> 0) replays at most that
+    many per iteration, so that an iteration's fine-tuning costs at most K epochs over
+    new + `limit` samples however many are stored (0: no limit)."""
 
     capacity: int = 0
     fraction: float = 1.0
+    limit: int = 0
 
     def __post_init__(self) -> None:
         _require(isinstance(self.capacity, int) and self.capacity >= 0, "loop.replay.capacity",
                  self.capacity, "an integer >= 0 (0: no replay, the paper)")
         _require(0.0 <= self.fraction <= 1.0, "loop.replay.fraction", self.fraction,
                  "in [0, 1] (the share of stored samples replayed each iteration)")
+        _require(isinstance(self.limit, int) and self.limit >= 0, "loop.replay.limit",
+                 self.limit, "an integer >= 0 (the most samples replayed per iteration; 0: no "
+                 "limit)")
 
     @property
     def enabled(self) -> bool:
@@ -260,12 +266,18 @@ class AgentConfig:
     thread count while SAC collects and trains (small MLPs gain nothing from more and lose a lot
     under CPU contention). The other fields are SAC's constructor arguments; with scene workers
     (`env.workers` = N > 1) SAC runs N envs and takes N * `gradient_steps` gradient steps per
-    vectorised step, keeping `gradient_steps` per `train_freq` env steps.
+    vectorised step, keeping `gradient_steps` per `train_freq` env steps. `pretrain_train_freq`,
+    `pretrain_gradient_steps` and `pretrain_batch_size` (None: the loop's values) set SAC's update
+    schedule during pre-training only, where steps need no rendering and gradient steps dominate
+    the cost (fewer, larger ones: `quick`); the loop always runs with the fields below.
     """
 
     name: str = "sac"
     pretrain_steps: int = 100_000
     pretrained_dir: str | None = None
+    pretrain_train_freq: int | None = None
+    pretrain_gradient_steps: int | None = None
+    pretrain_batch_size: int | None = None
     learning_rate: float = 3e-4
     buffer_size: int = 1_000_000
     batch_size: int = 256
@@ -283,6 +295,10 @@ class AgentConfig:
     def __post_init__(self) -> None:
         _require(self.name in AGENTS, "agent.name", self.name, f"one of {list(AGENTS)}")
         _require(self.pretrain_steps >= 0, "agent.pretrain_steps", self.pretrain_steps, ">= 0")
+        for key in ("pretrain_train_freq", "pretrain_gradient_steps", "pretrain_batch_size"):
+            v = getattr(self, key)
+            _require(v is None or v >= 1, f"agent.{key}", v,
+                     "null (the loop's value) or an integer >= 1")
         _require(self.learning_rate > 0, "agent.learning_rate", self.learning_rate, "> 0")
         _require(self.buffer_size >= 1, "agent.buffer_size", self.buffer_size, ">= 1")
         _require(self.batch_size >= 1, "agent.batch_size", self.batch_size, ">= 1")
@@ -500,7 +516,9 @@ def _quick() -> Config:
       its surface's edges, its neighbours', ...), gamma = 0 (the object to move is redrawn each
       step, so feasibility is a one-step problem), a 64x64 MLP at lr 1e-3, pre-trained 40k steps
       (benchmarks/results/yield.json: distinct-layout yield 0.93 against 0.10 for random, median
-      move 8 cm);
+      move 8 cm), with one gradient step of 512 every 4 env steps while pre-training
+      (`agent.pretrain_*`: the same samples per step as 128 every step, 2x faster at the same
+      yield, benchmarks/results/pretrain.json);
     * per-sample VLM feedback (`loop.feedback: sample`) standardised by running statistics
       (`loop.reward_norm: running`, beta = 1: one standard deviation of hardness is worth one
       valid step), the paper's stated future work; chosen over the paper's episode feedback on
@@ -515,7 +533,8 @@ def _quick() -> Config:
         early_stopping=EarlyStoppingConfig(patience=3, min_iterations=5, min_delta=0.0),
         vlm=VLMConfig(name="lite"),
         agent=AgentConfig(pretrain_steps=40_000, buffer_size=50_000, batch_size=128, gamma=0.0,
-                          net_arch=(64, 64), learning_rate=1e-3),
+                          net_arch=(64, 64), learning_rate=1e-3, pretrain_train_freq=4,
+                          pretrain_gradient_steps=1, pretrain_batch_size=512),
         data=DataConfig(val_size=150, test_size=150),  # +-0.04 standard error
     )
 

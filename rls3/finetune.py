@@ -77,7 +77,8 @@ class Finetuner:
         self.loop = loop
         self.replay: SampleReplay | None = None
         if loop.replay.enabled:
-            self.replay = SampleReplay(loop.replay.capacity, loop.replay.fraction, seed)
+            self.replay = SampleReplay(loop.replay.capacity, loop.replay.fraction, seed,
+                                       limit=loop.replay.limit)
         if loop.finetune.shrink < 1.0:
             vlm.remember_initial()      # before a resumed run loads its checkpoint
 

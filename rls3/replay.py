@@ -27,13 +27,17 @@ class ReplayError(ValueError):
 
 class SampleReplay:
     """Up to `capacity` earlier samples (reservoir sampling over all added samples); `draw()`
-    returns round(`fraction` * stored) of them without replacement, in storage order."""
+    returns round(`fraction` * stored) of them (at most `limit` when > 0) without replacement,
+    in storage order."""
 
-    def __init__(self, capacity: int, fraction: float, seed: int) -> None:
+    def __init__(self, capacity: int, fraction: float, seed: int, limit: int = 0) -> None:
         if not isinstance(capacity, int) or capacity < 0:
             raise ValueError(f"replay capacity must be an integer >= 0, got {capacity!r}")
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"replay fraction must be in [0, 1], got {fraction!r}")
+        if not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"replay limit must be an integer >= 0, got {limit!r}")
+        self.limit = limit
         self.capacity = capacity
         self.fraction = float(fraction)
         self.rng = stream_rng(seed, "replay")
@@ -47,6 +51,8 @@ class SampleReplay:
     def draw(self) -> list[Sample]:
         """The samples to replay in this iteration (none while the store is empty)."""
         n = round(self.fraction * len(self.samples))
+        if self.limit:
+            n = min(n, self.limit)
         if n == 0:
             return []
         idx = np.sort(self.rng.choice(len(self.samples), size=n, replace=False))
@@ -71,7 +77,8 @@ class SampleReplay:
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         """JSON-ready state: references, count offered and the RNG state."""
-        return {"capacity": self.capacity, "fraction": self.fraction, "seen": self.seen,
+        return {"capacity": self.capacity, "fraction": self.fraction, "limit": self.limit,
+                "seen": self.seen,
                 "refs": [list(r) for r in self.refs], "rng": self.rng.bit_generator.state}
 
     def restore(self, state: dict[str, Any], load_batch: Callable[[int], Sequence[Sample]]
@@ -83,12 +90,14 @@ class SampleReplay:
             seen = int(state["seen"])
             rng_state = state["rng"]
             capacity, fraction = int(state["capacity"]), float(state["fraction"])
+            limit = int(state.get("limit", 0))      # states from before `limit` had none
         except (KeyError, TypeError, ValueError) as e:
             raise ReplayError(f"malformed replay state: {e!r}") from e
-        if (capacity, fraction) != (self.capacity, self.fraction):
+        if (capacity, fraction, limit) != (self.capacity, self.fraction, self.limit):
             raise ReplayError(f"replay state was saved with capacity={capacity}, "
-                              f"fraction={fraction}; this run has capacity={self.capacity}, "
-                              f"fraction={self.fraction}")
+                              f"fraction={fraction}, limit={limit}; this run has "
+                              f"capacity={self.capacity}, fraction={self.fraction}, "
+                              f"limit={self.limit}")
         batches: dict[int, Sequence[Sample]] = {}
         samples = []
         for it, ix in refs:

@@ -83,6 +83,32 @@ def test_sac_pretrains_once_and_caches(backend, tmp_path):
     assert pretrain_key(agent_cfg(tmp_path, gamma=0.9), env, 0, "sim") != key
 
 
+def test_the_pretraining_schedule_applies_to_pretraining_only(backend, tmp_path):
+    """`agent.pretrain_*` set SAC's updates while pre-training (n_updates counts them) and enter
+    the cache key; the loaded agent trains on the loop's schedule; unset, the key is the one
+    caches were written under before these fields existed."""
+    import json
+
+    from rls3.agents import STATE_FILE
+
+    env = make_env(backend)
+    base = agent_cfg(tmp_path)
+    fast = agent_cfg(tmp_path, pretrain_train_freq=4, pretrain_gradient_steps=2,
+                     pretrain_batch_size=32)
+    assert not {"pretrain_train_freq", "pretrain_gradient_steps",
+                "pretrain_batch_size"} & set(pretrain_key(base, env, 0, "sim")["agent"])
+    key = pretrain_key(fast, env, 0, "sim")
+    assert key != pretrain_key(base, env, 0, "sim") and key["agent"]["pretrain_batch_size"] == 32
+    agent = build_agent("sac", env, fast, 0, "sim")
+    state = json.loads((pretrained_folder(fast, key) / STATE_FILE).read_text())
+    # updates start after learning_starts: one round of 2 per 4 steps
+    assert state["n_updates"] == 2 * ((fast.pretrain_steps - fast.learning_starts) // 4)
+    m = agent.model
+    assert (m.train_freq.frequency, m.gradient_steps, m.batch_size) == (1, 1, 16)
+    with pytest.raises(ValueError, match="agent.pretrain_batch_size"):
+        agent_cfg(tmp_path, pretrain_batch_size=0)
+
+
 def test_a_corrupt_pretrained_cache_is_rebuilt(backend, tmp_path, caplog):
     """Bytes flipped in the cached model file: the next run pre-trains again (with a warning)
     instead of failing on a bad zip forever (issue 13, item 2)."""

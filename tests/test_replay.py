@@ -49,6 +49,25 @@ def test_draw_fraction_and_determinism():
     assert [id(s) for s in other.draw()] != [id(s) for s in da]
 
 
+def test_a_limit_bounds_each_draw_and_changes_nothing_until_it_binds():
+    batches = _batches(4, 8)
+    free, capped = SampleReplay(32, 1.0, seed=5), SampleReplay(32, 1.0, seed=5, limit=12)
+    sizes = []
+    for it, batch in batches.items():
+        a, b = free.draw(), capped.draw()
+        sizes.append(len(b))
+        if len(a) <= 12:    # not binding: the same draw, the same RNG stream
+            assert [id(s) for s in a] == [id(s) for s in b]
+        free.add(it, batch)
+        capped.add(it, batch)
+    assert sizes == [0, 8, 12, 12]
+    state = capped.state()
+    with pytest.raises(ReplayError, match="limit=12"):
+        SampleReplay(32, 1.0, seed=5).restore(state, lambda it: batches[it])
+    with pytest.raises(ValueError, match="limit"):
+        SampleReplay(4, 1.0, seed=0, limit=-1)
+
+
 def test_state_round_trip_continues_identically():
     batches = _batches(4, 6)
     live = SampleReplay(10, 0.7, seed=3)

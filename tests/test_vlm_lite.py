@@ -13,6 +13,7 @@ import torch
 from conftest import desc
 
 from rls3.vlm import build_vlm
+from rls3.vlm.caches import select_rows
 from rls3.vlm.synthetic import make_samples
 
 
@@ -135,7 +136,8 @@ def test_mirror_augment_pairs_flipped_images_with_mirrored_captions(lite, sample
     assert table.index.shape[0] == 2 * n             # rows n..2n-1: the flipped copies
     with torch.no_grad():
         flipped = vlm.image_prefix(vlm.image_inputs([s.image[:, ::-1] for s in samples[:2]]))
-    torch.testing.assert_close(img_cache["fine"][n:n + 2], flipped["fine"])
+    torch.testing.assert_close(select_rows(img_cache, torch.arange(n, n + 2))["fine"],
+                               flipped["fine"])
     for i, s in enumerate(samples):
         m = mirror(s.description)
         assert [table.texts[j] for j in table.index[n + i]] == [
@@ -145,7 +147,8 @@ def test_mirror_augment_pairs_flipped_images_with_mirrored_captions(lite, sample
     vlm = fresh(lite)
     vlm.finetune(odd, 1)
     table, img_cache = vlm.caches.batch.table, vlm.caches.batch.images
-    torch.testing.assert_close(img_cache["fine"][4], img_cache["fine"][0])
+    torch.testing.assert_close(select_rows(img_cache, torch.tensor([4]))["fine"],
+                               select_rows(img_cache, torch.tensor([0]))["fine"])
     assert table.texts[table.index[4, 0]] == "A square, somewhere."
     off = fresh(lite, mirror_augment=False)
     steps_off = off.finetune(samples, 1)
@@ -188,3 +191,19 @@ def test_lite_rejects_bad_inputs(lite, samples):
         lite.finetune(samples, -1)
     with pytest.raises(ValueError, match="image_size must be a multiple of 32"):
         make_lite(image_size=100)
+
+
+def test_the_prefix_in_chunks_is_bit_identical_and_batch_rows_are_shared(lite, samples):
+    """`prefix_chunk` only bounds the memory of the frozen image prefix: the same bits as one
+    call; a fine-tuning batch's rows are the very tensors the per-sample cache keeps (no copy)."""
+    x = lite.image_inputs([s.image for s in samples[:5]])
+    whole, chunked = fresh(lite, prefix_chunk=64), fresh(lite, prefix_chunk=2)
+    with torch.no_grad():
+        a, b = whole.image_prefix(x), chunked.image_prefix(x)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert whole.finetune(samples, 1) == chunked.finetune(samples, 1)
+    rows = chunked.caches.batch.images.rows
+    assert chunked.caches.trained.get(samples[0], flipped=False) is rows[0]
+    assert chunked.caches.trained.get(samples[0], flipped=True) is rows[len(samples)]
+    with pytest.raises(ValueError, match="prefix_chunk"):
+        make_lite(prefix_chunk=0)

@@ -22,10 +22,35 @@ if TYPE_CHECKING:  # contrastive.py imports this module
     from rls3.vlm.contrastive import TextTable
 
 
+class Rows:
+    """A prefix output held row by row (each row a prefix output of one image), so that a
+    fine-tuning batch and the per-sample caches share its rows instead of each holding a copy;
+    selecting rows joins them in the order asked (the same values as indexing one tensor)."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def split(cls, out: Any) -> Rows:
+        """Each row of a prefix output as its own tensor (a copy: the batch output is freed)."""
+        n = len(out) if isinstance(out, torch.Tensor) else len(next(iter(out.values())))
+        return cls([select_rows(out, torch.tensor([i], device=_device(out))) for i in range(n)])
+
+
+def _device(rows: Any) -> torch.device:
+    t = rows if isinstance(rows, torch.Tensor) else next(iter(rows.values()))
+    return t.device
+
+
 def select_rows(rows: Any, index: torch.Tensor) -> Any:
-    """`rows[index]` of a prefix output (a tensor or a dict of tensors)."""
+    """`rows[index]` of a prefix output (a tensor, a dict of tensors or `Rows`)."""
     if isinstance(rows, torch.Tensor):
         return rows[index]
+    if isinstance(rows, Rows):
+        return concat([rows.rows[i] for i in index.tolist()])
     if isinstance(rows, dict):
         return {k: select_rows(v, index) for k, v in rows.items()}
     raise TypeError(f"cannot index a cache of type {type(rows).__name__}")
@@ -53,7 +78,7 @@ class BatchPrefix:
 
     samples: list[Sample]
     table: TextTable
-    images: Any
+    images: Rows
     texts: Any
 
     def serves(self, samples: Sequence[Sample], image_rows: int) -> bool:
@@ -143,17 +168,16 @@ class TrainCache:
         hit = self._rows[id(s)]
         return hit[2] if flipped else hit[1]
 
-    def remember(self, samples: Sequence[Sample], images: Any, flipped: bool, limit: int,
-                 device: torch.device) -> None:
+    def remember(self, samples: Sequence[Sample], images: Rows, flipped: bool,
+                 limit: int) -> None:
         """Hold the rows of a fine-tuning batch's `samples` (rows n.. of `images` are the
-        flipped copies when `flipped`), dropping the least recently used beyond `limit`."""
+        flipped copies when `flipped`; shared, not copied), dropping the least recently used
+        beyond `limit`."""
         if limit <= 0:
             return
         n = len(samples)
         for j, s in enumerate(samples):
-            row = select_rows(images, torch.tensor([j], device=device))
-            flip = select_rows(images, torch.tensor([n + j], device=device)) if flipped else None
-            self._rows[id(s)] = (s, row, flip)
+            self._rows[id(s)] = (s, images.rows[j], images.rows[n + j] if flipped else None)
             self._rows.move_to_end(id(s))
         while len(self._rows) > limit:
             self._rows.popitem(last=False)

@@ -45,7 +45,7 @@ from torch import nn
 from rls3.captions import Description, mirror
 from rls3.sample import Sample
 from rls3.vlm.base import Feedback, Metrics
-from rls3.vlm.caches import BatchPrefix, PrefixCaches, concat, select_rows, to_device
+from rls3.vlm.caches import BatchPrefix, PrefixCaches, Rows, concat, select_rows, to_device
 from rls3.vlm.common import autocast, batches, breakdown, progress
 from rls3.vlm.distributed import Shards, scale_grad
 from rls3.vlm.shell import AdapterShell
@@ -352,36 +352,33 @@ class ContrastiveVLM(AdapterShell):
     # ----------------------------------------------------------------- frozen prefixes
     @torch.no_grad()
     def _prefix_cache(self, images: Sequence[np.ndarray], table: TextTable,
-                      known: Sequence[Any | None] | None = None) -> tuple[Any, Any]:
-        """Frozen-prefix outputs of `images` (in order; rows given in `known` are reused, not
-        recomputed) and of the table's texts. With several processes each computes its share
-        and the shares are all-gathered."""
+                      known: Sequence[Any | None] | None = None) -> tuple[Rows, Any]:
+        """Frozen-prefix outputs of `images` (in order, row by row; rows given in `known` are
+        reused, not recomputed or copied) and of the table's texts. With several processes each
+        computes its share and the shares are all-gathered."""
         tok = self.text_inputs(list(table.texts))        # one padding length for all texts
         if self.parallel is not None:
-            return (self._gathered(len(images), lambda idx: self._image_prefix_rows(
-                        [images[i] for i in idx],
-                        None if known is None else [known[i] for i in idx])),
+            img = self._gathered(len(images), lambda idx: concat(self._image_prefix_rows(
+                [images[i] for i in idx], None if known is None else [known[i] for i in idx]
+            ).rows))
+            return (Rows.split(img),
                     self._gathered(len(table.texts), lambda idx: self._text_prefix_rows(
                         select_rows(tok, torch.tensor(idx, dtype=torch.long)))))
         return self._image_prefix_rows(images, known), self._text_prefix_rows(tok)
 
     def _image_prefix_rows(self, images: Sequence[np.ndarray],
-                           known: Sequence[Any | None] | None) -> Any:
-        """Frozen image-prefix outputs of `images`, in order, reusing the rows in `known`."""
-        todo = [i for i in range(len(images)) if known is None or known[i] is None]
-        img_parts = [] if known is None else [k for k in known if k is not None]
+                           known: Sequence[Any | None] | None) -> Rows:
+        """Frozen image-prefix rows of `images`, in order: those in `known` reused, the others
+        computed in batches."""
+        rows = list(known) if known is not None else [None] * len(images)
+        todo = [i for i, row in enumerate(rows) if row is None]
         for sl in batches(len(todo), self.batch_size):
             x = to_device(self.image_inputs([images[i] for i in todo[sl]]), self.device)
             with autocast(self.device, self.dtype):
-                img_parts.append(self.image_prefix(x))
-        img = concat(img_parts)
-        if len(todo) < len(images):     # reused rows came first: put every row in its place
-            computed = set(todo)
-            done = [i for i in range(len(images)) if i not in computed]
-            where = torch.empty(len(images), dtype=torch.long)
-            where[torch.tensor(done + todo, dtype=torch.long)] = torch.arange(len(images))
-            img = select_rows(img, where.to(self.device))
-        return img
+                out = self.image_prefix(x)
+            for i, row in zip(todo[sl], Rows.split(out).rows, strict=True):
+                rows[i] = row
+        return Rows(rows)
 
     def _text_prefix_rows(self, tok: dict[str, torch.Tensor]) -> Any:
         """Frozen text-prefix outputs of the tokenised texts `tok`, in batches."""
@@ -480,7 +477,7 @@ class ContrastiveVLM(AdapterShell):
         img_cache, txt_cache = self._prefix_cache(images, table, known)
         self.caches.batch = BatchPrefix(samples, table, img_cache, txt_cache)
         self.caches.trained.remember(samples, img_cache, self.mirror_augment,
-                                     self.train_cache_samples, self.device)
+                                     self.train_cache_samples)
         log.debug("%s: %d of %d frozen image prefixes reused from feedback or earlier "
                   "fine-tuning", self.name, sum(row is not None for row in known), len(images))
         return self.caches.batch

@@ -1,0 +1,109 @@
+"""SAC pre-training speed: the loop's update schedule (one gradient step of `batch_size` per env
+step, what pre-training used before `agent.pretrain_*`) against the preset's pre-training schedule,
+same seeds, side by side in one run, with the distinct-layout yield each one reaches.
+
+    python benchmarks/bench_pretrain.py [--preset quick] [--seeds 0,1,2] [--steps 600]
+        [--pretrain-steps N] [--out benchmarks/results/pretrain.json]
+
+Each (seed, schedule) pre-trains from scratch into a temporary folder (never the shared cache),
+timed for wall and CPU, interleaved by seed so that machine load hits both alike; the agent then
+acts with its stochastic policy without learning for `--steps` env steps per seed (rendering off,
+as `bench_yield`): yield, distinct-layout yield and median move. The target is a >= 2x faster
+pre-training at the same distinct-layout yield.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from _common import ints, machine_info, main
+from bench_yield import _accumulate, _roll
+
+OUT = "pretrain.json"
+
+LOOP, PRESET = "loop schedule", "preset schedule"
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, default=600, help="evaluation env steps per seed")
+    ap.add_argument("--pretrain-steps", type=int, default=None,
+                    help="override the preset's agent.pretrain_steps")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from rls3.agents import PRETRAIN_SCHEDULE, pretrain_schedule, pretrained_sac
+    from rls3.backends import make_backend
+    from rls3.config import preset as make_preset
+    from rls3.env import Rls3Env
+
+    cfg = make_preset(args.preset)
+    if args.pretrain_steps is not None:
+        cfg = cfg.override({"agent.pretrain_steps": args.pretrain_steps})
+    agents = {LOOP: replace(cfg.agent, **{k: None for k in PRETRAIN_SCHEDULE}),
+              PRESET: cfg.agent}
+    backend = make_backend(cfg.backend, "train")
+    env = Rls3Env(backend, replace(cfg.env_config, render=False))
+    rows: dict[str, dict[str, Any]] = {v: {"wall_s": [], "cpu_s": [], "tallies": {}}
+                                       for v in agents}
+    try:
+        for seed in ints(args.seeds):
+            for name, agent_cfg in agents.items():
+                with tempfile.TemporaryDirectory(prefix="rls3-pretrain-") as tmp:
+                    a = replace(agent_cfg, pretrained_dir=tmp)
+                    t, c = time.perf_counter(), time.process_time()
+                    sac = pretrained_sac(env, a, seed, cfg.backend.name, progress=True)
+                    rows[name]["wall_s"].append(time.perf_counter() - t)
+                    rows[name]["cpu_s"].append(time.process_time() - c)
+                tally = _roll(env, lambda obs, s=sac: s.model.predict(obs, deterministic=False)[0],
+                              args.steps, seed)
+                _accumulate(rows[name]["tallies"], tally)
+    finally:
+        env.close()
+    out: dict[str, Any] = {}
+    for name, r in rows.items():
+        t = r["tallies"].values()
+        steps = sum(c["steps"] for c in t)
+        moves = [m for c in t for m in c["moves"]]
+        sched = pretrain_schedule(agents[name])
+        out[name] = {"schedule": {k: getattr(sched, k) for k in PRETRAIN_SCHEDULE.values()},
+                     "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
+                     "steps_per_s": [cfg.agent.pretrain_steps / w for w in r["wall_s"]],
+                     "eval_steps": steps,
+                     "yield": sum(c["valid"] for c in t) / steps,
+                     "yield_distinct": sum(c["distinct"] for c in t) / steps,
+                     "median_move": float(np.median(moves)) if moves else None}
+    speedup = sum(out[LOOP]["wall_s"]) / sum(out[PRESET]["wall_s"])
+    return {"benchmark": "pretrain", "preset": args.preset, "seeds": ints(args.seeds),
+            "pretrain_steps": cfg.agent.pretrain_steps, "eval_steps_per_seed": args.steps,
+            "variants": out, "speedup": speedup,
+            "yield_distinct_change": out[PRESET]["yield_distinct"] - out[LOOP]["yield_distinct"],
+            "machine": machine_info()}
+
+
+def table(res: dict, out: Any) -> list[str]:
+    lines = [f"SAC pre-training, preset `{res['preset']}`, {res['pretrain_steps']} steps, seeds "
+             f"{res['seeds']} (each from scratch, interleaved); then {res['eval_steps_per_seed']} "
+             f"steps per seed of the stochastic policy without learning.", "",
+             "| schedule (train_freq, gradient_steps, batch) | wall s per seed | CPU s per seed "
+             "| steps/s | yield | distinct yield | median move (m) |", "|---|---|---|---|---|---|---|"]
+    for name, v in res["variants"].items():
+        s = v["schedule"]
+        lines.append(f"| {name} ({s['train_freq']}, {s['gradient_steps']}, {s['batch_size']}) | "
+                     f"{np.mean(v['wall_s']):.1f} | {np.mean(v['cpu_s']):.1f} | "
+                     f"{np.mean(v['steps_per_s']):.0f} | {v['yield']:.3f} | "
+                     f"{v['yield_distinct']:.3f} | {v['median_move']:.3f} |")
+    lines.append(f"\nSpeed-up of the preset schedule: **{res['speedup']:.2f}x** (wall, summed over "
+                 f"seeds); distinct-layout yield {res['yield_distinct_change']:+.3f}.")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main(__name__))
