@@ -40,7 +40,19 @@ def _variants(before: str, before_alloc: str, tree: Path) -> dict[str, tuple[Pat
             "after (system malloc)": (ROOT, "system")}
 
 
-def _run(code: Path, allocator_name: str, cfg_file: Path, run_dir: Path) -> dict:
+def _settings(preset_name: str, changed: dict) -> list[str]:
+    """The run's settings as `--preset` and `--set` arguments: only what differs from the preset,
+    so that code older than a new config key still reads them."""
+    import yaml
+
+    args = ["--preset", preset_name]
+    for k, v in changed.items():
+        text = yaml.safe_dump(v, default_flow_style=True).removesuffix("\n...\n").strip()
+        args += ["--set", f"{k}={text}"]
+    return args
+
+
+def _run(code: Path, allocator_name: str, settings: list[str], run_dir: Path) -> dict:
     """One `rls3 run` of the code at `code` (LD_PRELOAD is set here too, for code that predates
     rls3.runtime)."""
     from rls3 import runtime
@@ -51,7 +63,7 @@ def _run(code: Path, allocator_name: str, cfg_file: Path, run_dir: Path) -> dict
         if lib is None:
             raise SystemExit("tcmalloc is not installed here; run setup.sh as root")
         extra["LD_PRELOAD"] = lib
-    cmd = [sys.executable, "-m", "rls3.cli", "run", "--config", str(cfg_file), "--run-dir",
+    cmd = [sys.executable, "-m", "rls3.cli", "run", *settings, "--run-dir",
            str(run_dir), "--no-report", "-q"]
     proc = run_child(cmd, allocator_name, cwd=code, extra_env=extra)
     recs = read_metrics(run_dir)
@@ -74,7 +86,7 @@ def run(a: argparse.Namespace) -> dict:
 
     changed = {"loop.iterations": a.iterations, "early_stopping.enabled": False,
                "progress": False, "seed": a.seed, **overrides(a.sets)}
-    cfg = preset(a.preset).override(changed).resolved()
+    preset(a.preset).override(changed).resolved()       # a bad setting fails here, once
     res: dict = {"benchmark": "iteration", "before": a.before, "preset": a.preset,
                  "overrides": changed, "machine": machine_info(), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="rls3-bench-iter-") as tmp:
@@ -83,15 +95,14 @@ def run(a: argparse.Namespace) -> dict:
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), a.before],
                        cwd=ROOT, check=True)
         try:
-            cfg_file = tmp / "config.yaml"
-            cfg.override({"runs_dir": str(tmp / "runs")}).to_yaml(cfg_file)
+            settings = _settings(a.preset, {**changed, "runs_dir": str(tmp / "runs")})
             variants = _variants(a.before, a.before_allocator, tree)
             for rep in range(a.repeats):
                 order = list(variants) if rep % 2 == 0 else list(reversed(variants))
                 for name in order:
                     code, alloc = variants[name]
                     print(f"[{rep + 1}/{a.repeats}] {name} ...", flush=True)
-                    out = _run(code, alloc, cfg_file, tmp / f"run-{rep}-{len(res['runs'])}")
+                    out = _run(code, alloc, settings, tmp / f"run-{rep}-{order.index(name)}")
                     res["runs"].setdefault(name, []).append(out)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
