@@ -306,7 +306,7 @@ def test_config_yaml_of_a_run_is_complete(sac_run):
     data = yaml.safe_load((sac_run.run_dir / CONFIG_FILE).read_text())
     assert set(data) >= {"env", "loop", "early_stopping", "vlm", "agent", "data", "backend"}
     assert data["loop"]["eta"] == 1.0 and data["env"]["t0"] == 4
-    assert data["loop"]["replay"] == {"capacity": 1024, "fraction": 1.0}
+    assert data["loop"]["replay"] == {"capacity": 1024, "fraction": 1.0, "limit": 0}
 
 
 @pytest.mark.slow
