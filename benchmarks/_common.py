@@ -27,12 +27,14 @@ another one's numbers runs it with `run_script` (a child process, as on its own)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -236,6 +238,51 @@ def save_figure(fig: Any, path: str | Path, result: dict[str, Any], dpi: int = 1
     fig.savefig(path, dpi=dpi)
     pyplot().close(fig)
     return path
+
+
+# ------------------------------------------------------------------------------------ before/after
+@contextlib.contextmanager
+def git_worktree(rev: str, path: Path) -> Iterator[Path]:
+    """The code at git revision `rev`, checked out (detached) at `path` for the block and removed
+    after it (the "before" side of bench_iteration and bench_run)."""
+    import subprocess
+
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), rev], cwd=ROOT,
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
+
+
+# ------------------------------------------------------------------------------------ yield
+def roll_yield(env: Any, act: Any, steps: int, seed: int) -> dict[str, dict[str, Any]]:
+    """`steps` env steps with `act(obs)` from a reset with `seed`; per scene: steps, valid and
+    distinct frames, move lengths and invalid reasons (bench_yield, bench_pretrain)."""
+    obs, info = env.reset(seed=seed)
+    tally: dict[str, dict[str, Any]] = {}
+    for _ in range(steps):
+        obs, _, term, trunc, info = env.step(act(obs))
+        t = tally.setdefault(info["scene"], {"steps": 0, "valid": 0, "distinct": 0, "moves": []})
+        t["steps"] += 1
+        t["valid"] += int(info["valid"])
+        t["distinct"] += int(info["distinct"])
+        if info["valid"]:
+            t["moves"].append(info["move"])
+        if not info["valid"]:
+            key = f"invalid:{info.get('reason', '?')}"
+            t[key] = t.get(key, 0) + 1
+        if term or trunc:
+            obs, info = env.reset()
+    return tally
+
+
+def add_tally(rows: dict[str, dict[str, Any]], tally: dict[str, dict[str, Any]]) -> None:
+    """Add one rollout's per-scene counts (and move lengths) to an agent's running totals."""
+    for scene, c in tally.items():
+        acc = rows.setdefault(scene, {"moves": []})
+        for k, v in c.items():
+            acc[k] = acc.get(k, 0) + v if k != "moves" else acc[k] + v
 
 
 # ------------------------------------------------------------------------------------ data

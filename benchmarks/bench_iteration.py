@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, machine_info, main, overrides, run_child
+from _common import ROOT, git_worktree, machine_info, main, overrides, run_child
 
 from rls3.rundir import read_metrics, without_timings
 
@@ -89,12 +88,9 @@ def run(a: argparse.Namespace) -> dict:
     preset(a.preset).override(changed).resolved()       # a bad setting fails here, once
     res: dict = {"benchmark": "iteration", "before": a.before, "preset": a.preset,
                  "overrides": changed, "machine": machine_info(), "runs": {}}
-    with tempfile.TemporaryDirectory(prefix="rls3-bench-iter-") as tmp:
-        tmp = Path(tmp)
-        tree = tmp / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), a.before],
-                       cwd=ROOT, check=True)
-        try:
+    with tempfile.TemporaryDirectory(prefix="rls3-bench-iter-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        with git_worktree(a.before, tmp / "before") as tree:
             settings = _settings(a.preset, {**changed, "runs_dir": str(tmp / "runs")})
             variants = _variants(a.before, a.before_allocator, tree)
             for rep in range(a.repeats):
@@ -104,9 +100,6 @@ def run(a: argparse.Namespace) -> dict:
                     print(f"[{rep + 1}/{a.repeats}] {name} ...", flush=True)
                     out = _run(code, alloc, settings, tmp / f"run-{rep}-{order.index(name)}")
                     res["runs"].setdefault(name, []).append(out)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
-                           check=False)
     names = list(res["runs"])
     ref = _comparable(res["runs"][names[0]][0]["records"])
     res["identical_metrics"] = {n: all(_comparable(r["records"]) == ref for r in runs)

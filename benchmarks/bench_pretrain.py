@@ -22,8 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from _common import ints, machine_info, main
-from bench_yield import _accumulate, _roll
+from _common import add_tally, ints, machine_info, main, roll_yield
 
 OUT = "pretrain.json"
 
@@ -39,8 +38,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from rls3.agents import PRETRAIN_SCHEDULE, pretrain_schedule, pretrained_sac
+    from rls3.agents import pretrain_schedule, pretrained_sac
     from rls3.backends import make_backend
+    from rls3.config import PRETRAIN_SCHEDULE
     from rls3.config import preset as make_preset
     from rls3.env import Rls3Env
 
@@ -62,9 +62,12 @@ def run(args: argparse.Namespace) -> dict:
                     sac = pretrained_sac(env, a, seed, cfg.backend.name, progress=True)
                     rows[name]["wall_s"].append(time.perf_counter() - t)
                     rows[name]["cpu_s"].append(time.process_time() - c)
-                tally = _roll(env, lambda obs, s=sac: s.model.predict(obs, deterministic=False)[0],
-                              args.steps, seed)
-                _accumulate(rows[name]["tallies"], tally)
+
+                def act(obs: Any, s: Any = sac) -> Any:
+                    return s.model.predict(obs, deterministic=False)[0]
+
+                tally = roll_yield(env, act, args.steps, seed)
+                add_tally(rows[name]["tallies"], tally)
     finally:
         env.close()
     out: dict[str, Any] = {}
@@ -93,7 +96,8 @@ def table(res: dict, out: Any) -> list[str]:
              f"{res['seeds']} (each from scratch, interleaved); then {res['eval_steps_per_seed']} "
              f"steps per seed of the stochastic policy without learning.", "",
              "| schedule (train_freq, gradient_steps, batch) | wall s per seed | CPU s per seed "
-             "| steps/s | yield | distinct yield | median move (m) |", "|---|---|---|---|---|---|---|"]
+             "| steps/s | yield | distinct yield | median move (m) |",
+             "|---|---|---|---|---|---|---|"]
     for name, v in res["variants"].items():
         s = v["schedule"]
         lines.append(f"| {name} ({s['train_freq']}, {s['gradient_steps']}, {s['batch_size']}) | "

@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, machine_info, main, overrides
+from _common import ROOT, git_worktree, machine_info, main, overrides
+
+from rls3.rundir import read_metrics
 
 OUT = "run.json"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -90,7 +92,7 @@ def _run(code: Path, cmd: list[str], cwd: Path, log: Path) -> dict[str, Any]:
                             stdout=subprocess.DEVNULL)
     lines: list[tuple[float, str]] = []
     samples: list[tuple[float, float, float]] = []
-    last_cpu = [0.0]
+    cpu_seen = 0.0      # a child's CPU leaves the sum when it exits: keep the largest seen
 
     def pump() -> None:
         assert proc.stderr is not None
@@ -103,8 +105,8 @@ def _run(code: Path, cmd: list[str], cwd: Path, log: Path) -> dict[str, Any]:
     reader.start()
     while proc.poll() is None:
         rss, cpu = _usage(_tree(proc.pid))
-        last_cpu[0] = max(last_cpu[0], cpu)
-        samples.append((time.perf_counter() - t0, rss, last_cpu[0]))
+        cpu_seen = max(cpu_seen, cpu)
+        samples.append((time.perf_counter() - t0, rss, cpu_seen))
         time.sleep(0.5)
     wall = time.perf_counter() - t0
     reader.join()
@@ -137,22 +139,13 @@ def _phases(out: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    from rls3.rundir import read_metrics
-
-    return read_metrics(run_dir)
-
-
 def run(a: argparse.Namespace) -> dict:
     sets = overrides(a.sets)
     res: dict[str, Any] = {"benchmark": "run", "before": a.before, "preset": a.preset,
                            "overrides": sets, "machine": machine_info(), "runs": {}}
-    with tempfile.TemporaryDirectory(prefix="rls3-bench-run-") as tmp:
-        tmp = Path(tmp)
-        tree = tmp / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), a.before],
-                       cwd=ROOT, check=True)
-        try:
+    with tempfile.TemporaryDirectory(prefix="rls3-bench-run-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        with git_worktree(a.before, tmp / "before") as tree:
             for name, code in ((f"before ({a.before})", tree), ("after", ROOT)):
                 cwd = tmp / f"cwd-{len(res['runs'])}"       # its data/ and runs/ start empty
                 run_dir = cwd / "runs" / "run"
@@ -162,7 +155,7 @@ def run(a: argparse.Namespace) -> dict:
                     cmd += ["--set", kv]
                 print(f"{name} ...", flush=True)
                 out = _run(code, cmd, cwd, tmp / f"{len(res['runs'])}.log")
-                recs = _metrics(run_dir)
+                recs = read_metrics(run_dir)
                 res["runs"][name] = {
                     "wall_s": out["wall_s"], "phases": _phases(out),
                     "peak_rss_mb": max(s[1] for s in out["samples"]),
@@ -171,9 +164,6 @@ def run(a: argparse.Namespace) -> dict:
                     "val": [r["val"]["score"] for r in recs if r.get("val")],
                     "iteration_time_s": [r["time_s"] for r in recs],
                     "rss_series": [(round(t, 1), round(m)) for t, m, _ in out["samples"]]}
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
-                           check=False)
     b, f = (res["runs"][n] for n in res["runs"])
     res["wall_ratio"] = f["wall_s"] / b["wall_s"]
     res["peak_rss_ratio"] = f["peak_rss_mb"] / b["peak_rss_mb"]

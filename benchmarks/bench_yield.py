@@ -26,33 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import ints, machine_info, main, pyplot, save_figure
+from _common import (add_tally, ints, machine_info, main, pyplot, roll_yield,
+                     save_figure)
 
 OUT = "yield.json"
 
 TARGET = 0.95
 TARGET_DISTINCT = 0.9
 MIN_MEDIAN_MOVE = 0.05
-
-
-def _roll(env, act, steps: int, seed: int) -> dict[str, dict[str, int]]:
-    """`steps` env steps with `act(obs)`; per scene: steps, valid, and invalid reasons."""
-    obs, info = env.reset(seed=seed)
-    tally: dict[str, dict[str, Any]] = {}
-    for _ in range(steps):
-        obs, _, term, trunc, info = env.step(act(obs))
-        t = tally.setdefault(info["scene"], {"steps": 0, "valid": 0, "distinct": 0, "moves": []})
-        t["steps"] += 1
-        t["valid"] += int(info["valid"])
-        t["distinct"] += int(info["distinct"])
-        if info["valid"]:
-            t["moves"].append(info["move"])
-        if not info["valid"]:
-            key = f"invalid:{info.get('reason', '?')}"
-            t[key] = t.get(key, 0) + 1
-        if term or trunc:
-            obs, info = env.reset()
-    return tally
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
@@ -66,14 +47,6 @@ def add_args(ap: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     return measure(args.preset, tuple(ints(args.seeds)), args.steps, args.pretrain_steps,
                    progress=True)
-
-
-def _accumulate(rows: dict[str, dict[str, Any]], tally: dict[str, dict[str, Any]]) -> None:
-    """Add one rollout's per-scene counts (and move lengths) to an agent's running totals."""
-    for scene, c in tally.items():
-        acc = rows.setdefault(scene, {"moves": []})
-        for k, v in c.items():
-            acc[k] = acc.get(k, 0) + v if k != "moves" else acc[k] + v
 
 
 def measure(preset: str = "quick", seeds: tuple[int, ...] = (0, 1, 2), steps: int = 600,
@@ -104,9 +77,9 @@ def measure(preset: str = "quick", seeds: tuple[int, ...] = (0, 1, 2), steps: in
             }
             for name, act in agents.items():
                 t = time.perf_counter()
-                tally = _roll(env, act, steps, seed)
+                tally = roll_yield(env, act, steps, seed)
                 timings[f"{name}_s"] += time.perf_counter() - t
-                _accumulate(rows[name], tally)
+                add_tally(rows[name], tally)
     finally:
         env.close()
     scenes = sorted(set(rows["random"]) | set(rows["sac"]))

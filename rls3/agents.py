@@ -50,7 +50,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rls3.atomic import atomic_folder
-from rls3.config import AgentConfig
+from rls3.config import PRETRAIN_SCHEDULE, AgentConfig
 from rls3.env import Rls3Env
 from rls3.manifest import manifest_problems, write_manifest
 from rls3.progress import progress_bar
@@ -553,12 +553,6 @@ def pretrain_key(cfg: AgentConfig, env: Rls3Env, seed: int, backend_name: str) -
             "scenes": list(env.backend.scene_names), "objects": list(env.backend.object_pool),
             "env": env_cfg, "agent": agent, "seed": int(seed),
             "sb3": stable_baselines3.__version__}
-
-
-#: AgentConfig fields that set SAC's update schedule during pre-training only (None: the loop's)
-PRETRAIN_SCHEDULE = {"pretrain_train_freq": "train_freq",
-                     "pretrain_gradient_steps": "gradient_steps",
-                     "pretrain_batch_size": "batch_size"}
 
 
 def pretrain_schedule(cfg: AgentConfig) -> AgentConfig:

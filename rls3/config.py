@@ -39,6 +39,11 @@ __all__ = ["AGENTS", "FEEDBACK_MODES", "REWARD_NORMS", "SIGNALS", "STEP_CAP_T0",
 
 #: the agents `agent.name` may name; `rls3.agents.AGENT_SPECS` makes them (tested to match)
 AGENTS: tuple[str, ...] = ("sac", "random")
+#: AgentConfig fields that set SAC's update schedule during pre-training only (None: the loop's),
+#: each with the field it replaces while pre-training
+PRETRAIN_SCHEDULE: dict[str, str] = {"pretrain_train_freq": "train_freq",
+                                     "pretrain_gradient_steps": "gradient_steps",
+                                     "pretrain_batch_size": "batch_size"}
 FEEDBACK_MODES: tuple[str, ...] = ("episode", "sample")
 REWARD_NORMS: tuple[str, ...] = ("none", "running")
 SIGNALS: tuple[str, ...] = ("hardness", "learnability")
@@ -295,7 +300,7 @@ class AgentConfig:
     def __post_init__(self) -> None:
         _require(self.name in AGENTS, "agent.name", self.name, f"one of {list(AGENTS)}")
         _require(self.pretrain_steps >= 0, "agent.pretrain_steps", self.pretrain_steps, ">= 0")
-        for key in ("pretrain_train_freq", "pretrain_gradient_steps", "pretrain_batch_size"):
+        for key in PRETRAIN_SCHEDULE:
             v = getattr(self, key)
             _require(v is None or v >= 1, f"agent.{key}", v,
                      "null (the loop's value) or an integer >= 1")
