@@ -148,6 +148,8 @@ def folder_problem(path: str | Path, existing_read_only: bool = False) -> str | 
     p = Path(path)
     while not p.is_dir():
         if os.path.lexists(p):
+            if p.is_dir():      # another process made it between the two looks: a folder
+                break
             return f"{str(p)!r} is a file, not a folder"
         if p.parent == p:
             return f"{str(p)!r} does not exist"
