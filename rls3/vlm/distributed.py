@@ -28,7 +28,6 @@ scene and the agent, which may take hours.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 from collections import OrderedDict
@@ -151,7 +150,6 @@ class DataParallel:
         self.device = self.accelerator.device
         log.info("data-parallel VLM: process %d of %d on %s (%s)", self.rank, self.world_size,
                  self.device, self.accelerator.distributed_type)
-        atexit.register(self.close)     # whoever built it, the group ends before teardown
 
     def gather_rows(self, local: torch.Tensor, shards: Shards) -> list[torch.Tensor]:
         """All processes' rows (each padded to `shards.widest` in `local`), detached, one tensor
@@ -209,8 +207,7 @@ class DataParallel:
         return box[0]
 
     def close(self) -> None:
-        """Destroy this process's end of the group before the interpreter exits (also registered
-        with atexit, for any process that builds one and never calls it): left to static
+        """Destroy this process's end of the group before the interpreter exits: left to static
         destructors, gloo's threads can abort a process that finished its work (SIGABRT,
         "terminate called without an active exception") and the launcher then ends the others."""
         import torch.distributed as dist
