@@ -2,6 +2,11 @@
 
     python benchmarks/bench_iteration.py --before 0bcce61 [--preset quick] [--iterations 2]
         [--set KEY=VALUE ...] [--repeats 1] [--out benchmarks/results/iteration.json]
+    python benchmarks/bench_iteration.py --after-set KEY=VALUE ... [--no-system]
+
+With `--after-set` this checkout also runs with those settings on top (an option against the
+default, side by side); without `--before` only this checkout runs; `--no-system` skips the
+system-malloc run.
 
 Runs `rls3 run` as child processes, interleaved: the code at git revision `--before` (checked out
 into a temporary worktree, under glibc malloc unless `--before-allocator tcmalloc`), this checkout
@@ -16,6 +21,7 @@ from timings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -32,11 +38,19 @@ def _comparable(recs: list[dict]) -> list[dict]:
     return [without_timings(r) for r in recs]
 
 
-def _variants(before: str, before_alloc: str, tree: Path) -> dict[str, tuple[Path, str]]:
-    """name -> (code root, RLS3_ALLOCATOR)."""
-    return {f"before ({before}, {before_alloc})": (tree, before_alloc),
-            "after (tcmalloc)": (ROOT, "tcmalloc"),
-            "after (system malloc)": (ROOT, "system")}
+def _variants(a: argparse.Namespace, tree: Path | None
+              ) -> dict[str, tuple[Path, str, list[str]]]:
+    """name -> (code root, RLS3_ALLOCATOR, extra `--set` arguments)."""
+    out: dict[str, tuple[Path, str, list[str]]] = {}
+    if tree is not None:
+        out[f"before ({a.before}, {a.before_allocator})"] = (tree, a.before_allocator, [])
+    out["after (tcmalloc)"] = (ROOT, "tcmalloc", [])
+    if not a.no_system:
+        out["after (system malloc)"] = (ROOT, "system", [])
+    if a.after_sets:
+        out["after (tcmalloc) + " + " ".join(a.after_sets)] = (
+            ROOT, "tcmalloc", [x for kv in a.after_sets for x in ("--set", kv)])
+    return out
 
 
 def _settings(preset_name: str, changed: dict) -> list[str]:
@@ -71,13 +85,17 @@ def _run(code: Path, allocator_name: str, settings: list[str], run_dir: Path) ->
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--before", required=True, help="git revision of the 'before' code")
+    ap.add_argument("--before", help="git revision of the 'before' code (none: this checkout "
+                    "only)")
     ap.add_argument("--before-allocator", default="system", choices=("system", "tcmalloc"))
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--iterations", type=int, default=2)
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--after-set", dest="after_sets", action="append", default=[],
+                    metavar="KEY=VALUE", help="also run this checkout with these settings")
+    ap.add_argument("--no-system", action="store_true", help="skip the system-malloc run")
 
 
 def run(a: argparse.Namespace) -> dict:
@@ -86,19 +104,23 @@ def run(a: argparse.Namespace) -> dict:
     changed = {"loop.iterations": a.iterations, "early_stopping.enabled": False,
                "progress": False, "seed": a.seed, **overrides(a.sets)}
     preset(a.preset).override(changed).resolved()       # a bad setting fails here, once
+    preset(a.preset).override({**changed, **overrides(a.after_sets)}).resolved()
     res: dict = {"benchmark": "iteration", "before": a.before, "preset": a.preset,
-                 "overrides": changed, "machine": machine_info(), "runs": {}}
+                 "overrides": changed, "after_sets": a.after_sets, "machine": machine_info(), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="rls3-bench-iter-") as tmp_dir:
         tmp = Path(tmp_dir)
-        with git_worktree(a.before, tmp / "before") as tree:
+        with contextlib.ExitStack() as stack:
+            tree = (stack.enter_context(git_worktree(a.before, tmp / "before"))
+                    if a.before else None)
             settings = _settings(a.preset, {**changed, "runs_dir": str(tmp / "runs")})
-            variants = _variants(a.before, a.before_allocator, tree)
+            variants = _variants(a, tree)
             for rep in range(a.repeats):
                 order = list(variants) if rep % 2 == 0 else list(reversed(variants))
                 for name in order:
-                    code, alloc = variants[name]
+                    code, alloc, extra = variants[name]
                     print(f"[{rep + 1}/{a.repeats}] {name} ...", flush=True)
-                    out = _run(code, alloc, settings, tmp / f"run-{rep}-{order.index(name)}")
+                    out = _run(code, alloc, settings + extra,
+                               tmp / f"run-{rep}-{order.index(name)}")
                     res["runs"].setdefault(name, []).append(out)
     names = list(res["runs"])
     ref = _comparable(res["runs"][names[0]][0]["records"])

@@ -63,6 +63,19 @@ log = logging.getLogger(__name__)
 
 StepHook = Callable[[dict[str, Any], float, bool], None]
 
+
+class DeferredFeedback(Protocol):
+    """Per-sample feedback scored in batches (`EpisodeCollector` with `loop.feedback_batch` > 1):
+    every valid step queues its frame (its extrinsic reward is 0 on the step) and `flush` scores
+    the queue, returning (worker, extrinsic reward) per frame in step order."""
+
+    feedback_batch: int
+
+    @property
+    def queued(self) -> int: ...
+
+    def flush(self) -> list[tuple[int, float]]: ...
+
 #: SAC's networks (policy, critics, target critics) and its entropy coefficient
 MODEL_FILE = "sac_model.safetensors"
 #: SAC's optimiser states (a dict of state dicts: tensors and numbers only)
@@ -93,8 +106,11 @@ class Agent(Protocol):
     name: str
     env: Rls3Env | FeedbackVecEnv
 
-    def collect(self, episodes: int, seed: int, on_step: StepHook | None = None) -> int:
-        """Reset the env with `seed`, run until `episodes` episodes completed; returns env steps."""
+    def collect(self, episodes: int, seed: int, on_step: StepHook | None = None,
+                deferred: DeferredFeedback | None = None) -> int:
+        """Reset the env with `seed`, run until `episodes` episodes completed; returns env steps.
+        With `deferred`, flush it before a queued frame's reward can be used and before
+        returning."""
         ...
 
     def save(self, folder: str | Path) -> None:
@@ -117,6 +133,16 @@ def _counted(t0: int, info: Mapping[str, Any], done: bool) -> bool:
 
 
 # ------------------------------------------------------------------------------------ random
+def _flushing(on_step: StepHook | None, deferred: DeferredFeedback) -> StepHook:
+    """`on_step` followed by a flush of `deferred` once it holds a full batch."""
+    def hook(info: dict[str, Any], reward: float, done: bool) -> None:
+        if on_step is not None:
+            on_step(info, reward, done)
+        if deferred.queued >= deferred.feedback_batch:
+            deferred.flush()
+    return hook
+
+
 class RandomAgent:
     """Uniform random actions in [-1, 1]^3, ignoring every reward; episodic like SAC."""
 
@@ -127,9 +153,21 @@ class RandomAgent:
         self.rng = stream_rng(seed, "random_agent")
         self.num_timesteps = 0
 
-    def collect(self, episodes: int, seed: int, on_step: StepHook | None = None) -> int:
+    def collect(self, episodes: int, seed: int, on_step: StepHook | None = None,
+                deferred: DeferredFeedback | None = None) -> int:
+        """Random actions until `episodes` completed; deferred feedback (which it ignores) is
+        flushed `feedback_batch` frames at a time."""
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
+        if deferred is not None:
+            on_step = _flushing(on_step, deferred)
+        try:
+            return self._collect(episodes, seed, on_step)
+        finally:
+            if deferred is not None:
+                deferred.flush()
+
+    def _collect(self, episodes: int, seed: int, on_step: StepHook | None) -> int:
         if isinstance(self.env, FeedbackVecEnv):
             return self._collect_workers(self.env, episodes, seed, on_step)
         env = self.env
@@ -196,15 +234,23 @@ class _IterationDone(Exception):
 class _EpisodeCounter(BaseCallback):
     """Counts completed episodes, forwards each env step (each worker's, in worker order) to
     `on_step` and ends `learn` once `episodes` completed episodes are stored (see the module
-    docstring for why not earlier)."""
+    docstring for why not earlier).
 
-    def __init__(self, t0: int, episodes: int, on_step: StepHook | None) -> None:
+    With `deferred` feedback it notes the replay-buffer cell (row, worker) each valid step's
+    transition is about to be stored in, and at the end of every rollout, which SB3 calls
+    before `train()`, flushes the queue and adds each frame's extrinsic reward to its cell: no
+    gradient step samples a transition before its reward is complete."""
+
+    def __init__(self, t0: int, episodes: int, on_step: StepHook | None,
+                 deferred: DeferredFeedback | None = None) -> None:
         super().__init__(verbose=0)
         self.t0 = t0
         self.episodes = episodes
         self.hook = on_step
+        self.deferred = deferred
         self.completed = 0
         self.steps = 0
+        self._cells: dict[int, list[tuple[int, float]]] = {}  # worker -> (row, base reward)
 
     def _on_rollout_start(self) -> None:
         if self.completed >= self.episodes:
@@ -212,14 +258,33 @@ class _EpisodeCounter(BaseCallback):
 
     def _on_step(self) -> bool:
         dones, rewards = self.locals["dones"], self.locals["rewards"]
+        row = self._buffer().pos if self.deferred is not None else -1
         for w, info in enumerate(self.locals["infos"]):
             done = bool(dones[w])
             self.steps += 1
+            if self.deferred is not None and info.get("valid"):
+                self._cells.setdefault(w, []).append((row, float(rewards[w])))
             if self.hook is not None:
                 self.hook(info, float(rewards[w]), done)
             if _counted(self.t0, info, done):
                 self.completed += 1
         return True
+
+    def _buffer(self) -> ReplayBuffer:
+        buffer = getattr(self.model, "replay_buffer", None)
+        assert isinstance(buffer, ReplayBuffer)
+        return buffer
+
+    def _on_rollout_end(self) -> None:
+        if self.deferred is None:
+            return
+        rewards = self._buffer().rewards
+        for w, extrinsic in self.deferred.flush():
+            row, base = self._cells[w].pop(0)
+            rewards[row, w] = base + extrinsic   # the sum the env would have returned
+        left = sum(len(c) for c in self._cells.values())
+        if left:
+            raise RuntimeError(f"deferred feedback left {left} stored transitions unscored")
 
 
 class _StepProgress(BaseCallback):
@@ -301,7 +366,11 @@ class SACAgent:
     def num_timesteps(self) -> int:
         return int(self.model.num_timesteps)
 
-    def collect(self, episodes: int, seed: int, on_step: StepHook | None = None) -> int:
+    def collect(self, episodes: int, seed: int, on_step: StepHook | None = None,
+                deferred: DeferredFeedback | None = None) -> int:
+        """Learn until `episodes` completed; `deferred` feedback is flushed and written into
+        the replay buffer at the end of every rollout (every `train_freq` steps), before SAC's
+        gradient steps."""
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
         vec = self.model.get_env()
@@ -310,7 +379,7 @@ class SACAgent:
             vec.begin(episodes)
         vec.seed(int(seed))  # applied by the reset `learn` performs because _last_obs is None
         self.model._last_obs = None  # start a fresh episode: iterations are self-contained
-        counter = _EpisodeCounter(_t0(self.env), episodes, on_step)
+        counter = _EpisodeCounter(_t0(self.env), episodes, on_step, deferred)
         try:
             with torch_threads(self.threads):
                 self.model.learn(total_timesteps=2**62, callback=counter,

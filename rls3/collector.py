@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from rls3.config import FEEDBACK_MODES, SIGNALS
 from rls3.data import make_sample
-from rls3.env import Frame
+from rls3.env import Frame, finite_reward
 from rls3.sample import Sample
 from rls3.vlm.base import VLM
 
@@ -65,16 +65,28 @@ class EpisodeCollector:
     standardises J2 / hardness by a running mean and std first. Either way every completed episode
     keeps round(eta * T0) samples for the fine-tuning batch, and the hardness of every scored
     sample under the VLM as it was then is recorded. `signal="learnability"` (sample mode) rewards
-    p (1 - p) instead of the hardness. `on_step` counts every env step."""
+    p (1 - p) instead of the hardness. `on_step` counts every env step.
+
+    `batch` > 1 (sample mode, `loop.feedback_batch`, a departure) defers the scoring: a valid
+    step is captioned on its step but returns no extrinsic reward; the agent calls `flush`
+    before the frame can matter (SAC: at the end of each rollout, before `train()`, and writes
+    the rewards into its replay buffer), which scores the queued frames `batch` at a time
+    (`feedback_batch`)."""
 
     def __init__(self, vlm: VLM, rng: np.random.Generator, eta: float, beta: float, t0: int,
                  feedback: bool = True, mode: str = "episode",
-                 norm: RunningNorm | None = None, signal: str = "hardness") -> None:
+                 norm: RunningNorm | None = None, signal: str = "hardness",
+                 batch: int = 1) -> None:
         if mode not in FEEDBACK_MODES:
             raise ValueError(f"feedback mode must be one of {list(FEEDBACK_MODES)}, got {mode!r}")
         if signal not in SIGNALS:
             raise ValueError(f"signal must be one of {list(SIGNALS)}, got {signal!r}")
+        if not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"feedback batch must be an integer >= 1, got {batch!r}")
         self.signal = signal
+        self.feedback_batch = batch
+        #: whether valid frames are queued for `flush` instead of scored on their step
+        self.deferring = feedback and mode == "sample" and batch > 1
         self.vlm = vlm
         self.rng = rng
         self.eta = eta
@@ -101,6 +113,7 @@ class EpisodeCollector:
         self.scenes: dict[str, int] = {}
         self._pending: dict[int, list[Sample]] = {}  # sample mode: each worker's episode so far
         self._open: set[int] = set()  # workers whose current episode has not ended
+        self._queue: list[tuple[int, Sample]] = []  # deferred feedback: (worker, sample) to score
 
     def env_hooks(self) -> dict[str, Any]:
         """Keyword arguments for `Rls3Env`: the episode or the per-sample feedback hook."""
@@ -130,19 +143,45 @@ class EpisodeCollector:
 
     def score_step(self, frame: Frame, worker: int = 0) -> float:
         """Per-sample feedback (`mode="sample"`): called on every valid step, by the env (N = 1)
-        or by `rls3.workers.FeedbackVecEnv` with the worker's index."""
+        or by `rls3.workers.FeedbackVecEnv` with the worker's index. Deferring, the sample is
+        queued for `flush` and the step's extrinsic reward is 0."""
         sample = make_sample(frame.image, frame.state, self.rng)
         self._pending.setdefault(worker, []).append(sample)
         if not self.feedback_enabled:
             return 0.0
+        if self.deferring:
+            self._queue.append((worker, sample))
+            return 0.0
+        return self._sample_rewards([sample])[0]
+
+    @property
+    def queued(self) -> int:
+        """Valid frames waiting for `flush` (deferred feedback)."""
+        return len(self._queue)
+
+    def flush(self) -> list[tuple[int, float]]:
+        """Score the queued frames, `batch` per VLM call, in queue order; returns (worker,
+        extrinsic reward) per frame, the rewards as `score_step` would have returned them."""
+        out: list[tuple[int, float]] = []
+        queue, self._queue = self._queue, []
+        for start in range(0, len(queue), self.feedback_batch):
+            part = queue[start:start + self.feedback_batch]
+            rewards = self._sample_rewards([s for _, s in part])
+            self.extrinsic.extend(rewards)
+            out.extend((w, r) for (w, _), r in zip(part, rewards, strict=True))
+        return out
+
+    def _sample_rewards(self, samples: list[Sample]) -> list[float]:
+        """Score `samples` in one VLM call; the extrinsic reward of each (its hardness or
+        learnability, standardised when `norm` is set, times beta), in order."""
         t = time.perf_counter()
-        fb = self.vlm.feedback([sample])
+        fb = self.vlm.feedback(samples)
         self.feedback_s += time.perf_counter() - t
-        h = float(fb.hardness[0]) if fb.hardness else float(fb.per_sample[0])
-        self._scored([sample], [h])
+        hardness = [float(h) for h in (fb.hardness if fb.hardness else fb.per_sample)]
+        self._scored(samples, hardness)
         if self.signal == "learnability":
-            return self._reward(learnability(float(fb.success[0])))
-        return self._reward(h)
+            return [finite_reward(self._reward(learnability(float(p)))) for p in fb.success]
+        return [finite_reward(self._reward(h)) for h in hardness]
 
     def _episode_done(self, samples: list[Sample]) -> None:
         n_keep = max(1, round(self.eta * len(samples)))
@@ -162,7 +201,7 @@ class EpisodeCollector:
         abandoned = bool(info.get("abandoned", False))
         scored = (info.get("valid") if self.mode == "sample"
                   else done and completed and not abandoned)
-        if self.feedback_enabled and scored:
+        if self.feedback_enabled and scored and not self.deferring:  # deferred: in `flush`
             self.extrinsic.append(float(info.get("extrinsic", 0.0)))
         if info.get("valid"):
             self.valid += 1
@@ -221,4 +260,5 @@ class EpisodeCollector:
             "hardness_by_term": {t: float(np.mean(v)) for t, v in sorted(by_term.items())},
             "extrinsic_mean": float(np.mean(self.extrinsic)) if self.extrinsic else None,
         }
+
 

@@ -150,7 +150,11 @@ class LoopConfig:
     `feedback: sample`): what a valid frame is rewarded for, "hardness" (its loss, the paper's
     "poor performance") or "learnability" p(1 - p), p being its chance of being answered right
     (a departure: samples the VLM is unsure about, neither solved nor hopeless, as prioritized
-    level replay scores levels).
+    level replay scores levels). `feedback_batch` (with `feedback: sample`; 1, scoring each frame
+    on its step, is the default): score up to this many valid frames in one VLM call (a
+    departure): the frames of each SAC rollout (`agent.train_freq` steps, which must be at least
+    `feedback_batch`) are scored together at its end, before SAC's gradient steps, and their
+    rewards written into the replay buffer; the random agent's frames as they fill a batch.
     """
 
     iterations: int = 50
@@ -170,6 +174,7 @@ class LoopConfig:
     feedback: str = "episode"
     reward_norm: str = "none"
     signal: str = "hardness"
+    feedback_batch: int = 1
 
     def __post_init__(self) -> None:
         _require(self.iterations >= 1, "loop.iterations", self.iterations, "an integer >= 1")
@@ -190,6 +195,11 @@ class LoopConfig:
         _require(self.signal == "hardness" or self.feedback == "sample", "loop.signal",
                  self.signal, "'hardness' unless loop.feedback is 'sample' (the episode "
                  "feedback is the paper's J2)")
+        _require(self.feedback_batch >= 1, "loop.feedback_batch", self.feedback_batch,
+                 "an integer >= 1 (valid frames per feedback call)")
+        _require(self.feedback_batch == 1 or self.feedback == "sample", "loop.feedback_batch",
+                 self.feedback_batch, "1 unless loop.feedback is 'sample' (the episode feedback "
+                 "already scores an episode's T0 frames in one call)")
         _require(self.save_batches or not self.replay.enabled, "loop.save_batches",
                  self.save_batches, "true while loop.replay is on (replayed samples are read "
                  "back from the saved batches when a run resumes)")
@@ -366,6 +376,11 @@ class Config:
         _require(0 <= self.seed < 2**31, "seed", self.seed, "an integer in [0, 2**31)")
         _require(round(self.loop.eta * self.env.t0) >= 1, "loop.eta", self.loop.eta,
                  f"large enough that eta * t0 (t0={self.env.t0}) keeps at least one sample")
+        _require(self.agent.name == "random" or self.loop.feedback_batch <= self.agent.train_freq,
+                 "loop.feedback_batch", self.loop.feedback_batch,
+                 f"at most agent.train_freq ({self.agent.train_freq}): SAC trains after every "
+                 f"train_freq steps and a frame's reward must be in its replay buffer first "
+                 f"(raise agent.train_freq and agent.gradient_steps with it)")
 
     def resolved(self, cwd: str | Path | None = None) -> Config:
         """This config with its paths absolute (relative ones taken from `cwd`, default the

@@ -162,9 +162,9 @@ class Rls3Env(gym.Env):
         truncated = not terminated and self._steps >= self.config.step_cap
         extrinsic = 0.0
         if frame is not None and self.step_feedback is not None:
-            extrinsic = _finite(self.step_feedback(frame))
+            extrinsic = finite_reward(self.step_feedback(frame))
         if terminated and self.feedback is not None:
-            extrinsic = _finite(self.feedback(tuple(self._frames)))
+            extrinsic = finite_reward(self.feedback(tuple(self._frames)))
         reward += extrinsic
         info = {"valid": feas.valid, "reason": feas.reason.value, "moved": moved,
                 "n_valid": len(self._frames), "frame": frame, "extrinsic": extrinsic,
@@ -308,7 +308,8 @@ def same_layout(a: SceneState, b: SceneState, tol: float = SAME_LAYOUT_TOL) -> b
                for p, q in zip(a.objects, b.objects, strict=True))
 
 
-def _finite(x: float) -> float:
+def finite_reward(x: float) -> float:
+    """`x` as a float; ValueError when a feedback hook returned NaN or an infinity."""
     x = float(x)
     if not math.isfinite(x):
         raise ValueError(f"feedback returned a non-finite reward {x!r}")

@@ -246,7 +246,7 @@ class Loop:
         norm = RunningNorm(self.state.reward_norm) if cfg.loop.reward_norm == "running" else None
         collector = EpisodeCollector(vlm, rng, cfg.loop.eta, cfg.loop.beta, cfg.env.t0,
                                      feedback=use_feedback, mode=cfg.loop.feedback, norm=norm,
-                                     signal=cfg.loop.signal)
+                                     signal=cfg.loop.signal, batch=cfg.loop.feedback_batch)
         self.finetuner = Finetuner(vlm, cfg.loop, cfg.seed)
         self.replay = self.finetuner.replay
         if self.replay is not None and self.ckpt is None:
@@ -411,9 +411,12 @@ class Loop:
             collector.bar = bar
             bar.set_postfix(collector.postfix(), refresh=False)
             try:
-                agent.collect(cfg.loop.episodes, episode_seed(cfg.seed, i), collector.on_step)
+                agent.collect(cfg.loop.episodes, episode_seed(cfg.seed, i), collector.on_step,
+                              collector if collector.deferring else None)
             finally:
                 collector.bar = None
+        if collector.queued:    # an agent that returned without flushing: a bug, not bad input
+            raise RuntimeError(f"{collector.queued} frames were left unscored by the agent")
         collect_s = time.perf_counter() - t
         times["feedback"] = collector.feedback_s
         times["generate"] = collect_s - collector.feedback_s

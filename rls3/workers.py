@@ -24,7 +24,6 @@ Seeds: in iteration i worker w is reset with `rls3.seeding.episode_seed(seed, i)
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import time
@@ -38,7 +37,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecEnvWrappe
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from rls3.backends import BackendConfig, get_backend_spec, make_backend
-from rls3.env import EnvConfig, Frame, Rls3Env
+from rls3.env import EnvConfig, Frame, Rls3Env, finite_reward
 
 log = logging.getLogger(__name__)
 
@@ -247,13 +246,13 @@ class FeedbackVecEnv(VecEnvWrapper):
             if self.feedback is not None:
                 self._frames[w].append(frame)
             if self.step_feedback is not None:
-                extrinsic = _finite(self.step_feedback(frame, w))
+                extrinsic = finite_reward(self.step_feedback(frame, w))
         if done and int(info.get("n_valid", 0)) >= self.t0:
             if self.quota is None or self.quota > 0:
                 if self.quota is not None:
                     self.quota -= 1
                 if self.feedback is not None:
-                    extrinsic = _finite(self.feedback(tuple(self._frames[w])))
+                    extrinsic = finite_reward(self.feedback(tuple(self._frames[w])))
             else:
                 info["abandoned"] = True
         if done:
@@ -283,9 +282,3 @@ def make_workers(backend: BackendConfig, env: EnvConfig, n: int,
         venv.close()
         raise
 
-
-def _finite(x: float) -> float:
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"feedback returned a non-finite reward {x!r}")
-    return x

@@ -276,6 +276,92 @@ def test_sample_feedback_reaches_the_buffer_before_the_next_gradient_step_with_t
     assert counted.completed >= 2   # a third completion on the last step is abandoned
 
 
+class Deferred:
+    """The `DeferredFeedback` seam as `EpisodeCollector` fills it: valid frames queue (0 on
+    their step), `flush` scores them with increasing rewards 0.1, 0.2, ... in queue order."""
+
+    feedback_batch = 64
+
+    def __init__(self):
+        self.queue, self.scored, self.flushes = [], [], []
+
+    @property
+    def queued(self):
+        return len(self.queue)
+
+    def score_step(self, frame, worker=0):
+        self.queue.append(worker)
+        return 0.0
+
+    def flush(self):
+        out = []
+        for w in self.queue:
+            self.scored.append(0.1 * (len(self.scored) + 1))
+            out.append((w, self.scored[-1]))
+        self.flushes.append(len(self.queue))
+        self.queue = []
+        return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_deferred_feedback_reaches_the_buffer_before_the_next_gradient_step(
+        backend, tmp_path, workers):
+    """`loop.feedback_batch`: with train_freq = gradient_steps = 4 the frames of each 4-step
+    rollout are scored together at its end, and every stored transition carries its complete
+    reward (1 + extrinsic when valid) whenever SAC's gradient steps run; none is left unscored."""
+    from rls3.backends import BackendConfig
+    from rls3.workers import make_workers
+
+    dq = Deferred()
+    env_cfg = EnvConfig(t0=3, image_size=16, render=False, max_steps=200)
+    cfg = agent_cfg(tmp_path, train_freq=4, gradient_steps=4)
+    vec = None
+    if workers == 2:
+        vec = make_workers(BackendConfig(train_scenes=("kitchen",)), env_cfg, 2,
+                           {"step_feedback": dq.score_step})
+    try:
+        env = Rls3Env(backend, env_cfg, step_feedback=dq.score_step)
+        agent = build_agent("sac", env, cfg, 0, "sim", workers=vec)
+        rb, model = agent.model.replay_buffer, agent.model
+        assert model.gradient_steps == 4 * workers
+        before = rb.pos
+        valid: list[bool] = []
+
+        def on_step(info, reward, done):
+            valid.append(bool(info["valid"]))
+            assert reward == (1.0 if info["valid"] else -1.0) and info["extrinsic"] == 0.0
+
+        snapshots = []
+        train = model.train
+
+        def spy(*args, **kwargs):
+            snapshots.append(rb.rewards[before:rb.pos].reshape(-1).copy())
+            return train(*args, **kwargs)
+
+        model.train = spy
+        steps = agent.collect(2, seed=3, on_step=on_step, deferred=dq)
+    finally:
+        if vec is not None:
+            vec.close()
+    assert steps == len(valid) == 4 * workers * len(snapshots)   # whole rollouts of 4 steps
+    assert dq.queue == [] and sum(dq.flushes) == sum(valid) >= 6
+    assert len(dq.flushes) == len(snapshots)                     # one flush per rollout
+    scores = iter(dq.scored)
+    expected = [1.0 + next(scores) if v else -1.0 for v in valid]
+    for n, snap in enumerate(snapshots, 1):   # the n-th train() sees n rollouts, all complete
+        np.testing.assert_allclose(snap, expected[:4 * workers * n], rtol=1e-6)
+
+
+def test_the_random_agent_flushes_deferred_feedback_in_batches(backend):
+    dq = Deferred()
+    dq.feedback_batch = 2
+    env = Rls3Env(backend, EnvConfig(t0=3, image_size=16, render=False, max_steps=200),
+                  step_feedback=dq.score_step)
+    RandomAgent(env, seed=1).collect(2, seed=4, deferred=dq)
+    assert dq.queue == [] and sum(dq.flushes) == len(dq.scored) >= 6
+    assert set(dq.flushes[:-1]) == {2} and dq.flushes[-1] in (0, 1)
+
+
 def test_pretrained_buffer_is_laid_out_for_n_envs():
     """The one-env pre-training buffer loaded for N envs: the newest len // N * N transitions,
     oldest first, N per row (each with its own next observation)."""

@@ -66,3 +66,56 @@ def test_learnability_is_the_per_sample_reward():
     assert rewards["hardness"] == pytest.approx(2.0 * h)
     p = math.exp(-h)
     assert rewards["learnability"] == pytest.approx(2.0 * p * (1 - p))
+
+
+def test_deferred_feedback_scores_the_queue_in_batches_as_step_feedback_would():
+    """`batch` > 1 queues each valid frame (0 on its step); `flush` scores the queue at most
+    `batch` per VLM call and returns the rewards, normalised in the same order, that scoring
+    frame by frame gives (up to batched arithmetic), with the same captions and records."""
+    from rls3.collector import RunningNorm
+
+    be = SimBackend(["kitchen"], shadows=False)
+    try:
+        frames = []
+        for seed in range(5):
+            state = be.load_scene(0, seed=seed)
+            frames.append(Frame(be.render(32, 32), state.rendered_at(32, 32), seed))
+    finally:
+        be.close()
+    vlm = build_vlm("clip-tiny", seed=0, progress=False)
+    calls = []
+    feedback = vlm.feedback
+    vlm.feedback = lambda samples: calls.append(len(samples)) or feedback(samples)
+    runs = {}
+    for batch in (1, 2):
+        col = EpisodeCollector(vlm, np.random.default_rng(0), 1.0, 2.0, 5, mode="sample",
+                               norm=RunningNorm(), batch=batch)
+        on_step = [col.score_step(f, worker=i % 2) for i, f in enumerate(frames)]
+        if batch == 1:
+            assert not col.deferring and col.queued == 0
+            runs[batch] = (list(enumerate(on_step)), col)
+            continue
+        assert col.deferring and on_step == [0.0] * 5 and col.queued == 5 and not col.hardness
+        calls.clear()
+        out = col.flush()
+        assert calls == [2, 2, 1] and col.queued == 0 and col.flush() == []
+        assert [w for w, _ in out] == [0, 1, 0, 1, 0]
+        runs[batch] = (list(enumerate(r for _, r in out)), col)
+    (one, a), (two, b) = runs[1], runs[2]
+    np.testing.assert_allclose([r for _, r in two], [r for _, r in one], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b.hardness, a.hardness, rtol=1e-4)
+    assert b.extrinsic == [r for _, r in two] and b.norm.count == a.norm.count == 5
+    assert [s.description for s in b._pending[0]] == [s.description for s in a._pending[0]]
+
+
+def test_feedback_batch_option_is_checked():
+    with pytest.raises(ConfigError, match="loop.feedback_batch"):
+        preset("quick").override({"loop.feedback_batch": 0})
+    with pytest.raises(ConfigError, match=r"loop.feedback_batch.*episode feedback"):
+        preset("paper-clip").override({"loop.feedback_batch": 4})
+    with pytest.raises(ConfigError, match=r"at most agent.train_freq \(1\)"):
+        preset("quick").override({"loop.feedback_batch": 4})
+    cfg = preset("quick").override({"loop.feedback_batch": 4, "agent.train_freq": 4,
+                                    "agent.gradient_steps": 4})
+    assert cfg.loop.feedback_batch == 4
+    assert preset("quick").override({"loop.feedback_batch": 8, "agent.name": "random"})

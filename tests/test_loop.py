@@ -478,6 +478,25 @@ def test_sample_feedback_with_running_norm_resumes_bit_identically(root):
 
 
 @pytest.mark.slow
+def test_batched_sample_feedback_resumes_bit_identically_after_sigkill(root, tmp_path):
+    """`loop.feedback_batch` (frames scored 4 at a time at the end of each 4-step SAC rollout):
+    every valid frame is scored, and `rls3 run` killed by SIGKILL after its first checkpoint
+    resumes to the uninterrupted run's metrics and weights."""
+    over = {"loop.feedback": "sample", "loop.reward_norm": "running", "loop.feedback_batch": 4,
+            "agent.train_freq": 4, "agent.gradient_steps": 4, "loop.iterations": 3}
+    full = run(tiny_config(root, **over), run_dir=tmp_path / "full")
+    recs = read_metrics(full.run_dir)
+    for r in recs[1:]:
+        assert r["hardness_n"] == r["valid"] and r["extrinsic_mean"] is not None
+    d = tmp_path / "killed"
+    kill_after_first_checkpoint(tiny_config(root, **over), d)
+    assert latest_checkpoint(d).name == "iter_0001"
+    resume(d)
+    assert comparable(read_metrics(d)) == comparable(recs)
+    _same_weights(d, full.run_dir)
+
+
+@pytest.mark.slow
 def test_relative_paths_are_recorded_absolute_and_resume_from_anywhere(root, tmp_path,
                                                                       monkeypatch):
     """Issue 13, item 6: data.dir, runs_dir and the pre-training cache are resolved once when
