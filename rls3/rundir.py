@@ -127,6 +127,21 @@ def config_digest(cfg: Config) -> str:
     return hashlib.sha256(cfg.to_yaml().encode()).hexdigest()
 
 
+def _written_digest(path: Path) -> str | None:
+    """SHA-256 of the settings a config.yaml holds, as `config_digest` hashed them when an
+    older rls3 wrote the file: a run made before a setting existed hashed a config without it,
+    so an unedited folder of an older version still resumes (new settings take their
+    defaults, which keep the earlier behaviour)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+        return hashlib.sha256(yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+                              .encode()).hexdigest()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
 def _new_folder(parent: Path, name: str) -> Path:
     """`parent/name`, else `name-2`, `name-3`, ...: the first one this process creates itself
     (an exclusive mkdir, so concurrent callers get different folders)."""
@@ -292,7 +307,7 @@ def load_run_config(run_dir: str | Path, resume: bool = False) -> Config:
         cfg = Config.from_yaml(path, base=Config())
     except ConfigError as e:
         raise RunDirError(f"{str(run_dir)!r}: bad {CONFIG_FILE}: {e}") from e
-    if resume and marker.get("config_sha256") != config_digest(cfg):
+    if resume and marker.get("config_sha256") not in (config_digest(cfg), _written_digest(path)):
         raise RunDirError(f"{str(path)!r} differs from the configuration the run was made with "
                           f"(config_sha256 in {RUN_FILE}); a run cannot continue under another "
                           f"configuration, so nothing was changed: undo the edit, or start a "

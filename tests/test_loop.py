@@ -724,6 +724,26 @@ def test_an_edited_config_yaml_is_refused_on_resume(sac_run, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in d.rglob("*")} == before
 
 
+def test_a_folder_made_before_a_setting_existed_resumes(sac_run, tmp_path):
+    """A config.yaml written by an older rls3 lacks settings added since; unedited, it still
+    matches the digest that version recorded, and the new settings take their defaults. An edit
+    to such a file is still refused."""
+    import hashlib
+
+    d = _copy(sac_run.run_dir, tmp_path / "older")
+    cfg_file, marker_file = d / CONFIG_FILE, d / RUN_FILE
+    older = cfg_file.read_text().replace("  feedback_batch: 1\n", "")
+    assert older != cfg_file.read_text()
+    cfg_file.write_text(older)
+    marker = json.loads(marker_file.read_text())
+    marker["config_sha256"] = hashlib.sha256(older.encode()).hexdigest()
+    marker_file.write_text(json.dumps(marker))
+    assert load_run_config(d, resume=True) == load_run_config(sac_run.run_dir)
+    cfg_file.write_text(older.replace("seed: 0\n", "seed: 1\n", 1))
+    with pytest.raises(RunDirError, match=r"differs from the configuration the run"):
+        load_run_config(d, resume=True)
+
+
 def test_a_truncated_best_vlm_is_named_on_resume(sac_run, tmp_path):
     """Issue 25, item 4: resume verifies best_vlm/ against its manifest: a truncated
     model.safetensors is a RunDirError naming it, and nothing is rewritten."""
