@@ -329,6 +329,13 @@ def table(res: dict[str, Any], out: Path | None = None) -> list[str]:
             _fmt(vs.get("auc")), _fmt(vs.get("final")),
             f"{e['steps']['mean']:.0f}", f"{e['wall_s']['mean']:.0f}",
             f"{e['cpu_s']['mean']:.0f}" if e.get("cpu_s") else "–"]) + " |")
+    if res.get("pairs"):
+        lines += ["", "| paired difference (95% t-interval) | seeds | test AUC | final test | "
+                  "val AUC | final val |", "|---|---|---|---|---|---|"]
+        for name, p in res["pairs"].items():
+            lines.append(f"| {name} | {len(p['seeds'])} | {_fmt(p.get('auc'))} | "
+                         f"{_fmt(p.get('final'))} | {_fmt(p.get('val_auc'))} | "
+                         f"{_fmt(p.get('final_val'))} |")
     if out is not None and (out / "README.md").is_file():
         lines += ["", f"Details: [{out.name}/README.md]({out.name}/README.md)."]
     return lines
@@ -349,6 +356,12 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-value", action="store_true",
                     help="do not compute the datasets' own value (use those already computed)")
     ap.add_argument("--summarize-only", action="store_true", help="no new runs")
+    ap.add_argument("--merge", metavar="JSON",
+                    help="an earlier result of this script: its variants that are not run now "
+                         "are kept (runs made elsewhere, e.g. on another machine)")
+    ap.add_argument("--pair", action="append", default=[], metavar="A:B",
+                    help="also report the paired differences A - B by seed (besides each "
+                         "variant against random)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -367,8 +380,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"done: {u['variant']} seed {u['seed']}: {u['process_wall_s']:.0f} s wall, "
                       f"{u['process_cpu_s']:.0f} s CPU", flush=True)
     res = summarize(variants, seeds, args)
+    if args.merge:
+        res = merge(json.loads(Path(args.merge).read_text()), res)
+    res["pairs"] = {f"{a} − {b}": paired(res["variants"], a, b)
+                    for a, b in (p.split(":", 1) for p in args.pair)}
     res.update(machine=info, command=command_line(), machine_after=machine_info())
     return res
+
+
+_PAIRED = ("auc", "final", "best_val_test", "val_auc", "final_val", "wall_s")
+
+
+def paired(variants: dict[str, Any], a: str, b: str) -> dict[str, Any]:
+    """Differences a - b of each per-seed measure over the seeds both variants have."""
+    if a not in variants or b not in variants:
+        raise SystemExit(f"--pair {a}:{b}: both must be variants of the result")
+    by_seed = {r["seed"]: r for r in variants[b]["runs"]}
+    pairs = [(r, by_seed[r["seed"]]) for r in variants[a]["runs"] if r["seed"] in by_seed]
+    out: dict[str, Any] = {"seeds": [r["seed"] for r, _ in pairs]}
+    for k in _PAIRED:
+        if pairs and all(x.get(k) is not None and y.get(k) is not None for x, y in pairs):
+            out[k] = _ci([x[k] - y[k] for x, y in pairs])
+    return out
+
+
+def merge(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """`now` with the variants of `earlier` it does not have; differences against random are
+    recomputed over the merged random runs."""
+    variants = {**{n: e for n, e in earlier["variants"].items() if n not in now["variants"]},
+                **now["variants"]}
+    for name, e in variants.items():
+        if name != "random" and "random" in variants:
+            e["vs_random"] = {k: v for k, v in paired(variants, name, "random").items()
+                              if k != "seeds"}
+    return {**now, "variants": variants, "merged_from": earlier.get("command")}
 
 
 if __name__ == "__main__":

@@ -51,3 +51,22 @@ def test_tiny_sampler_benchmark(tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before
     assert json.loads((tmp_path / "out" / "sampler.json").read_text())["variants"]["sac"][
         "runs"] == sac["runs"]
+    # summarising part of the variants into an earlier result keeps the others, and --pair
+    # reports the paired differences of any two
+    first = tmp_path / "first.json"
+    first.write_text((tmp_path / "out" / "sampler.json").read_text())
+    i = cmd.index("--variants")
+    merged = cmd[:i + 1] + ["sac"] + cmd[i + 2:]
+    merged[merged.index("--out") + 1] = str(tmp_path / "out2")
+    merged += ["--summarize-only", "--merge", str(first), "--pair", "sac:random-cosine",
+               "--pair", "sac:random"]
+    p = subprocess.run(merged, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res2 = json.loads((tmp_path / "out2" / "sampler.json").read_text())
+    assert set(res2["variants"]) == {"random", "sac", "random-cosine"}
+    assert res2["variants"]["sac"]["runs"] == sac["runs"]
+    pair = res2["pairs"]["sac − random"]
+    assert pair["seeds"] == [0, 1] and pair["final"]["mean"] == pytest.approx(
+        sac["vs_random"]["final"]["mean"])
+    assert res2["pairs"]["sac − random-cosine"]["auc"]["mean"] == pytest.approx(
+        sac["auc"]["mean"] - off["auc"]["mean"])
