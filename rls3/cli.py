@@ -539,7 +539,29 @@ def _check_multi_process(command: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The `rls3` console entry; run as a program (argv None) it first re-executes itself under
-    tcmalloc (`rls3.runtime`)."""
+    tcmalloc (`rls3.runtime`). A process of a multi-process launch run as a program ends with
+    `os._exit` once its command has returned and its output is flushed: at interpreter teardown
+    gloo's threads abort a finished process now and then ("terminate called without an active
+    exception", SIGABRT), which the launcher reports as the failure of a run that completed."""
+    code = _main(argv)
+    if argv is None and _world_size() > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _world_size() -> int:
+    from rls3.runtime import launched_world_size
+
+    try:
+        return launched_world_size()
+    except ValueError:
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from rls3 import runtime
 
     try:
