@@ -49,6 +49,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sac-learnability": {"agent": "sac", "sets": ["loop.signal=learnability"]},
     "sac-t8": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16"]},
     "random-t8": {"agent": "random", "sets": ["env.t0=8", "loop.episodes=16"]},
+    # `quick` before it took T0 = 8 (the rows named sac and random in results/sampler)
+    "sac-t32": {"agent": "sac", "sets": ["env.t0=32", "loop.episodes=4"]},
+    "random-t32": {"agent": "random", "sets": ["env.t0=32", "loop.episodes=4"]},
     "random-cosine": {"agent": "random", "sets": ["loop.finetune.lr_schedule=cosine"],
                       "replay_of": "random"},
     "random-shrink": {"agent": "random", "sets": ["loop.finetune.shrink=0.5"],
