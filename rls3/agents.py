@@ -159,13 +159,11 @@ class RandomAgent:
         flushed `feedback_batch` frames at a time."""
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
-        if deferred is not None:
-            on_step = _flushing(on_step, deferred)
-        try:
+        if deferred is None:
             return self._collect(episodes, seed, on_step)
-        finally:
-            if deferred is not None:
-                deferred.flush()
+        steps = self._collect(episodes, seed, _flushing(on_step, deferred))
+        deferred.flush()
+        return steps
 
     def _collect(self, episodes: int, seed: int, on_step: StepHook | None) -> int:
         if isinstance(self.env, FeedbackVecEnv):

@@ -307,7 +307,9 @@ def load_run_config(run_dir: str | Path, resume: bool = False) -> Config:
         cfg = Config.from_yaml(path, base=Config())
     except ConfigError as e:
         raise RunDirError(f"{str(run_dir)!r}: bad {CONFIG_FILE}: {e}") from e
-    if resume and marker.get("config_sha256") not in (config_digest(cfg), _written_digest(path)):
+    recorded = marker.get("config_sha256")
+    if resume and (recorded is None or recorded not in (config_digest(cfg),
+                                                         _written_digest(path))):
         raise RunDirError(f"{str(path)!r} differs from the configuration the run was made with "
                           f"(config_sha256 in {RUN_FILE}); a run cannot continue under another "
                           f"configuration, so nothing was changed: undo the edit, or start a "
