@@ -32,9 +32,10 @@ from rls3.envconfig import EnvConfig
 from rls3.seeding import child_seed
 
 __all__ = ["AGENTS", "FEEDBACK_MODES", "REWARD_NORMS", "SIGNALS", "STEP_CAP_T0", "BUDGET_UNITS",
-           "LR_SCHEDULES", "PRESETS", "AgentConfig", "BackendConfig", "Config", "ConfigError",
-           "DataConfig", "EarlyStoppingConfig", "EnvConfig", "FinetuneConfig", "LoopConfig",
-           "ReplayConfig", "VLMConfig", "parse_assignment", "preset"]
+           "LR_SCHEDULES", "PRESETS", "PRETRAIN_SCHEDULE", "AgentConfig", "BackendConfig",
+           "Config", "ConfigError", "DataConfig", "EarlyStoppingConfig", "EnvConfig",
+           "FinetuneConfig", "LoopConfig", "ReplayConfig", "VLMConfig", "dump_yaml",
+           "parse_assignment", "preset"]
 
 
 #: the agents `agent.name` may name; `rls3.agents.AGENT_SPECS` makes them (tested to match)
@@ -352,6 +353,11 @@ class DataConfig:
         _require(self.test_size >= 1, "data.test_size", self.test_size, "an integer >= 1")
 
 
+def dump_yaml(data: Any) -> str:
+    """The YAML text of plain config data, as `Config.to_yaml` writes it (keys in order)."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything a run needs. `preset` names the preset it started from (used in run folder
@@ -441,7 +447,7 @@ class Config:
         return build_record(cls, merged, "")
 
     def to_yaml(self, path: str | Path | None = None) -> str:
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        text = dump_yaml(self.to_dict())
         if path is not None:
             Path(path).write_text(text)
         return text

@@ -50,7 +50,7 @@ from safetensors import SafetensorError
 import rls3
 from rls3 import runtime
 from rls3.atomic import atomic_create, atomic_folder, atomic_write
-from rls3.config import Config, ConfigError
+from rls3.config import Config, ConfigError, dump_yaml
 from rls3.manifest import MANIFEST_FILE, manifest_problems, sha256, write_manifest
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,7 @@ def _written_digest(path: Path) -> str | None:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
-        return hashlib.sha256(yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
-                              .encode()).hexdigest()
+        return hashlib.sha256(dump_yaml(yaml.safe_load(path.read_text())).encode()).hexdigest()
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
 
@@ -308,8 +306,8 @@ def load_run_config(run_dir: str | Path, resume: bool = False) -> Config:
     except ConfigError as e:
         raise RunDirError(f"{str(run_dir)!r}: bad {CONFIG_FILE}: {e}") from e
     recorded = marker.get("config_sha256")
-    if resume and (recorded is None or recorded not in (config_digest(cfg),
-                                                         _written_digest(path))):
+    if resume and (recorded is None or (recorded != config_digest(cfg)
+                                        and recorded != _written_digest(path))):
         raise RunDirError(f"{str(path)!r} differs from the configuration the run was made with "
                           f"(config_sha256 in {RUN_FILE}); a run cannot continue under another "
                           f"configuration, so nothing was changed: undo the edit, or start a "
