@@ -49,6 +49,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sac-learnability": {"agent": "sac", "sets": ["loop.signal=learnability"]},
     "sac-t8": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16"]},
     "random-t8": {"agent": "random", "sets": ["env.t0=8", "loop.episodes=16"]},
+    # selection (`loop.keep: hardest`): twice the frames generated (T0 = 16, a new room and layout
+    # per valid frame as at T0 = 8), each episode's 8 hardest of 16 kept: the same 128 per iteration
+    "sac-hard": {"agent": "sac", "sets": ["env.t0=16", "env.scene_every=1", "loop.episodes=16",
+                                          "loop.eta=0.5", "loop.keep=hardest"]},
+    "random-hard": {"agent": "random", "sets": ["env.t0=16", "env.scene_every=1",
+                                                "loop.episodes=16", "loop.eta=0.5",
+                                                "loop.keep=hardest"]},
     # `quick` before it took T0 = 8 (the rows named sac and random in results/sampler)
     "sac-t32": {"agent": "sac", "sets": ["env.t0=32", "loop.episodes=4"]},
     "random-t32": {"agent": "random", "sets": ["env.t0=32", "loop.episodes=4"]},

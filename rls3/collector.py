@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from rls3.config import FEEDBACK_MODES, SIGNALS
+from rls3.config import FEEDBACK_MODES, KEEP_RULES, SIGNALS
 from rls3.data import make_sample
 from rls3.env import Frame, finite_reward
 from rls3.sample import Sample
@@ -71,18 +71,25 @@ class EpisodeCollector:
     step is captioned on its step but returns no extrinsic reward; the agent calls `flush`
     before the frame can matter (SAC: at the end of each rollout, before `train()`, and writes
     the rewards into its replay buffer), which scores the queued frames `batch` at a time
-    (`feedback_batch`)."""
+    (`feedback_batch`). `keep="hardest"` (`loop.keep`) keeps the episode's highest-scored frames
+    instead of a random eta-subsample."""
 
     def __init__(self, vlm: VLM, rng: np.random.Generator, eta: float, beta: float, t0: int,
                  feedback: bool = True, mode: str = "episode",
                  norm: RunningNorm | None = None, signal: str = "hardness",
-                 batch: int = 1) -> None:
+                 batch: int = 1, keep: str = "random") -> None:
         if mode not in FEEDBACK_MODES:
             raise ValueError(f"feedback mode must be one of {list(FEEDBACK_MODES)}, got {mode!r}")
         if signal not in SIGNALS:
             raise ValueError(f"signal must be one of {list(SIGNALS)}, got {signal!r}")
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"feedback batch must be an integer >= 1, got {batch!r}")
+        if keep not in KEEP_RULES:
+            raise ValueError(f"keep must be one of {list(KEEP_RULES)}, got {keep!r}")
+        if keep != "random" and (not feedback or batch > 1):
+            raise ValueError("keep='hardest' needs every frame scored on its step (feedback on, "
+                             "batch 1)")
+        self.keep = keep
         self.signal = signal
         self.feedback_batch = batch
         #: whether valid frames are queued for `flush` instead of scored on their step
@@ -114,6 +121,7 @@ class EpisodeCollector:
         self._pending: dict[int, list[Sample]] = {}  # sample mode: each worker's episode so far
         self._open: set[int] = set()  # workers whose current episode has not ended
         self._queue: list[tuple[int, Sample]] = []  # deferred feedback: (worker, sample) to score
+        self._score: dict[int, float] = {}  # keep="hardest": id(sample) -> its hardness, until kept
 
     def env_hooks(self) -> dict[str, Any]:
         """Keyword arguments for `Rls3Env`: the episode or the per-sample feedback hook."""
@@ -137,6 +145,8 @@ class EpisodeCollector:
             self.j2.append(float(fb.j2))
             if fb.hardness:
                 self._scored(samples, fb.hardness)
+            if self.keep != "random":
+                self._note_scores(samples, fb.hardness if fb.hardness else fb.per_sample)
             reward = self._reward(float(fb.j2))
         self._episode_done(samples)
         return reward
@@ -179,14 +189,25 @@ class EpisodeCollector:
         self.feedback_s += time.perf_counter() - t
         hardness = [float(h) for h in (fb.hardness if fb.hardness else fb.per_sample)]
         self._scored(samples, hardness)
+        if self.keep != "random":
+            self._note_scores(samples, hardness)
         if self.signal == "learnability":
             return [finite_reward(self._reward(learnability(float(p)))) for p in fb.success]
         return [finite_reward(self._reward(h)) for h in hardness]
 
+    def _note_scores(self, samples: Sequence[Sample], scores: Sequence[float]) -> None:
+        if len(scores) != len(samples):
+            raise RuntimeError(f"keep='hardest' needs one score per sample; the VLM returned "
+                               f"{len(scores)} for {len(samples)}")
+        self._score.update((id(s), float(v)) for s, v in zip(samples, scores, strict=True))
+
     def _episode_done(self, samples: list[Sample]) -> None:
-        n_keep = max(1, round(self.eta * len(samples)))
-        keep = np.sort(self.rng.choice(len(samples), size=min(n_keep, len(samples)),
-                                       replace=False))
+        n_keep = min(max(1, round(self.eta * len(samples))), len(samples))
+        if self.keep == "hardest":  # the n_keep highest scores; ties to the earlier frame
+            scores = np.array([self._score.pop(id(s)) for s in samples], dtype=np.float64)
+            keep = np.sort(np.argsort(-scores, kind="stable")[:n_keep])
+        else:
+            keep = np.sort(self.rng.choice(len(samples), size=n_keep, replace=False))
         self.batch.extend(samples[int(i)] for i in keep)
         self.generated.extend(Sample(np.zeros((1, 1, 3), np.uint8), s.state, s.description)
                               for s in samples)

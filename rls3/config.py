@@ -34,7 +34,7 @@ from rls3.seeding import child_seed
 __all__ = ["AGENTS", "FEEDBACK_MODES", "REWARD_NORMS", "SIGNALS", "STEP_CAP_T0", "BUDGET_UNITS",
            "LR_SCHEDULES", "PRESETS", "PRETRAIN_SCHEDULE", "AgentConfig", "BackendConfig",
            "Config", "ConfigError", "DataConfig", "EarlyStoppingConfig", "EnvConfig",
-           "FinetuneConfig", "LoopConfig", "ReplayConfig", "VLMConfig", "dump_yaml",
+           "FinetuneConfig", "KEEP_RULES", "LoopConfig", "ReplayConfig", "VLMConfig", "dump_yaml",
            "parse_assignment", "preset"]
 
 
@@ -48,6 +48,8 @@ PRETRAIN_SCHEDULE: dict[str, str] = {"pretrain_train_freq": "train_freq",
 FEEDBACK_MODES: tuple[str, ...] = ("episode", "sample")
 REWARD_NORMS: tuple[str, ...] = ("none", "running")
 SIGNALS: tuple[str, ...] = ("hardness", "learnability")
+#: how an episode's round(eta * T0) fine-tuning samples are chosen (`loop.keep`)
+KEEP_RULES: tuple[str, ...] = ("random", "hardest")
 #: `env.max_steps: 0` in a run config means this many T0 steps per episode at most. The paper has no
 #: cap (an episode runs until T0 valid frames); the env's own default (10 T0) would cut many
 #: random-agent episodes in the embedded simulator, whose random-action yield is about 12%.
@@ -156,6 +158,11 @@ class LoopConfig:
     departure): the frames of each SAC rollout (`agent.train_freq` steps, which must be at least
     `feedback_batch`) are scored together at its end, before SAC's gradient steps, and their
     rewards written into the replay buffer; the random agent's frames as they fill a batch.
+    `keep`: which of an episode's frames make its round(eta * T0) fine-tuning samples, "random"
+    (the paper: drawn without replacement) or "hardest" (a departure, selection: those the VLM
+    scored hardest when they were generated, as prioritized level replay keeps its highest-scored
+    levels; needs eta < 1 and the frames scored, i.e. SAC or `random_feedback`, and
+    `feedback_batch` 1).
     """
 
     iterations: int = 50
@@ -176,6 +183,7 @@ class LoopConfig:
     reward_norm: str = "none"
     signal: str = "hardness"
     feedback_batch: int = 1
+    keep: str = "random"
 
     def __post_init__(self) -> None:
         _require(self.iterations >= 1, "loop.iterations", self.iterations, "an integer >= 1")
@@ -201,6 +209,13 @@ class LoopConfig:
         _require(self.feedback_batch == 1 or self.feedback == "sample", "loop.feedback_batch",
                  self.feedback_batch, "1 unless loop.feedback is 'sample' (the episode feedback "
                  "already scores an episode's T0 frames in one call)")
+        _require(self.keep in KEEP_RULES, "loop.keep", self.keep, f"one of {list(KEEP_RULES)}")
+        _require(self.keep == "random" or self.eta < 1.0, "loop.keep", self.keep,
+                 "'random' unless loop.eta < 1 (with eta = 1 every frame is kept, there is "
+                 "nothing to select)")
+        _require(self.keep == "random" or self.feedback_batch == 1, "loop.keep", self.keep,
+                 "'random' unless loop.feedback_batch is 1 (selection needs each frame's score "
+                 "when its episode ends)")
         _require(self.save_batches or not self.replay.enabled, "loop.save_batches",
                  self.save_batches, "true while loop.replay is on (replayed samples are read "
                  "back from the saved batches when a run resumes)")
@@ -387,6 +402,10 @@ class Config:
                  f"at most agent.train_freq ({self.agent.train_freq}): SAC trains after every "
                  f"train_freq steps and a frame's reward must be in its replay buffer first "
                  f"(raise agent.train_freq and agent.gradient_steps with it)")
+        _require(self.loop.keep == "random" or self.agent.name != "random"
+                 or self.loop.random_feedback, "loop.keep", self.loop.keep,
+                 "'random' for the random agent unless loop.random_feedback is true (selection "
+                 "ranks frames by the VLM's score of them)")
 
     def resolved(self, cwd: str | Path | None = None) -> Config:
         """This config with its paths absolute (relative ones taken from `cwd`, default the

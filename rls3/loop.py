@@ -246,7 +246,8 @@ class Loop:
         norm = RunningNorm(self.state.reward_norm) if cfg.loop.reward_norm == "running" else None
         collector = EpisodeCollector(vlm, rng, cfg.loop.eta, cfg.loop.beta, cfg.env.t0,
                                      feedback=use_feedback, mode=cfg.loop.feedback, norm=norm,
-                                     signal=cfg.loop.signal, batch=cfg.loop.feedback_batch)
+                                     signal=cfg.loop.signal, batch=cfg.loop.feedback_batch,
+                                     keep=cfg.loop.keep)
         self.finetuner = Finetuner(vlm, cfg.loop, cfg.seed)
         self.replay = self.finetuner.replay
         if self.replay is not None and self.ckpt is None:

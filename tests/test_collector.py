@@ -119,3 +119,59 @@ def test_feedback_batch_option_is_checked():
                                     "agent.gradient_steps": 4})
     assert cfg.loop.feedback_batch == 4
     assert preset("quick").override({"loop.feedback_batch": 8, "agent.name": "random"})
+
+
+def _kitchen_frames(n: int, size: int = 32) -> list[Frame]:
+    be = SimBackend(["kitchen"], shadows=False)
+    try:
+        frames = []
+        for seed in range(n):
+            state = be.load_scene(0, seed=seed)
+            frames.append(Frame(be.render(size, size), state.rendered_at(size, size), seed))
+    finally:
+        be.close()
+    return frames
+
+
+@pytest.mark.parametrize("mode", ["sample", "episode"])
+def test_keep_hardest_keeps_the_highest_scored_frames_of_each_episode(mode):
+    """`keep="hardest"`: an episode's round(eta * T0) fine-tuning samples are the frames the VLM
+    scored hardest (in generation order); `keep="random"` draws them, here a different set."""
+    frames = _kitchen_frames(6)
+    vlm = build_vlm("clip-tiny", seed=0, progress=False)
+    kept = {}
+    for keep in ("random", "hardest"):
+        col = EpisodeCollector(vlm, np.random.default_rng(1), 0.5, 1.0, 6, mode=mode, keep=keep)
+        if mode == "sample":
+            for i, f in enumerate(frames):
+                col.score_step(f)
+                col.on_step({"valid": True, "n_valid": i + 1}, 1.0, i == 5)
+        else:
+            col(frames)
+        assert len(col.hardness) == 6 and len(col.batch) == 3 and col.episodes == 1
+        states = [id(s.state) for s in col.generated]  # the generated frames, in order
+        kept[keep] = [states.index(id(s.state)) for s in col.batch]
+        if keep == "hardest":
+            top = sorted(np.argsort(-np.asarray(col.hardness), kind="stable")[:3].tolist())
+            assert kept[keep] == top
+            assert not col._score  # scores are dropped once their episode is kept
+    assert kept["random"] != kept["hardest"]
+
+
+def test_keep_option_is_checked():
+    with pytest.raises(ConfigError, match="loop.keep"):
+        preset("quick").override({"loop.keep": "easiest"})
+    with pytest.raises(ConfigError, match=r"loop.keep.*eta < 1"):
+        preset("quick").override({"loop.keep": "hardest"})  # quick keeps every frame
+    with pytest.raises(ConfigError, match=r"loop.keep.*feedback_batch"):
+        preset("quick").override({"loop.keep": "hardest", "loop.eta": 0.5,
+                                  "loop.feedback_batch": 2, "agent.train_freq": 2})
+    with pytest.raises(ConfigError, match=r"loop.keep.*random_feedback"):
+        preset("quick").override({"loop.keep": "hardest", "loop.eta": 0.5,
+                                  "agent.name": "random", "loop.random_feedback": False})
+    cfg = preset("quick").override({"loop.keep": "hardest", "loop.eta": 0.5, "env.t0": 16})
+    assert cfg.loop.keep == "hardest"
+    assert preset("paper-clip").loop.keep == preset("quick").loop.keep == "random"
+    with pytest.raises(ValueError, match="keep"):
+        EpisodeCollector(build_vlm("clip-tiny", seed=0, progress=False),
+                         np.random.default_rng(0), 0.5, 1.0, 4, feedback=False, keep="hardest")

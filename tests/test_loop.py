@@ -497,6 +497,25 @@ def test_batched_sample_feedback_resumes_bit_identically_after_sigkill(root, tmp
 
 
 @pytest.mark.slow
+def test_keep_hardest_resumes_bit_identically_after_sigkill(root, tmp_path):
+    """`loop.keep: hardest` (each episode's 2 hardest of T0 = 4 frames fine-tune the VLM): the
+    batch is eta * T0 * E samples, and `rls3 run` killed by SIGKILL after its first checkpoint
+    resumes to the uninterrupted run's metrics and weights."""
+    over = {"loop.feedback": "sample", "loop.eta": 0.5, "loop.keep": "hardest",
+            "loop.iterations": 2}
+    full = run(tiny_config(root, **over), run_dir=tmp_path / "full")
+    recs = read_metrics(full.run_dir)
+    for r in recs[1:]:
+        assert r["hardness_n"] == r["valid"] and r["batch_size"] == r["valid"] // 2
+    d = tmp_path / "killed"
+    kill_after_first_checkpoint(tiny_config(root, **over), d)
+    assert latest_checkpoint(d).name == "iter_0001"
+    resume(d)
+    assert comparable(read_metrics(d)) == comparable(recs)
+    _same_weights(d, full.run_dir)
+
+
+@pytest.mark.slow
 def test_relative_paths_are_recorded_absolute_and_resume_from_anywhere(root, tmp_path,
                                                                       monkeypatch):
     """Issue 13, item 6: data.dir, runs_dir and the pre-training cache are resolved once when
