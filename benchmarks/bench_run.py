@@ -3,7 +3,10 @@ the report), under the code at `--before` and under this checkout, one after the
 run, with a per-phase table: wall, CPU (share of the machine's cores) and peak RSS.
 
     python benchmarks/bench_run.py --before ecc58e8 [--preset quick] [--set KEY=VALUE ...]
-        [--out benchmarks/results/run.json]
+        [--after-set KEY=VALUE ...] [--out benchmarks/results/run.json]
+
+With `--after-set` this checkout runs a second time with those settings on top (an option
+against the default, same code); `--before` may then be left out. Ratios are last / first.
 
 Each variant runs `rls3 run --preset P --run-dir ...` (the `rls3` command's own allocator set-up,
 nothing shared: each builds its sets and pre-trains its agent). A sampler reads /proc every
@@ -15,6 +18,7 @@ evaluated, the last iteration done, exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -43,7 +47,9 @@ ITERATION = re.compile(r"rls3\.loop: iteration (\d+): ")
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--before", required=True, help="git revision of the 'before' code")
+    ap.add_argument("--before", default=None, help="git revision of the 'before' code")
+    ap.add_argument("--after-set", dest="after_sets", action="append", default=[],
+                    metavar="KEY=VALUE", help="also run this checkout with these settings")
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
 
@@ -140,31 +146,43 @@ def _phases(out: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(a: argparse.Namespace) -> dict:
+    if a.before is None and not a.after_sets:
+        raise SystemExit("give --before REV, --after-set KEY=VALUE or both")
     sets = overrides(a.sets)
+    overrides(a.after_sets)  # a malformed one fails here, not after the first run
     res: dict[str, Any] = {"benchmark": "run", "before": a.before, "preset": a.preset,
-                           "overrides": sets, "machine": machine_info(), "runs": {}}
-    with tempfile.TemporaryDirectory(prefix="rls3-bench-run-") as tmp_dir:
+                           "overrides": sets, "after_sets": a.after_sets,
+                           "machine": machine_info(), "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="rls3-bench-run-") as tmp_dir, \
+            contextlib.ExitStack() as stack:
         tmp = Path(tmp_dir)
-        with git_worktree(a.before, tmp / "before") as tree:
-            for name, code in ((f"before ({a.before})", tree), ("after", ROOT)):
-                cwd = tmp / f"cwd-{len(res['runs'])}"       # its data/ and runs/ start empty
-                run_dir = cwd / "runs" / "run"
-                cmd = [sys.executable, "-m", "rls3.cli", "run", "--preset", a.preset,
-                       "--run-dir", str(run_dir), "--set", "progress=false"]
-                for kv in a.sets:
-                    cmd += ["--set", kv]
-                print(f"{name} ...", flush=True)
-                out = _run(code, cmd, cwd, tmp / f"{len(res['runs'])}.log")
-                recs = read_metrics(run_dir)
-                res["runs"][name] = {
-                    "wall_s": out["wall_s"], "phases": _phases(out),
-                    "peak_rss_mb": max(s[1] for s in out["samples"]),
-                    "cpu_s": out["samples"][-1][2] if out["samples"] else None,
-                    "test": [r["test"]["score"] for r in recs if r.get("test")],
-                    "val": [r["val"]["score"] for r in recs if r.get("val")],
-                    "iteration_time_s": [r["time_s"] for r in recs],
-                    "rss_series": [(round(t, 1), round(m)) for t, m, _ in out["samples"]]}
-    b, f = (res["runs"][n] for n in res["runs"])
+        variants: list[tuple[str, Path, list[str]]] = []
+        if a.before is not None:
+            tree = stack.enter_context(git_worktree(a.before, tmp / "before"))
+            variants.append((f"before ({a.before})", tree, []))
+        variants.append(("after", ROOT, []))
+        if a.after_sets:
+            variants.append(("after + " + " ".join(a.after_sets), ROOT, a.after_sets))
+        for name, code, extra in variants:
+            cwd = tmp / f"cwd-{len(res['runs'])}"       # its data/ and runs/ start empty
+            run_dir = cwd / "runs" / "run"
+            cmd = [sys.executable, "-m", "rls3.cli", "run", "--preset", a.preset,
+                   "--run-dir", str(run_dir), "--set", "progress=false"]
+            for kv in [*a.sets, *extra]:
+                cmd += ["--set", kv]
+            print(f"{name} ...", flush=True)
+            out = _run(code, cmd, cwd, tmp / f"{len(res['runs'])}.log")
+            recs = read_metrics(run_dir)
+            res["runs"][name] = {
+                "wall_s": out["wall_s"], "phases": _phases(out),
+                "peak_rss_mb": max(s[1] for s in out["samples"]),
+                "cpu_s": out["samples"][-1][2] if out["samples"] else None,
+                "test": [r["test"]["score"] for r in recs if r.get("test")],
+                "val": [r["val"]["score"] for r in recs if r.get("val")],
+                "iteration_time_s": [r["time_s"] for r in recs],
+                "rss_series": [(round(t, 1), round(m)) for t, m, _ in out["samples"]]}
+    runs = list(res["runs"].values())
+    b, f = runs[0], runs[-1]
     res["wall_ratio"] = f["wall_s"] / b["wall_s"]
     res["peak_rss_ratio"] = f["peak_rss_mb"] / b["peak_rss_mb"]
     res["machine_after"] = machine_info()
@@ -190,7 +208,7 @@ def table(res: dict, out: Path) -> list[str]:
     cells = [f"**{res['runs'][n]['wall_s']:.0f}** / - / **{res['runs'][n]['peak_rss_mb']:.0f}**"
              for n in names]
     lines.append("| **whole run** | " + " | ".join(cells) + " |")
-    lines.append(f"\nWall after / before: **{res['wall_ratio']:.2f}**; peak RSS after / before: "
+    lines.append(f"\nWall last / first: **{res['wall_ratio']:.2f}**; peak RSS last / first: "
                  f"**{res['peak_rss_ratio']:.2f}**. Test score per iteration: " + "; ".join(
                      f"{n}: " + " ".join(f"{t:.3f}" for t in res["runs"][n]["test"])
                      for n in names) + ".")

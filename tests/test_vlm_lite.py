@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import desc
 
-from rls3.vlm import build_vlm
+from rls3.vlm import build_vlm, check_vlm_options
 from rls3.vlm.caches import select_rows
 from rls3.vlm.synthetic import make_samples
 
@@ -207,3 +207,24 @@ def test_the_prefix_in_chunks_is_bit_identical_and_batch_rows_are_shared(lite, s
     assert chunked.caches.trained.get(samples[0], flipped=True) is rows[len(samples)]
     with pytest.raises(ValueError, match="prefix_chunk"):
         make_lite(prefix_chunk=0)
+
+
+def test_cache_dtype_holds_prefix_rows_in_16_bits_and_uses_them_alike(lite, samples):
+    """`cache_dtype: float16` holds every cached frozen-prefix row in 16 bits (half the bytes)
+    and every use goes through that precision, so evaluating from the cache gives the very
+    numbers evaluating afresh does; fine-tuning stays close to the float32 cache's."""
+    wide, narrow = fresh(lite), fresh(lite, cache_dtype=torch.float16, upcast=torch.float32)
+    a, b = wide.finetune(samples, 2), narrow.finetune(samples, 2)
+    np.testing.assert_allclose(b, a, rtol=0.05, atol=1e-3)
+    row, wide_row = (v.caches.trained.get(samples[0], flipped=True) for v in (narrow, wide))
+    assert all(t.dtype == torch.float16 for t in row.values())
+    assert sum(t.nbytes for t in row.values()) * 2 == sum(t.nbytes for t in wide_row.values())
+    first = narrow.evaluate(samples)
+    assert len(narrow.caches.evaluated) > 0
+    assert narrow.evaluate(samples) == first
+    narrow.caches.clear_samples()
+    assert narrow.evaluate(samples) == first
+    with pytest.raises(ValueError, match="cache_dtype"):
+        make_lite(cache_dtype="int8")
+    with pytest.raises(ValueError, match="cache_dtype"):
+        check_vlm_options("lite", {"cache_dtype": "float64"})

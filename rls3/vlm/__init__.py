@@ -111,16 +111,20 @@ def _adapter_class(kind: str) -> type[Any]:
 
 
 def check_vlm_options(name: str, options: Mapping[str, Any]) -> None:
-    """ValueError when `name` is unknown or `options` holds a keyword its adapter's constructor
-    does not take (the error lists the allowed ones)."""
+    """ValueError when `name` is unknown, `options` holds a keyword its adapter's constructor
+    does not take (the error lists the allowed ones) or a value its `check_options` refuses."""
     spec = get_vlm_spec(name)
-    params = inspect.signature(_adapter_class(spec.adapter).__init__).parameters
+    cls = _adapter_class(spec.adapter)
+    params = inspect.signature(cls.__init__).parameters
     allowed = sorted(p for p in params if p not in ("self", "name", "weights", "device", "dtype",
                                                      "seed", "progress"))
     bad = sorted(set(options) - set(allowed))
     if bad:
         raise ValueError(f"unknown option(s) {bad} for VLM {name!r} ({spec.adapter} adapter); "
                          f"allowed: {allowed}")
+    check_values = getattr(cls, "check_options", None)  # values an adapter can check unbuilt
+    if check_values is not None:
+        check_values(options)
 
 
 def build_vlm(name: str = DEFAULT_VLM, *, weights: str | Path | None = None, device: Any = None,

@@ -25,10 +25,16 @@ if TYPE_CHECKING:  # contrastive.py imports this module
 class Rows:
     """A prefix output held row by row (each row a prefix output of one image), so that a
     fine-tuning batch and the per-sample caches share its rows instead of each holding a copy;
-    selecting rows joins them in the order asked (the same values as indexing one tensor)."""
+    selecting rows joins them in the order asked (the same values as indexing one tensor), cast
+    to `upcast` when the rows are stored in a narrower dtype (`cache_dtype`)."""
 
-    def __init__(self, rows: list[Any]) -> None:
+    def __init__(self, rows: list[Any], upcast: torch.dtype | None = None) -> None:
         self.rows = rows
+        self.upcast = upcast
+
+    def joined(self) -> Any:
+        """All rows as one prefix output (in the compute dtype)."""
+        return cast_floating(concat(self.rows), self.upcast)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -50,7 +56,7 @@ def select_rows(rows: Any, index: torch.Tensor) -> Any:
     if isinstance(rows, torch.Tensor):
         return rows[index]
     if isinstance(rows, Rows):
-        return concat([rows.rows[i] for i in index.tolist()])
+        return cast_floating(concat([rows.rows[i] for i in index.tolist()]), rows.upcast)
     if isinstance(rows, dict):
         return {k: select_rows(v, index) for k, v in rows.items()}
     raise TypeError(f"cannot index a cache of type {type(rows).__name__}")
@@ -61,6 +67,16 @@ def concat(parts: list[Any]) -> Any:
     if isinstance(parts[0], torch.Tensor):
         return torch.cat(parts)
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def cast_floating(x: Any, dtype: torch.dtype | None) -> Any:
+    """A tensor or a dict of tensors with its floating-point tensors cast to `dtype` (None:
+    unchanged); integer tensors (pixels, token ids, masks) stay as they are."""
+    if dtype is None:
+        return x
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype) if x.is_floating_point() else x
+    return {k: cast_floating(v, dtype) for k, v in x.items()}
 
 
 def to_device(x: Any, device: torch.device) -> Any:

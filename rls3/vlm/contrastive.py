@@ -25,6 +25,11 @@ label-preserving pair (samples whose captions `mirror` cannot parse are never fl
 that left/right is about position, not about which object or room; in
 benchmarks/bench_learning.py it lifts `lite` from 0.605 to 0.690 on held-out renders.
 
+Cached prefix outputs are held in the dtype they are computed in unless `cache_dtype` (float16
+or bfloat16, a departure for memory: `lite` at 384 px holds ~0.9 MB per fine-tuned sample with
+flips) says otherwise; then every use of a frozen-prefix output, cached or fresh, goes through that
+dtype and back to float32, so a run's arithmetic does not depend on what was cached.
+
 Accuracy: an image is right when its true caption scores strictly above each of its hard negatives
 (negatives that are missing — an empty string — or equal to the caption are skipped).
 """
@@ -45,7 +50,8 @@ from torch import nn
 from rls3.captions import Description, mirror
 from rls3.sample import Sample
 from rls3.vlm.base import Feedback, Metrics
-from rls3.vlm.caches import BatchPrefix, PrefixCaches, Rows, concat, select_rows, to_device
+from rls3.vlm.caches import (BatchPrefix, PrefixCaches, Rows, cast_floating, concat, select_rows,
+                              to_device)
 from rls3.vlm.common import autocast, batches, breakdown, progress
 from rls3.vlm.distributed import Shards, scale_grad
 from rls3.vlm.shell import AdapterShell
@@ -158,6 +164,10 @@ def _mirrored(sample: Sample) -> tuple[np.ndarray, Description]:
     return np.ascontiguousarray(sample.image[:, ::-1]), d
 
 
+#: `cache_dtype` values: narrower storage for cached frozen-prefix outputs
+CACHE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 class ContrastiveVLM(AdapterShell):
     """Base class of the CLIP-type adapters: implements the `VLM` Protocol on top of a few hooks.
 
@@ -189,15 +199,29 @@ class ContrastiveVLM(AdapterShell):
     def __init__(self, name: str, *, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, batch_size: int = 32, lr: float = 1e-4,
                  weight_decay: float = 0.01, grad_clip: float | None = 1.0, seed: int = 0,
-                 progress: bool = True, mirror_augment: bool = False) -> None:
+                 progress: bool = True, mirror_augment: bool = False,
+                 cache_dtype: str | None = None) -> None:
         super().__init__(name, device=device, dtype=dtype, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
                          progress=progress)
         if not isinstance(mirror_augment, bool):
             raise ValueError(f"mirror_augment must be true or false, got {mirror_augment!r}")
         self.mirror_augment = mirror_augment
+        self.check_options({"cache_dtype": cache_dtype})
+        #: the dtype cached frozen-prefix outputs are held in (None: as computed)
+        self.cache_dtype = None if cache_dtype is None else CACHE_DTYPES[str(cache_dtype).lower()]
+        #: the dtype a prefix output is used in after passing through `cache_dtype`
+        self.upcast = None if cache_dtype is None else torch.float32
         #: frozen-prefix outputs kept by sample: evaluated, fed back, fine-tuned, the last batch
         self.caches = PrefixCaches()
+
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        """ValueError for an option value no contrastive adapter takes (before one is built)."""
+        value = options.get("cache_dtype")
+        if value is not None and str(value).lower() not in CACHE_DTYPES:
+            raise ValueError(f"cache_dtype must be one of {sorted(CACHE_DTYPES)} (or null: the "
+                             f"dtype the prefix computes in), got {value!r}")
 
     # ----------------------------------------------------------------- hooks (subclasses)
     def image_inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -235,7 +259,8 @@ class ContrastiveVLM(AdapterShell):
         for sl in batches(len(images), self.batch_size):
             x = to_device(self.image_inputs(images[sl]), self.device)
             with autocast(self.device, self.dtype):
-                out.append(self.image_suffix(self.image_prefix(x)).float())
+                h = self._used(self._stored(self.image_prefix(x)))
+                out.append(self.image_suffix(h).float())
         return F.normalize(torch.cat(out), dim=-1).cpu()
 
     @torch.no_grad()
@@ -270,9 +295,18 @@ class ContrastiveVLM(AdapterShell):
         tok = to_device(self.text_inputs(list(table.texts)), self.device)
         with autocast(self.device, self.dtype):
             img_h, txt_h = self.image_prefix(x), self.text_prefix(tok)
+        img_h = self._stored(img_h)
         if memo:
             self.caches.evaluated.put(chunk, table, img_h, txt_h, self.eval_cache_samples)
         return table, img_h, txt_h
+
+    def _stored(self, out: Any) -> Any:
+        """An image-prefix output in the dtype caches hold it in (`cache_dtype`)."""
+        return cast_floating(out, self.cache_dtype)
+
+    def _used(self, out: Any) -> Any:
+        """A (stored) image-prefix output in the dtype the suffix takes."""
+        return cast_floating(out, self.upcast)
 
     # ----------------------------------------------------------------- scoring
     @torch.no_grad()
@@ -295,7 +329,7 @@ class ContrastiveVLM(AdapterShell):
                     self.caches.fed_back.keep(chunk, img_h, self.feedback_cache_samples,
                                               self.device)
                 with autocast(self.device, self.dtype):
-                    img = self.image_suffix(img_h).float()
+                    img = self.image_suffix(self._used(img_h)).float()
                     txt = self.text_suffix(txt_h).float()
                 scale = self.logit_scale().float()
                 per_group.append((contrastive_loss(img, txt, table.index, scale).cpu().numpy(),
@@ -358,10 +392,10 @@ class ContrastiveVLM(AdapterShell):
         computes its share and the shares are all-gathered."""
         tok = self.text_inputs(list(table.texts))        # one padding length for all texts
         if self.parallel is not None:
-            img = self._gathered(len(images), lambda idx: concat(self._image_prefix_rows(
+            img = self._gathered(len(images), lambda idx: self._image_prefix_rows(
                 [images[i] for i in idx], None if known is None else [known[i] for i in idx]
-            ).rows))
-            return (Rows.split(img),
+            ).joined())
+            return (Rows(Rows.split(self._stored(img)).rows, self.upcast),
                     self._gathered(len(table.texts), lambda idx: self._text_prefix_rows(
                         select_rows(tok, torch.tensor(idx, dtype=torch.long)))))
         return self._image_prefix_rows(images, known), self._text_prefix_rows(tok)
@@ -376,9 +410,9 @@ class ContrastiveVLM(AdapterShell):
             x = to_device(self.image_inputs([images[i] for i in todo[sl]]), self.device)
             with autocast(self.device, self.dtype):
                 out = self.image_prefix(x)
-            for i, row in zip(todo[sl], Rows.split(out).rows, strict=True):
+            for i, row in zip(todo[sl], Rows.split(self._stored(out)).rows, strict=True):
                 rows[i] = row
-        return Rows(rows)
+        return Rows(rows, self.upcast)
 
     def _text_prefix_rows(self, tok: dict[str, torch.Tensor]) -> Any:
         """Frozen text-prefix outputs of the tokenised texts `tok`, in batches."""
