@@ -3,13 +3,14 @@ step, what pre-training used before `agent.pretrain_*`) against the preset's pre
 same seeds, side by side in one run, with the distinct-layout yield each one reaches.
 
     python benchmarks/bench_pretrain.py [--preset quick] [--seeds 0,1,2] [--steps 600]
-        [--pretrain-steps N] [--out benchmarks/results/pretrain.json]
+        [--pretrain-steps N] [--candidate KEY=VALUE ...] [--out benchmarks/results/pretrain.json]
 
 Each (seed, schedule) pre-trains from scratch into a temporary folder (never the shared cache),
 timed for wall and CPU, interleaved by seed so that machine load hits both alike; the agent then
 acts with its stochastic policy without learning for `--steps` env steps per seed (rendering off,
 as `bench_yield`): yield, distinct-layout yield and median move. The target is a >= 2x faster
-pre-training at the same distinct-layout yield.
+pre-training at the same distinct-layout yield. `--candidate` adds a third schedule: the preset's
+agent settings with these `agent.*` overrides (e.g. agent.pretrain_train_freq=8).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from _common import add_tally, ints, machine_info, main, roll_yield
+from _common import add_tally, ints, machine_info, main, overrides, roll_yield
 
 OUT = "pretrain.json"
 
-LOOP, PRESET = "loop schedule", "preset schedule"
+LOOP, PRESET, CANDIDATE = "loop schedule", "preset schedule", "candidate"
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
@@ -35,6 +36,8 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--steps", type=int, default=600, help="evaluation env steps per seed")
     ap.add_argument("--pretrain-steps", type=int, default=None,
                     help="override the preset's agent.pretrain_steps")
+    ap.add_argument("--candidate", action="append", default=[], metavar="KEY=VALUE",
+                    help="agent.* override of a third schedule (repeatable)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -49,6 +52,11 @@ def run(args: argparse.Namespace) -> dict:
         cfg = cfg.override({"agent.pretrain_steps": args.pretrain_steps})
     agents = {LOOP: replace(cfg.agent, **{k: None for k in PRETRAIN_SCHEDULE}),
               PRESET: cfg.agent}
+    if args.candidate:
+        sets = overrides(args.candidate)
+        if not all(k.startswith("agent.") for k in sets):
+            raise SystemExit(f"--candidate takes agent.* settings only, got {sorted(sets)}")
+        agents[CANDIDATE] = cfg.override(sets).agent
     backend = make_backend(cfg.backend, "train")
     env = Rls3Env(backend, replace(cfg.env_config, render=False))
     rows: dict[str, dict[str, Any]] = {v: {"wall_s": [], "cpu_s": [], "tallies": {}}
@@ -84,7 +92,13 @@ def run(args: argparse.Namespace) -> dict:
                      "yield_distinct": sum(c["distinct"] for c in t) / steps,
                      "median_move": float(np.median(moves)) if moves else None}
     speedup = sum(out[LOOP]["wall_s"]) / sum(out[PRESET]["wall_s"])
-    return {"benchmark": "pretrain", "preset": args.preset, "seeds": ints(args.seeds),
+    extra: dict[str, Any] = {}
+    if CANDIDATE in out:
+        extra = {"candidate": args.candidate,
+                 "candidate_speedup": sum(out[LOOP]["wall_s"]) / sum(out[CANDIDATE]["wall_s"]),
+                 "candidate_yield_distinct_change":
+                     out[CANDIDATE]["yield_distinct"] - out[LOOP]["yield_distinct"]}
+    return {**extra,"benchmark": "pretrain", "preset": args.preset, "seeds": ints(args.seeds),
             "pretrain_steps": cfg.agent.pretrain_steps, "eval_steps_per_seed": args.steps,
             "variants": out, "speedup": speedup,
             "yield_distinct_change": out[PRESET]["yield_distinct"] - out[LOOP]["yield_distinct"],
@@ -106,6 +120,10 @@ def table(res: dict, out: Any) -> list[str]:
                      f"{v['yield_distinct']:.3f} | {v['median_move']:.3f} |")
     lines.append(f"\nSpeed-up of the preset schedule: **{res['speedup']:.2f}x** (wall, summed over "
                  f"seeds); distinct-layout yield {res['yield_distinct_change']:+.3f}.")
+    if "candidate" in res:
+        lines.append(f"Candidate ({' '.join(res['candidate'])}) against the loop schedule: "
+                     f"**{res['candidate_speedup']:.2f}x**; distinct-layout yield "
+                     f"{res['candidate_yield_distinct_change']:+.3f}.")
     return lines
 
 
