@@ -224,6 +224,14 @@ def test_cache_dtype_holds_prefix_rows_in_16_bits_and_uses_them_alike(lite, samp
     assert narrow.evaluate(samples) == first
     narrow.caches.clear_samples()
     assert narrow.evaluate(samples) == first
+    # a resumed run starts with empty caches: rows recomputed give the very same training
+    kept = fresh(lite, cache_dtype=torch.float16, upcast=torch.float32)
+    kept.finetune(samples[:4], 1)
+    cold = copy.deepcopy(kept)
+    cold.caches.clear_samples()
+    assert kept.finetune(samples, 2) == cold.finetune(samples, 2)
+    assert all(torch.equal(p, q) for p, q in zip(kept.module.parameters(),
+                                                 cold.module.parameters(), strict=True))
     with pytest.raises(ValueError, match="cache_dtype"):
         make_lite(cache_dtype="int8")
     with pytest.raises(ValueError, match="cache_dtype"):
