@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="fixed sets from this folder (default: the run's data.dir)")
     p.add_argument("--test-size", type=int, help="test-set size (default: the run's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="with --schedule: change a loop.* value, e.g. loop.finetune.shrink=0.5")
+                   help="with --schedule: change a loop.* or vlm.options.* value, e.g. "
+                        "loop.finetune.shrink=0.5 or vlm.options.cache_dtype=float16")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
 
     p = add("scenes", "contact sheet of the simulator's scenes")
@@ -453,6 +454,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_value(args: argparse.Namespace) -> int:
+    from rls3.preflight import check_vlm
     from rls3.rundir import check_run_dir, load_run_config
     from rls3.value import dataset_value, replay_schedule
 
@@ -463,14 +465,16 @@ def cmd_value(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} must be >= 1, got {v}")
     if args.overrides and not args.schedule:
         raise UsageError("--set changes the replayed schedule: use it with --schedule")
-    bad = [o for o in args.overrides if not o.strip().startswith("loop.")]
+    bad = [o for o in args.overrides if not o.strip().startswith(("loop.", "vlm.options"))]
     if bad:
-        raise UsageError(f"--set {bad[0]!r}: only loop.* values can change in a replay")
+        raise UsageError(f"--set {bad[0]!r}: only loop.* and vlm.options.* values can change in "
+                         f"a replay")
     common = {"iterations": args.iterations, "data_dir": args.data_dir,
               "test_size": args.test_size, "progress": not args.quiet}
     if args.schedule:
-        loop = load_run_config(args.run).override(args.overrides).loop
-        res = replay_schedule(args.run, loop=loop, **common)
+        changed = load_run_config(args.run).override(args.overrides)
+        check_vlm(changed)
+        res = replay_schedule(args.run, loop=changed.loop, vlm_config=changed.vlm, **common)
         print(f"schedule replayed on {args.run}: iteration, val, test (the loop's test)")
         for point, loop_test in zip(res["curve"][1:], res["loop_test"], strict=False):
             print(f"  {point['iteration']:>3}  {point['val']['score']:.4f}  "

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rls3.config import Config, LoopConfig
+from rls3.config import Config, LoopConfig, VLMConfig
 from rls3.data import DatasetError, prepare_fixed_sets, read_dataset
 from rls3.finetune import Finetuner
 from rls3.progress import progress_bar
@@ -163,17 +163,21 @@ def dataset_value(run_dir: str | Path, *, iterations: int | None = None,
 
 
 def replay_schedule(run_dir: str | Path, *, loop: LoopConfig | None = None,
+                    vlm_config: VLMConfig | None = None,
                     iterations: int | None = None, data_dir: str | None = None,
                     test_size: int | None = None, progress: bool = True,
                     trainer: Trainer | None = None) -> dict[str, Any]:
     """Re-run the loop's fine-tuning on the run's saved batches, iteration by iteration, under
     `loop` (default: the run's own loop config), from the run's initial VLM; returns validation
-    and test metrics after every iteration (iteration 0: before fine-tuning). `trainer` reuses
-    a `Trainer` of this run."""
+    and test metrics after every iteration (iteration 0: before fine-tuning). `vlm_config` (default:
+    the run's) builds the VLM with other options (e.g. `cache_dtype`). `trainer` reuses a `Trainer`
+    of this run (of its VLM settings)."""
     rd = read_run_data(run_dir, iterations, progress=progress)
     cfg = _with_sets(rd.cfg, data_dir, test_size, progress)
     if loop is not None:
         cfg = replace(cfg, loop=loop)
+    if vlm_config is not None:
+        cfg = replace(cfg, vlm=vlm_config)
     trainer = trainer or Trainer(cfg)
     vlm = trainer.fresh()
     finetuner = Finetuner(vlm, cfg.loop, cfg.seed)
@@ -189,7 +193,7 @@ def replay_schedule(run_dir: str | Path, *, loop: LoopConfig | None = None,
                           else None})
             bar.update(1)
     return {"run_dir": str(rd.run_dir), "agent": cfg.agent.name, "seed": cfg.seed,
-            "loop": cfg.to_dict()["loop"], "curve": curve,
+            "loop": cfg.to_dict()["loop"], "vlm": cfg.to_dict()["vlm"], "curve": curve,
             "loop_test": [r.get("test", {}).get("score") for r in rd.records]}
 
 

@@ -237,11 +237,20 @@ def test_rls3_value_command(random_run, tmp_path, capsys):
     assert main(["value", "-q", str(random_run.run_dir), "--schedule", "--set",
                  "loop.finetune.shrink=0.5", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["loop"]["finetune"]["shrink"] == 0.5
+    plain = json.loads(out.read_text())["curve"]
+    assert main(["value", "-q", str(random_run.run_dir), "--schedule", "--set",
+                 "loop.finetune.shrink=0.5", "--set", "vlm.options.mirror_augment=true",
+                 "--json", str(out)]) == 0
+    flipped = json.loads(out.read_text())
+    assert flipped["vlm"]["options"]["mirror_augment"] is True
+    assert flipped["curve"][0] == plain[0] and flipped["curve"][1:] != plain[1:]
     # bad input: one line, nothing written
     for argv, what in (([str(random_run.run_dir), "--set", "loop.k=3"], "--schedule"),
                        ([str(random_run.run_dir), "--schedule", "--set", "seed=3"], "loop.*"),
                        ([str(random_run.run_dir), "--schedule", "--set",
                          "loop.finetune.shrink=7"], "loop.finetune.shrink"),
+                       ([str(random_run.run_dir), "--schedule", "--set",
+                         "vlm.options.cache_dtype=float16"], "cache_dtype"),  # not a clip option
                        ([str(random_run.run_dir), "--passes", "0"], "--passes"),
                        ([str(tmp_path / "nope")], "nope")):
         capsys.readouterr()
