@@ -216,7 +216,7 @@ def table(res: dict, out: Path) -> list[str]:
 
 
 def figures(res: dict, out: Path) -> list[Path]:
-    """RSS over time, before and after: `out` with .png."""
+    """RSS over time of each run: `out` with .png."""
     from _common import pyplot, save_figure
 
     plt = pyplot()
