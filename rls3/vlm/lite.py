@@ -301,9 +301,9 @@ class LiteVLM(ContrastiveVLM):
     the learning rate of the freshly initialised layers (pooling, text head, temperature).
     `prefix_chunk` images at a time go through the frozen image prefix (peak memory: ~60 MB of
     early activations per image at 384 px, kept by the allocator; the outputs do not depend on
-    it, and 2 costs the same CPU time per image as 8). `cache_dtype` ("float16" / "bfloat16"; default: float32) holds
-    the cached frozen-prefix outputs in 16 bits, half their memory (a departure: the trainable
-    part then sees the prefix rounded to that precision).
+    it, and 2 costs the same CPU time per image as 8). `cache_dtype` ("float16" / "bfloat16";
+    default: float32) holds the cached frozen-prefix outputs in 16 bits, half their memory (a
+    departure: the trainable part then sees the prefix rounded to that precision).
     """
 
     kind = "lite"
