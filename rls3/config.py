@@ -573,11 +573,7 @@ def _quick() -> Config:
       with `env.scene_every` at its default T0 // 5 = 1 every valid frame also moves to the next
       training room with a fresh layout. Chosen on validation over T0 = 32, E = 4 (5 paired
       seeds, 500-frame validation set: final +0.099 [+0.029, +0.169], AUC +0.087 [+0.035,
-      +0.139]; benchmarks/results/sampler). The random agent gains as much from it;
-    * `lite`'s cached frozen-prefix rows held in 16 bits (`vlm.options.cache_dtype`): the peak
-      RSS of this run 2.7 -> 2.2 GB (benchmarks/results/run_memory.json); chosen on validation
-      (final validation 0.727 / 0.787 / 0.713 against 0.713 / 0.767 / 0.707, seeds 0-2; test
-      gain +0.351 against +0.327 on average)."""
+      +0.139]; benchmarks/results/sampler). The random agent gains as much from it."""
     return Config(
         preset="quick",
         env=EnvConfig(t0=8, observation="relative"),  # 224-px renders: at 96 px objects vanish
@@ -585,7 +581,7 @@ def _quick() -> Config:
                         replay=ReplayConfig(capacity=1024, fraction=1.0),
                         feedback="sample", reward_norm="running"),
         early_stopping=EarlyStoppingConfig(patience=3, min_iterations=5, min_delta=0.0),
-        vlm=VLMConfig(name="lite", options={"cache_dtype": "float16"}),
+        vlm=VLMConfig(name="lite"),
         agent=AgentConfig(pretrain_steps=40_000, buffer_size=50_000, batch_size=128, gamma=0.0,
                           net_arch=(64, 64), learning_rate=1e-3, pretrain_train_freq=4,
                           pretrain_gradient_steps=1, pretrain_batch_size=512),
