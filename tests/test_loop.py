@@ -191,6 +191,16 @@ def _same_weights(a: Path, b: Path) -> None:
         assert ba.files == bb.files and all(np.array_equal(ba[k], bb[k]) for k in ba.files)
 
 
+def _killed_run_resumes_like(cfg: Config, d: Path, reference: Path) -> None:
+    """`rls3 run` of `cfg` into `d`, killed by SIGKILL after its first checkpoint and resumed,
+    ends with the metrics and weights of the uninterrupted run in `reference`."""
+    kill_after_first_checkpoint(cfg, d)
+    assert latest_checkpoint(d).name == "iter_0001"
+    resume(d)
+    assert comparable(read_metrics(d)) == comparable(read_metrics(reference))
+    _same_weights(d, reference)
+
+
 def test_bad_run_directories_are_refused_untouched(sac_run, root, tmp_path):
     import shutil
 
@@ -488,12 +498,7 @@ def test_batched_sample_feedback_resumes_bit_identically_after_sigkill(root, tmp
     recs = read_metrics(full.run_dir)
     for r in recs[1:]:
         assert r["hardness_n"] == r["valid"] and r["extrinsic_mean"] is not None
-    d = tmp_path / "killed"
-    kill_after_first_checkpoint(tiny_config(root, **over), d)
-    assert latest_checkpoint(d).name == "iter_0001"
-    resume(d)
-    assert comparable(read_metrics(d)) == comparable(recs)
-    _same_weights(d, full.run_dir)
+    _killed_run_resumes_like(tiny_config(root, **over), tmp_path / "killed", full.run_dir)
 
 
 @pytest.mark.slow
@@ -507,12 +512,7 @@ def test_keep_hardest_resumes_bit_identically_after_sigkill(root, tmp_path):
     recs = read_metrics(full.run_dir)
     for r in recs[1:]:
         assert r["hardness_n"] == r["valid"] and r["batch_size"] == r["valid"] // 2
-    d = tmp_path / "killed"
-    kill_after_first_checkpoint(tiny_config(root, **over), d)
-    assert latest_checkpoint(d).name == "iter_0001"
-    resume(d)
-    assert comparable(read_metrics(d)) == comparable(recs)
-    _same_weights(d, full.run_dir)
+    _killed_run_resumes_like(tiny_config(root, **over), tmp_path / "killed", full.run_dir)
 
 
 @pytest.mark.slow
