@@ -39,7 +39,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 #: (phase, regex of the log line that ends it), in order; the last phase ends at exit
 PHASES = [("data sets", re.compile(r"rls3\.loop: test set: ")),
-          ("SAC pre-training", re.compile(r"rls3\.agents: (pre-trained SAC|reusing the pre)")),
+          ("SAC pre-training",
+           re.compile(r"rls3\.(agents|pretraining): (pre-trained SAC|reusing the pre)")),
           ("iteration 0 (load VLM, evaluate)", re.compile(r"rls3\.loop: iteration 0 ")),
           ("iterations", None),   # ends at the last "iteration N:" line
           ("report, exit", None)]
@@ -123,18 +124,20 @@ def _run(code: Path, cmd: list[str], cwd: Path, log: Path) -> dict[str, Any]:
 
 def _phases(out: dict[str, Any]) -> list[dict[str, Any]]:
     """Per phase: wall s, CPU s, CPU share of the cores, peak RSS MB."""
-    ends: list[float] = []
+    cuts: list[tuple[float, str]] = []
     lines = out["lines"]
-    for _, pattern in PHASES[:3]:
+    for name, pattern in PHASES[:3]:
         assert pattern is not None
         hit = next((t for t, line in lines if pattern.search(line)), None)
-        ends.append(hit if hit is not None else (ends[-1] if ends else 0.0))
+        cuts.append((hit if hit is not None else (cuts[-1][0] if cuts else 0.0), name))
+    # pre-training in a background process ends after iteration 0: phases in the order they end
+    cuts.sort(key=lambda c: c[0])
     its = [t for t, line in lines if ITERATION.search(line)]
-    ends.append(its[-1] if its else ends[-1])
-    ends.append(out["wall_s"])
+    cuts.append((its[-1] if its else cuts[-1][0], PHASES[3][0]))
+    cuts.append((out["wall_s"], PHASES[4][0]))
     cores = os.cpu_count() or 1
     rows, start = [], 0.0
-    for (name, _), end in zip(PHASES, ends, strict=True):
+    for end, name in cuts:
         window = [s for s in out["samples"] if start <= s[0] <= end]
         cpu = (window[-1][2] - window[0][2]) if len(window) > 1 else 0.0
         span = (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0

@@ -56,6 +56,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "random-hard": {"agent": "random", "sets": ["env.t0=16", "env.scene_every=1",
                                                 "loop.episodes=16", "loop.eta=0.5",
                                                 "loop.keep=hardest"]},
+    # SAC rewarded for learnability p(1 - p) instead of hardness, at quick's T0 = 8
+    "sac-learn-t8": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16",
+                                              "loop.signal=learnability"]},
     # `quick` before it took T0 = 8 (the rows named sac and random in results/sampler)
     "sac-t32": {"agent": "sac", "sets": ["env.t0=32", "loop.episodes=4"]},
     "random-t32": {"agent": "random", "sets": ["env.t0=32", "loop.episodes=4"]},
@@ -94,7 +97,10 @@ def _common_sets(args: argparse.Namespace) -> list[str]:
     return ["progress=false", "agent.torch_threads=1", "early_stopping.enabled=false",
             f"data.val_size={args.val_size}", f"data.test_size={args.test_size}",
             f"data.seed={args.data_seed}", f"data.dir={Path(args.data_dir).resolve()}",
-            f"runs_dir={Path(args.runs_dir).resolve()}", *args.set]
+            f"runs_dir={Path(args.runs_dir).resolve()}",
+            # every stored row ran before `quick` held lite's prefix cache in 16 bits: keep
+            # float32 so new rows pair with them (`--set vlm.cache_dtype=float16` for the new)
+            "vlm.cache_dtype=null", *args.set]
 
 
 def _finished(run_dir: Path) -> bool:

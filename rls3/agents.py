@@ -613,7 +613,8 @@ def pretrain_key(cfg: AgentConfig, env: Rls3Env, seed: int, backend_name: str) -
     env_cfg = {k: v for k, v in asdict(env.config).items()
                if k not in ("render", "image_size", "workers")}
     agent = {k: v for k, v in asdict(cfg).items()
-             if k not in ("name", "pretrained_dir", "device", "torch_threads")
+             if k not in ("name", "pretrained_dir", "device", "torch_threads",
+                          "pretrain_background")
              and not (k in PRETRAIN_SCHEDULE and v is None)}  # unset: the key of older caches
     agent["net_arch"] = list(cfg.net_arch)
     return {"format": AGENT_FORMAT, "backend": backend_name,
@@ -641,6 +642,18 @@ def pretrained_sac(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
     onto `env` (or onto `workers`, with N envs). The pre-trained model and replay buffer are cached
     under `cfg.pretrained_dir` and reused by any run with the same scenes, env dynamics, SAC
     settings and seed, whatever its number of workers (pre-training runs in `env`)."""
+    folder = ensure_pretrained(env, cfg, seed, backend_name, progress)
+    try:
+        return SACAgent.from_folder(workers if workers is not None else env, folder, cfg)
+    except AgentStateError as e:
+        raise AgentStateError(f"pre-trained agent cache: {e}; delete {str(folder)!r} to "
+                              f"pre-train again") from e
+
+
+def ensure_pretrained(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
+                      progress: bool = False) -> Path:
+    """The cache folder of the SAC `pretrained_sac` loads, pre-training it first when it is
+    missing (a damaged one is rebuilt; one whose key differs is an `AgentStateError`)."""
     key = pretrain_key(cfg, env, seed, backend_name)
     folder = pretrained_folder(cfg, key)
     bad = manifest_problems(folder) if folder.is_dir() else []
@@ -659,11 +672,7 @@ def pretrained_sac(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
         log.info("reusing the pre-trained SAC in %s", folder)
     else:
         _pretrain(env, cfg, seed, key, folder, progress)
-    try:
-        return SACAgent.from_folder(workers if workers is not None else env, folder, cfg)
-    except AgentStateError as e:
-        raise AgentStateError(f"pre-trained agent cache: {e}; delete {str(folder)!r} to "
-                              f"pre-train again") from e
+    return folder
 
 
 def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any], folder: Path,

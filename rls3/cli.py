@@ -164,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="fixed sets from this folder (default: the run's data.dir)")
     p.add_argument("--test-size", type=int, help="test-set size (default: the run's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="with --schedule: change a loop.* or vlm.options.* value, e.g. "
-                        "loop.finetune.shrink=0.5 or vlm.options.cache_dtype=float16")
+                   help="with --schedule: change a loop.*, vlm.cache_dtype or vlm.options.* value, e.g. "
+                        "loop.finetune.shrink=0.5 or vlm.cache_dtype=null")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
 
     p = add("scenes", "contact sheet of the simulator's scenes")
@@ -465,10 +465,11 @@ def cmd_value(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} must be >= 1, got {v}")
     if args.overrides and not args.schedule:
         raise UsageError("--set changes the replayed schedule: use it with --schedule")
-    bad = [o for o in args.overrides if not o.strip().startswith(("loop.", "vlm.options"))]
+    bad = [o for o in args.overrides
+           if not o.strip().startswith(("loop.", "vlm.options", "vlm.cache_dtype"))]
     if bad:
-        raise UsageError(f"--set {bad[0]!r}: only loop.* and vlm.options.* values can change in "
-                         f"a replay")
+        raise UsageError(f"--set {bad[0]!r}: only loop.*, vlm.cache_dtype and vlm.options.* "
+                         f"values can change in a replay")
     common = {"iterations": args.iterations, "data_dir": args.data_dir,
               "test_size": args.test_size, "progress": not args.quiet}
     if args.schedule:

@@ -248,6 +248,10 @@ class EarlyStoppingConfig:
         _require(self.min_delta >= 0.0, "early_stopping.min_delta", self.min_delta, ">= 0")
 
 
+#: `vlm.cache_dtype` values (the adapters map them to torch dtypes)
+CACHE_DTYPE_NAMES = (None, "float16", "bfloat16")
+
+
 @dataclass(frozen=True)
 class VLMConfig:
     """Which VLM adapter (`rls3.vlm` registry name), its weights (hub id, folder, or for the clip
@@ -261,6 +265,10 @@ class VLMConfig:
     batch_size: int | None = None
     lr: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: precision the adapter holds its cached frozen-prefix outputs in ("float16" / "bfloat16";
+    #: None: as computed). Adapters whose constructor takes no `cache_dtype` (clip, paligemma:
+    #: nothing frozen is cached) ignore it, so a preset can set it and still follow `--vlm`
+    cache_dtype: str | None = None
     #: data-parallel VLM processes the run must be launched with (torchrun / accelerate launch);
     #: None accepts whatever was launched (1 without a launcher)
     processes: int | None = None
@@ -276,14 +284,26 @@ class VLMConfig:
         _require(self.batch_size is None or self.batch_size >= 1, "vlm.batch_size",
                  self.batch_size, "null or an integer >= 1")
         _require(self.lr is None or self.lr > 0, "vlm.lr", self.lr, "null or > 0")
+        _require(self.cache_dtype in CACHE_DTYPE_NAMES, "vlm.cache_dtype", self.cache_dtype,
+                 "null, float16 or bfloat16")
+        given = self.options.get("cache_dtype")
+        _require(given is None or self.cache_dtype is None or given == self.cache_dtype,
+                 "vlm.options.cache_dtype", given,
+                 f"unset or equal to vlm.cache_dtype ({self.cache_dtype}), which sets it")
 
     def build_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `rls3.vlm.build_vlm` (unset values are left to the adapter)."""
+        """Keyword arguments for `rls3.vlm.build_vlm` (unset values are left to the adapter);
+        `cache_dtype` only for an adapter that takes it."""
         kw: dict[str, Any] = dict(self.options)
         for key in ("weights", "device", "dtype", "batch_size", "lr"):
             v = getattr(self, key)
             if v is not None:
                 kw[key] = v
+        if self.cache_dtype is not None and "cache_dtype" not in kw:
+            from rls3.vlm import adapter_takes
+
+            if adapter_takes(self.name, "cache_dtype"):
+                kw["cache_dtype"] = self.cache_dtype
         return kw
 
 
@@ -301,6 +321,10 @@ class AgentConfig:
     `pretrain_gradient_steps` and `pretrain_batch_size` (None: the loop's values) set SAC's update
     schedule during pre-training only, where steps need no rendering and gradient steps dominate
     the cost (fewer, larger ones: `quick`); the loop always runs with the fields below.
+    `pretrain_background`: a run that must pre-train does it in a child process while it builds
+    its data sets, loads the VLM and evaluates iteration 0 (the same cache, so the same agent;
+    runs of fewer than `rls3.pretraining.MIN_BACKGROUND_STEPS` steps, and backends whose extra
+    processes need their own settings, e.g. a Unity player, pre-train in the run's process).
     """
 
     name: str = "sac"
@@ -309,6 +333,7 @@ class AgentConfig:
     pretrain_train_freq: int | None = None
     pretrain_gradient_steps: int | None = None
     pretrain_batch_size: int | None = None
+    pretrain_background: bool = True
     learning_rate: float = 3e-4
     buffer_size: int = 1_000_000
     batch_size: int = 256
@@ -330,6 +355,8 @@ class AgentConfig:
             v = getattr(self, key)
             _require(v is None or v >= 1, f"agent.{key}", v,
                      "null (the loop's value) or an integer >= 1")
+        _require(isinstance(self.pretrain_background, bool), "agent.pretrain_background",
+                 self.pretrain_background, "true or false")
         _require(self.learning_rate > 0, "agent.learning_rate", self.learning_rate, "> 0")
         _require(self.buffer_size >= 1, "agent.buffer_size", self.buffer_size, ">= 1")
         _require(self.batch_size >= 1, "agent.batch_size", self.batch_size, ">= 1")
@@ -573,7 +600,11 @@ def _quick() -> Config:
       with `env.scene_every` at its default T0 // 5 = 1 every valid frame also moves to the next
       training room with a fresh layout. Chosen on validation over T0 = 32, E = 4 (5 paired
       seeds, 500-frame validation set: final +0.099 [+0.029, +0.169], AUC +0.087 [+0.035,
-      +0.139]; benchmarks/results/sampler). The random agent gains as much from it."""
+      +0.139]; benchmarks/results/sampler). The random agent gains as much from it;
+    * `lite`'s cached frozen-prefix outputs held in 16 bits (`vlm.cache_dtype: float16`; other
+      adapters ignore it): peak RSS of the default run 2.7 -> 2.2 GB; chosen on validation (final
+      val 0.727 / 0.787 / 0.713 against 0.713 / 0.767 / 0.707, seeds 0-2;
+      benchmarks/results/quick_run/cache_fp16)."""
     return Config(
         preset="quick",
         env=EnvConfig(t0=8, observation="relative"),  # 224-px renders: at 96 px objects vanish
@@ -581,7 +612,7 @@ def _quick() -> Config:
                         replay=ReplayConfig(capacity=1024, fraction=1.0),
                         feedback="sample", reward_norm="running"),
         early_stopping=EarlyStoppingConfig(patience=3, min_iterations=5, min_delta=0.0),
-        vlm=VLMConfig(name="lite"),
+        vlm=VLMConfig(name="lite", cache_dtype="float16"),
         agent=AgentConfig(pretrain_steps=40_000, buffer_size=50_000, batch_size=128, gamma=0.0,
                           net_arch=(64, 64), learning_rate=1e-3, pretrain_train_freq=4,
                           pretrain_gradient_steps=1, pretrain_batch_size=512),

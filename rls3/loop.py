@@ -56,6 +56,7 @@ from rls3.env import Rls3Env
 from rls3.finetune import NEW, REPLAYED, Finetuner, FinetuneRecord
 from rls3.manifest import MANIFEST_FILE, sha256, write_manifest
 from rls3.preflight import check_runnable
+from rls3.pretraining import BackgroundPretraining, background_possible
 from rls3.progress import progress_bar
 from rls3.replay import ReplayError, SampleReplay
 from rls3.rngstate import RngStates
@@ -238,6 +239,20 @@ class Loop:
         if not cfg.env.render:
             log.warning("env.render is off: the VLM sees blank images (use it for timing only)")
         seed_globals(cfg.seed)
+        pre = None
+        if self.ckpt is None and background_possible(cfg.agent, self.backend_cfg):
+            pre = BackgroundPretraining(self.backend_cfg, cfg.env_config, cfg.agent, cfg.seed,
+                                        self.backend_key)
+        try:
+            return self._run_started(t_start, pre)
+        finally:
+            if pre is not None:
+                pre.stop()
+
+    def _run_started(self, t_start: float, pre: BackgroundPretraining | None) -> RunResult:
+        """The run from its data sets on; `pre`: SAC pre-training running in a child process,
+        waited for when the agent is first needed (after iteration 0's evaluation)."""
+        cfg = self.cfg
         val, test = self._datasets()
         vlm = build_vlm_from_config(cfg, parallel=self.parallel)
         self.vlm = vlm
@@ -262,6 +277,10 @@ class Loop:
                                        collector.env_hooks())
             agent: Agent
             if self.ckpt is None:
+                # iteration 0 needs no agent: evaluated first, beside background pre-training
+                base = self._evaluate_baseline(vlm, val, test)
+                if pre is not None:
+                    pre.wait()
                 agent = build_agent(cfg.agent.name, env, cfg.agent, cfg.seed, self.backend_key,
                                     progress=cfg.progress, workers=workers)
                 # whatever setup consumed (pretraining or a cache hit, data generation), the
@@ -279,7 +298,7 @@ class Loop:
                 writer = SummaryWriter(str(self.run_dir / "tb"),
                                        purge_step=self.state.iteration + 1 if self.ckpt else 0)
             if self.ckpt is None:
-                self._baseline(vlm, val, test, agent, env, collector, writer)
+                self._baseline(base, vlm, agent, env, collector, writer)
             elapsed0 = self.state.elapsed_s - (time.perf_counter() - t_start)
             while self.state.stop_reason is None:
                 i = self.state.iteration + 1
@@ -342,8 +361,9 @@ class Loop:
     def _evaluate(self, vlm: VLM, samples: list[Sample]) -> dict[str, Any]:
         return vlm.evaluate(samples).to_dict()
 
-    def _baseline(self, vlm: VLM, val: list[Sample], test: list[Sample], agent: Agent,
-                  env: Rls3Env, collector: EpisodeCollector, writer: Any) -> None:
+    def _evaluate_baseline(self, vlm: VLM, val: list[Sample],
+                           test: list[Sample]) -> dict[str, Any]:
+        """Iteration 0's validation and test scores (the VLM before fine-tuning) and times."""
         self._phase(0, "validate")
         t = time.perf_counter()
         v = self._evaluate(vlm, val)
@@ -352,13 +372,19 @@ class Loop:
         t = time.perf_counter()
         te = self._evaluate(vlm, test)
         tt = time.perf_counter() - t
+        log.info("iteration 0 (before fine-tuning): val %.4f, test %.4f", v["score"], te["score"])
+        return {"val": v, "test": te, "time_s": {"validate": tv, "test": tt, "total": tv + tt}}
+
+    def _baseline(self, base: dict[str, Any], vlm: VLM, agent: Agent, env: Rls3Env,
+                  collector: EpisodeCollector, writer: Any) -> None:
+        """Iteration 0's record (`_evaluate_baseline`'s scores) and first checkpoint."""
+        v, te = base["val"], base["test"]
         self.state.val_scores = [v["score"]]
         record = self._record_base(0)
         record.update(val=v, val_points=[{"k": 0, **v}], test=te,
-                      time_s={"validate": tv, "test": tt, "total": tv + tt},
+                      time_s=base["time_s"],
                       early_stopping={"best_iteration": 0, "best_score": v["score"],
                                       "since_best": 0, "stop": False})
-        log.info("iteration 0 (before fine-tuning): val %.4f, test %.4f", v["score"], te["score"])
         self._tb(writer, record)
         self.state.metrics_bytes = append_metrics(self.run_dir, record)
         if self.cfg.loop.keep_best:

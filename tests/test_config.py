@@ -26,6 +26,7 @@ def test_defaults_are_the_papers_numbers():
     for p in (c, pg, clip):  # the paper's agent and feedback; the departures stay in quick
         assert (p.loop.feedback, p.loop.reward_norm, p.env.observation) == (
             "episode", "none", "paper")
+        assert p.vlm.cache_dtype is None and not p.vlm.options
         assert p.agent.gamma == 0.99 and p.agent.net_arch == (256, 256)
         assert p.agent.target_entropy is None and p.loop.replay.capacity == 0
 
@@ -37,6 +38,22 @@ def test_quick_preset_is_small():
     assert (q.loop.feedback, q.loop.reward_norm, q.env.observation) == (
         "sample", "running", "relative")
     assert q.data.val_size <= 200 and q.data.test_size <= 200 and q.vlm.name == "lite"
+
+
+def test_quick_cache_dtype_follows_the_vlm_to_adapters_that_take_it():
+    """quick's 16-bit prefix cache reaches lite and is left out for adapters without one, so
+    `--vlm clip-tiny` on quick builds (it once refused the option)."""
+    q = preset("quick")
+    assert q.vlm.cache_dtype == "float16" and q.vlm.build_kwargs()["cache_dtype"] == "float16"
+    for name in ("clip-tiny", "paligemma-tiny"):
+        assert "cache_dtype" not in q.override({"vlm.name": name}).vlm.build_kwargs()
+    assert "cache_dtype" not in q.override({"vlm.cache_dtype": None}).vlm.build_kwargs()
+    with pytest.raises(ConfigError, match="vlm.cache_dtype.*int8"):
+        q.override({"vlm.cache_dtype": "int8"})
+    with pytest.raises(ConfigError, match="vlm.options.cache_dtype.*bfloat16"):
+        q.override({"vlm.options.cache_dtype": "bfloat16"})  # two settings that disagree
+    same = q.override({"vlm.cache_dtype": None, "vlm.options.cache_dtype": "bfloat16"})
+    assert same.vlm.build_kwargs()["cache_dtype"] == "bfloat16"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -25,7 +25,7 @@ from typing import Any
 from rls3.vlm.base import VLM, Feedback, Metrics
 
 __all__ = ["VLM", "Feedback", "Metrics", "VLMSpec", "DEFAULT_VLM", "ADAPTERS", "register_vlm",
-           "available_vlms", "get_vlm_spec", "check_vlm_options", "build_vlm"]
+           "available_vlms", "get_vlm_spec", "adapter_takes", "check_vlm_options", "build_vlm"]
 
 #: adapter kind -> "module:Class"
 ADAPTERS: Mapping[str, str] = MappingProxyType({
@@ -108,6 +108,13 @@ for _spec in (
 def _adapter_class(kind: str) -> type[Any]:
     module, cls = ADAPTERS[kind].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def adapter_takes(name: str, option: str) -> bool:
+    """Whether the adapter of the VLM registered as `name` takes the constructor keyword `option`
+    (imports the adapter's module)."""
+    cls = _adapter_class(get_vlm_spec(name).adapter)
+    return option in inspect.signature(cls.__init__).parameters
 
 
 def check_vlm_options(name: str, options: Mapping[str, Any]) -> None:
