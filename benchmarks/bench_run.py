@@ -200,17 +200,26 @@ def table(res: dict, out: Path) -> list[str]:
                                       for n in names) + " |",
              "|---|" + "---|" * len(names)]
     g = lambda x, fmt: "-" if x is None else format(x, fmt)  # noqa: E731
-    for i, ph in enumerate(res["runs"][names[0]]["phases"]):
+    cores = res["machine"].get("cpus") or 1
+    for ph in res["runs"][names[0]]["phases"]:  # a phase is what ends at its log line
         cells = []
         for n in names:
-            p = res["runs"][n]["phases"][i]
+            p = next(q for q in res["runs"][n]["phases"] if q["phase"] == ph["phase"])
             share = None if p["cpu_share"] is None else 100 * p["cpu_share"]
             cells.append(f"{p['wall_s']:.0f} / {g(share, '.0f')} / "
                          f"{g(p['peak_rss_mb'], '.0f')}")
         lines.append(f"| {ph['phase']} | " + " | ".join(cells) + " |")
-    cells = [f"**{res['runs'][n]['wall_s']:.0f}** / - / **{res['runs'][n]['peak_rss_mb']:.0f}**"
-             for n in names]
+    cells = []
+    for n in names:
+        r = res["runs"][n]
+        share = None if r["cpu_s"] is None else 100 * r["cpu_s"] / (r["wall_s"] * cores)
+        cells.append(f"**{r['wall_s']:.0f}** / {g(share, '.0f')} / **{r['peak_rss_mb']:.0f}**")
     lines.append("| **whole run** | " + " | ".join(cells) + " |")
+    for n in names:
+        order = [p["phase"] for p in res["runs"][n]["phases"]]
+        if order != [p["phase"] for p in res["runs"][names[0]]["phases"]]:
+            lines.append(f"\n{n}: phases in the order they ended: {', '.join(order)} (SAC "
+                         f"pre-training in a background process; its row is the wait for it).")
     lines.append(f"\nWall last / first: **{res['wall_ratio']:.2f}**; peak RSS last / first: "
                  f"**{res['peak_rss_ratio']:.2f}**. Test score per iteration: " + "; ".join(
                      f"{n}: " + " ".join(f"{t:.3f}" for t in res["runs"][n]["test"])

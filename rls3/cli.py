@@ -164,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="fixed sets from this folder (default: the run's data.dir)")
     p.add_argument("--test-size", type=int, help="test-set size (default: the run's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="with --schedule: change a loop.*, vlm.cache_dtype or vlm.options.* value, e.g. "
-                        "loop.finetune.shrink=0.5 or vlm.cache_dtype=null")
+                   help="with --schedule: change a loop.*, vlm.cache_dtype or vlm.options.* "
+                        "value, e.g. loop.finetune.shrink=0.5 or vlm.cache_dtype=null")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
 
     p = add("scenes", "contact sheet of the simulator's scenes")

@@ -76,8 +76,8 @@ def _pretrain_child(parent: int, backend_cfg: BackendConfig, env_cfg: EnvConfig,
 
 class BackgroundPretraining:
     """A started pre-training child process; `wait()` blocks until its cache is written (and
-    raises `PretrainingError` if it failed), `stop()` ends it early. Use as a context manager so
-    an error in the run stops the child."""
+    raises `PretrainingError` if it failed), `stop()` ends it early (the run calls it however it
+    ends)."""
 
     def __init__(self, backend_cfg: BackendConfig, env_cfg: EnvConfig, agent: AgentConfig,
                  seed: int, backend_key: str) -> None:
@@ -115,9 +115,3 @@ class BackgroundPretraining:
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
-
-    def __enter__(self) -> BackgroundPretraining:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
