@@ -286,14 +286,21 @@ class _EpisodeCounter(BaseCallback):
 
 
 class _StepProgress(BaseCallback):
-    """A tqdm bar over SAC pretraining steps."""
+    """A tqdm bar over SAC pretraining steps; `report(steps)` (if given) hears the count every
+    `REPORT_EVERY` steps (a background process's parent shows its bar from it)."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    REPORT_EVERY = 250
+
+    def __init__(self, total: int, enabled: bool,
+                 report: Callable[[int], None] | None = None) -> None:
         super().__init__(verbose=0)
         self.bar = progress_bar(total=total, desc="pretrain SAC", unit="step", enabled=enabled)
+        self.report = report
 
     def _on_step(self) -> bool:
         self.bar.update(1)
+        if self.report is not None and self.num_timesteps % self.REPORT_EVERY == 0:
+            self.report(self.num_timesteps)
         return True
 
     def _on_training_end(self) -> None:
@@ -651,9 +658,11 @@ def pretrained_sac(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
 
 
 def ensure_pretrained(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
-                      progress: bool = False) -> Path:
+                      progress: bool = False,
+                      report: Callable[[int], None] | None = None) -> Path:
     """The cache folder of the SAC `pretrained_sac` loads, pre-training it first when it is
-    missing (a damaged one is rebuilt; one whose key differs is an `AgentStateError`)."""
+    missing (a damaged one is rebuilt; one whose key differs is an `AgentStateError`);
+    `report(steps)` hears pre-training's progress."""
     key = pretrain_key(cfg, env, seed, backend_name)
     folder = pretrained_folder(cfg, key)
     bad = manifest_problems(folder) if folder.is_dir() else []
@@ -671,12 +680,12 @@ def ensure_pretrained(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: s
                                   f"key; delete the folder to pre-train again")
         log.info("reusing the pre-trained SAC in %s", folder)
     else:
-        _pretrain(env, cfg, seed, key, folder, progress)
+        _pretrain(env, cfg, seed, key, folder, progress, report)
     return folder
 
 
 def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any], folder: Path,
-              progress: bool) -> None:
+              progress: bool, report: Callable[[int], None] | None = None) -> None:
     import time
 
     quiet = Rls3Env(env.backend, replace(env.config, render=False), feedback=None)
@@ -685,7 +694,7 @@ def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any],
     if cfg.pretrain_steps > 0:
         with torch_threads(cfg.torch_threads):
             agent.model.learn(total_timesteps=cfg.pretrain_steps,
-                              callback=_StepProgress(cfg.pretrain_steps, progress),
+                              callback=_StepProgress(cfg.pretrain_steps, progress, report),
                               progress_bar=False)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     log.info("pre-trained SAC for %d steps on the intrinsic reward in %.1fs (%.1f CPU s, %.0f "

@@ -280,7 +280,7 @@ class Loop:
                 # iteration 0 needs no agent: evaluated first, beside background pre-training
                 base = self._evaluate_baseline(vlm, val, test)
                 if pre is not None:
-                    pre.wait()
+                    pre.wait(progress=cfg.progress)
                 agent = build_agent(cfg.agent.name, env, cfg.agent, cfg.seed, self.backend_key,
                                     progress=cfg.progress, workers=workers)
                 # whatever setup consumed (pretraining or a cache hit, data generation), the

@@ -22,6 +22,7 @@ from typing import Any
 from rls3.backends import BackendConfig, get_backend_spec, make_backend
 from rls3.config import AgentConfig
 from rls3.env import EnvConfig, Rls3Env
+from rls3.progress import progress_bar
 from rls3.workers import START_METHOD
 
 __all__ = ["MIN_BACKGROUND_STEPS", "BackgroundPretraining", "PretrainingError",
@@ -60,16 +61,20 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _pretrain_child(parent: int, backend_cfg: BackendConfig, env_cfg: EnvConfig,
-                    agent: AgentConfig, seed: int, backend_key: str) -> None:
-    """The child's work: the run's training backend, a quiet env, `ensure_pretrained`."""
+                    agent: AgentConfig, seed: int, backend_key: str, steps: Any) -> None:
+    """The child's work: the run's training backend, a quiet env, `ensure_pretrained`; `steps`
+    (a shared integer) follows its progress for the parent's bar."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the run stops this process itself
     from rls3.agents import ensure_pretrained
 
+    def report(n: int) -> None:
+        steps.value = n
+
     backend = make_backend(backend_cfg, "train")
     try:
         ensure_pretrained(Rls3Env(backend, replace(env_cfg, render=False)), agent, seed,
-                          backend_key, progress=False)
+                          backend_key, progress=False, report=report)
     finally:
         backend.close()
 
@@ -83,19 +88,29 @@ class BackgroundPretraining:
                  seed: int, backend_key: str) -> None:
         ctx: Any = mp.get_context(START_METHOD)
         self.started = time.perf_counter()
+        #: pre-training steps the child has taken (to the last `_StepProgress.REPORT_EVERY`)
+        self.done = ctx.Value("q", 0, lock=False)
         self.process = ctx.Process(
             target=_pretrain_child, name="rls3-pretrain", daemon=True,
-            args=(os.getpid(), backend_cfg, env_cfg, agent, seed, backend_key))
+            args=(os.getpid(), backend_cfg, env_cfg, agent, seed, backend_key, self.done))
         self.process.start()
         self.steps = agent.pretrain_steps
         log.info("pre-training SAC (%d steps) in a background process (pid %d) while the run "
                  "starts", agent.pretrain_steps, self.process.pid)
 
-    def wait(self) -> None:
-        """Block until the child has finished; PretrainingError unless it succeeded."""
+    def wait(self, progress: bool = False) -> None:
+        """Block until the child has finished (with `progress`, a bar over its steps);
+        PretrainingError unless it succeeded."""
         waited = time.perf_counter()
         if self.process.is_alive():
-            log.info("waiting for the SAC pre-training process")
+            log.info("waiting for the SAC pre-training process (%d of %d steps done)",
+                     self.done.value, self.steps)
+            with progress_bar(total=self.steps, desc="pretrain SAC (background)", unit="step",
+                              enabled=progress) as bar:
+                while self.process.is_alive():
+                    bar.update(self.done.value - bar.n)
+                    self.process.join(timeout=0.5)
+                bar.update(self.done.value - bar.n)
         self.process.join()
         code = self.process.exitcode
         if code != 0:

@@ -67,6 +67,18 @@ def test_background_pretraining_gives_the_same_agent_and_run(tmp_path, monkeypat
             assert np.array_equal(x[k], y[k]), k
 
 
+def test_the_wait_follows_the_childs_steps(tmp_path, capsys):
+    """The parent's bar hears the child's step count (every 250 steps) and the cache entry is
+    there when `wait` returns."""
+    cfg = _config(tmp_path, "w", **{"agent.pretrain_steps": 600})
+    pre = BackgroundPretraining(cfg.backend, cfg.env_config, cfg.agent, 0, "sim")
+    pre.wait(progress=True)
+    assert pre.done.value == 500
+    (entry,) = (tmp_path / "pre_w").iterdir()
+    assert (entry / MODEL_FILE).is_file()
+    assert "pretrain SAC (background)" in capsys.readouterr().err
+
+
 def test_a_failing_pretraining_process_is_a_named_error(tmp_path):
     blocked = tmp_path / "not_a_folder"
     blocked.write_text("a file where the cache folder should go")
