@@ -512,6 +512,7 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 #: errors of parallel processes that end a command with one line (module, class): looked up only
 #: in modules the command loaded, so `rls3 report` never imports torch to catch them
 PROCESS_ERRORS = (("rls3.workers", "WorkerError"),
+                  ("rls3.pretraining", "PretrainingError"),
                   ("rls3.vlm.distributed", "CollectiveTimeoutError"))
 
 

@@ -90,6 +90,21 @@ def test_a_failing_pretraining_process_is_a_named_error(tmp_path):
     assert not pre.process.is_alive()
 
 
+def test_a_failed_pretraining_process_ends_rls3_run_with_one_line(tmp_path, capsys, monkeypatch):
+    from rls3.cli import EXIT_FAILED, main
+    from rls3.loop import Loop
+
+    def failed(self):
+        raise PretrainingError("the SAC pre-training process failed (exit 1); its error is above")
+
+    monkeypatch.setattr(Loop, "_run", failed)
+    code = main(["run", "--run-dir", str(tmp_path / "r"), "--set", f"runs_dir={tmp_path}", "-q",
+                 "--no-report"])
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_FAILED and "\n" not in err and "Traceback" not in err
+    assert "pre-training process failed" in err and "--resume" in err
+
+
 _PARENT = """
 import sys, time
 from pathlib import Path
