@@ -248,7 +248,7 @@ class EarlyStoppingConfig:
         _require(self.min_delta >= 0.0, "early_stopping.min_delta", self.min_delta, ">= 0")
 
 
-#: `vlm.cache_dtype` values (the adapters map them to torch dtypes)
+#: `vlm.cache_dtype` values (torch dtype names; `rls3.vlm.contrastive.CACHE_DTYPES` maps them)
 CACHE_DTYPE_NAMES = (None, "float16", "bfloat16")
 
 

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rls3.captions import Description, mirror
+from rls3.config import CACHE_DTYPE_NAMES
 from rls3.sample import Sample
 from rls3.vlm.base import Feedback, Metrics
 from rls3.vlm.caches import (BatchPrefix, PrefixCaches, Rows, cast_floating, concat, select_rows,
@@ -164,8 +165,9 @@ def _mirrored(sample: Sample) -> tuple[np.ndarray, Description]:
     return np.ascontiguousarray(sample.image[:, ::-1]), d
 
 
-#: `cache_dtype` values: narrower storage for cached frozen-prefix outputs
-CACHE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+#: `cache_dtype` values (the names `vlm.cache_dtype` allows): narrower storage for cached
+#: frozen-prefix outputs
+CACHE_DTYPES: dict[str, torch.dtype] = {n: getattr(torch, n) for n in CACHE_DTYPE_NAMES if n}
 
 
 class ContrastiveVLM(AdapterShell):
