@@ -602,9 +602,9 @@ def _quick() -> Config:
       seeds, 500-frame validation set: final +0.099 [+0.029, +0.169], AUC +0.087 [+0.035,
       +0.139]; benchmarks/results/sampler). The random agent gains as much from it;
     * `lite`'s cached frozen-prefix outputs held in 16 bits (`vlm.cache_dtype: float16`; other
-      adapters ignore it): peak RSS of the default run 2.7 -> 2.2 GB; chosen on validation (final
-      val 0.727 / 0.787 / 0.713 against 0.713 / 0.767 / 0.707, seeds 0-2;
-      benchmarks/results/quick_run/cache_fp16)."""
+      adapters ignore it): peak RSS of the default run 2.7 -> 2.2 GB, taken for memory; no loss
+      on validation (final val 0.727 / 0.787 / 0.713 against 0.713 / 0.767 / 0.707, seeds 0-2,
+      150-frame sets: within their +-0.08; benchmarks/results/quick_run/cache_fp16)."""
     return Config(
         preset="quick",
         env=EnvConfig(t0=8, observation="relative"),  # 224-px renders: at 96 px objects vanish
