@@ -59,6 +59,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # SAC rewarded for learnability p(1 - p) instead of hardness, at quick's T0 = 8
     "sac-learn-t8": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16",
                                               "loop.signal=learnability"]},
+    # diversity through SAC's entropy target (SB3's auto is -3 for the 3 action dims)
+    "sac-ent-t8": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16",
+                                            "agent.target_entropy=0"]},
+    # captions about the object the step moved (`loop.caption_pair: moved`), both agents
+    "sac-moved": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16",
+                                           "loop.caption_pair=moved"]},
+    "random-moved": {"agent": "random", "sets": ["env.t0=8", "loop.episodes=16",
+                                                 "loop.caption_pair=moved"]},
     # `quick` before it took T0 = 8 (the rows named sac and random in results/sampler)
     "sac-t32": {"agent": "sac", "sets": ["env.t0=32", "loop.episodes=4"]},
     "random-t32": {"agent": "random", "sets": ["env.t0=32", "loop.episodes=4"]},

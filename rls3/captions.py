@@ -264,9 +264,10 @@ def display_name(identifier: str, names: Mapping[str, str] | None = None) -> str
 
 
 def describe(state: SceneState, rng: np.random.Generator,
-             names: Mapping[str, str] | None = None) -> Description:
+             names: Mapping[str, str] | None = None, subject: str | None = None) -> Description:
     """Pick a primary A and a distinct secondary B among the active objects with `rng` and describe
-    B relative to A; ordered pairs are tried in a random order until one does not coincide."""
+    B relative to A; ordered pairs are tried in a random order until one does not coincide.
+    `subject` (an active object's name) limits the pairs to those it is part of, in either role."""
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     objs = state.objects
@@ -276,6 +277,13 @@ def describe(state: SceneState, rng: np.random.Generator,
     forward = state.camera.forward
     camera_axes(forward)  # a vertical camera is a scene error, not a reason to retry pairs
     pairs = [(i, j) for i in range(len(objs)) for j in range(len(objs)) if i != j]
+    if subject is not None:
+        active = [o.name for o in objs]
+        if subject not in active:
+            raise ValueError(f"subject {subject!r} is not an active object of scene "
+                             f"{state.scene_name!r} (active: {active})")
+        k = active.index(subject)
+        pairs = [p for p in pairs if k in p]
     for k in rng.permutation(len(pairs)):
         a, b = objs[pairs[int(k)][0]], objs[pairs[int(k)][1]]
         if np.array_equal(np.asarray(a.position, float), np.asarray(b.position, float)):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from rls3.config import FEEDBACK_MODES, KEEP_RULES, SIGNALS
+from rls3.config import CAPTION_PAIRS, FEEDBACK_MODES, KEEP_RULES, SIGNALS
 from rls3.data import make_sample
 from rls3.env import Frame, finite_reward
 from rls3.sample import Sample
@@ -72,12 +72,13 @@ class EpisodeCollector:
     before the frame can matter (SAC: at the end of each rollout, before `train()`, and writes
     the rewards into its replay buffer), which scores the queued frames `batch` at a time
     (`feedback_batch`). `keep="hardest"` (`loop.keep`) keeps the episode's highest-scored frames
-    instead of a random eta-subsample."""
+    instead of a random eta-subsample. `caption_pair="moved"` (`loop.caption_pair`) captions
+    each frame with a pair of objects that includes the one its step moved."""
 
     def __init__(self, vlm: VLM, rng: np.random.Generator, eta: float, beta: float, t0: int,
                  feedback: bool = True, mode: str = "episode",
                  norm: RunningNorm | None = None, signal: str = "hardness",
-                 batch: int = 1, keep: str = "random") -> None:
+                 batch: int = 1, keep: str = "random", caption_pair: str = "any") -> None:
         if mode not in FEEDBACK_MODES:
             raise ValueError(f"feedback mode must be one of {list(FEEDBACK_MODES)}, got {mode!r}")
         if signal not in SIGNALS:
@@ -89,7 +90,11 @@ class EpisodeCollector:
         if keep != "random" and (not feedback or batch > 1):
             raise ValueError("keep='hardest' needs every frame scored on its step (feedback on, "
                              "batch 1)")
+        if caption_pair not in CAPTION_PAIRS:
+            raise ValueError(f"caption_pair must be one of {list(CAPTION_PAIRS)}, got "
+                             f"{caption_pair!r}")
         self.keep = keep
+        self.caption_pair = caption_pair
         self.signal = signal
         self.feedback_batch = batch
         #: whether valid frames are queued for `flush` instead of scored on their step
@@ -136,7 +141,7 @@ class EpisodeCollector:
 
     def __call__(self, frames: Sequence[Frame]) -> float:
         """Episode feedback (`mode="episode"`): called by the env on the completing step."""
-        samples = [make_sample(f.image, f.state, self.rng) for f in frames]
+        samples = [self._sample(f) for f in frames]
         reward = 0.0
         if self.feedback_enabled:
             t = time.perf_counter()
@@ -155,7 +160,7 @@ class EpisodeCollector:
         """Per-sample feedback (`mode="sample"`): called on every valid step, by the env (N = 1)
         or by `rls3.workers.FeedbackVecEnv` with the worker's index. Deferring, the sample is
         queued for `flush` and the step's extrinsic reward is 0."""
-        sample = make_sample(frame.image, frame.state, self.rng)
+        sample = self._sample(frame)
         self._pending.setdefault(worker, []).append(sample)
         if not self.feedback_enabled:
             return 0.0
@@ -163,6 +168,14 @@ class EpisodeCollector:
             self._queue.append((worker, sample))
             return 0.0
         return self._sample_rewards([sample])[0]
+
+    def _sample(self, frame: Frame) -> Sample:
+        """The frame captioned (with `caption_pair="moved"`, about the object its step moved)."""
+        subject = frame.moved if self.caption_pair == "moved" else None
+        if self.caption_pair == "moved" and subject is None:
+            raise ValueError(f"caption_pair='moved' needs the moved object of each frame; frame "
+                             f"of step {frame.step} has none")
+        return make_sample(frame.image, frame.state, self.rng, subject=subject)
 
     @property
     def queued(self) -> int:

@@ -34,8 +34,8 @@ from rls3.seeding import child_seed
 __all__ = ["AGENTS", "FEEDBACK_MODES", "REWARD_NORMS", "SIGNALS", "STEP_CAP_T0", "BUDGET_UNITS",
            "LR_SCHEDULES", "PRESETS", "PRETRAIN_SCHEDULE", "AgentConfig", "BackendConfig",
            "Config", "ConfigError", "DataConfig", "EarlyStoppingConfig", "EnvConfig",
-           "FinetuneConfig", "KEEP_RULES", "LoopConfig", "ReplayConfig", "VLMConfig", "dump_yaml",
-           "parse_assignment", "preset"]
+           "CAPTION_PAIRS", "FinetuneConfig", "KEEP_RULES", "LoopConfig", "ReplayConfig",
+           "VLMConfig", "dump_yaml", "parse_assignment", "preset"]
 
 
 #: the agents `agent.name` may name; `rls3.agents.AGENT_SPECS` makes them (tested to match)
@@ -50,6 +50,8 @@ REWARD_NORMS: tuple[str, ...] = ("none", "running")
 SIGNALS: tuple[str, ...] = ("hardness", "learnability")
 #: how an episode's round(eta * T0) fine-tuning samples are chosen (`loop.keep`)
 KEEP_RULES: tuple[str, ...] = ("random", "hardest")
+#: which pair of active objects a generated frame's caption describes (`loop.caption_pair`)
+CAPTION_PAIRS: tuple[str, ...] = ("any", "moved")
 #: `env.max_steps: 0` in a run config means this many T0 steps per episode at most. The paper has no
 #: cap (an episode runs until T0 valid frames); the env's own default (10 T0) would cut many
 #: random-agent episodes in the embedded simulator, whose random-action yield is about 12%.
@@ -162,7 +164,11 @@ class LoopConfig:
     (the paper: drawn without replacement) or "hardest" (a departure, selection: those the VLM
     scored hardest when they were generated, as prioritized level replay keeps its highest-scored
     levels; needs eta < 1 and the frames scored, i.e. SAC or `random_feedback`, and
-    `feedback_batch` 1).
+    `feedback_batch` 1). `caption_pair`: which two of the three active objects a generated
+    frame's caption relates, "any" (the paper: an ordered pair drawn at random, so a third of
+    the captions leave out the object the agent moved) or "moved" (a departure: a pair the moved
+    object is part of, in either role, so the agent's move decides the relation it is scored
+    on); the fixed validation and test sets are captioned as before.
     """
 
     iterations: int = 50
@@ -184,6 +190,7 @@ class LoopConfig:
     signal: str = "hardness"
     feedback_batch: int = 1
     keep: str = "random"
+    caption_pair: str = "any"
 
     def __post_init__(self) -> None:
         _require(self.iterations >= 1, "loop.iterations", self.iterations, "an integer >= 1")
@@ -216,6 +223,8 @@ class LoopConfig:
         _require(self.keep == "random" or self.feedback_batch == 1, "loop.keep", self.keep,
                  "'random' unless loop.feedback_batch is 1 (selection needs each frame's score "
                  "when its episode ends)")
+        _require(self.caption_pair in CAPTION_PAIRS, "loop.caption_pair", self.caption_pair,
+                 f"one of {list(CAPTION_PAIRS)}")
         _require(self.save_batches or not self.replay.enabled, "loop.save_batches",
                  self.save_batches, "true while loop.replay is on (replayed samples are read "
                  "back from the saved batches when a run resumes)")

@@ -60,9 +60,11 @@ class DatasetError(ValueError):
         super().__init__(f"dataset {str(self.folder)!r} is invalid: {shown}{more}")
 
 
-def make_sample(image: np.ndarray, state: SceneState, rng: np.random.Generator) -> Sample:
-    """Caption a rendered frame (the choice of reference object is drawn from `rng`)."""
-    return Sample(np.asarray(image, dtype=np.uint8), state, describe(state, rng))
+def make_sample(image: np.ndarray, state: SceneState, rng: np.random.Generator,
+                subject: str | None = None) -> Sample:
+    """Caption a rendered frame (the pair of objects is drawn from `rng`; with `subject`, among
+    the pairs that object is part of)."""
+    return Sample(np.asarray(image, dtype=np.uint8), state, describe(state, rng, subject=subject))
 
 
 # ------------------------------------------------------------------------------------ writing

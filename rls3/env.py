@@ -62,11 +62,13 @@ RELATIVE_LAYOUT: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class Frame:
-    """One valid step: the rendered RGB image and the ground truth it shows."""
+    """One valid step: the rendered RGB image, the ground truth it shows and the object the step
+    moved (None where no step moved one)."""
 
     image: np.ndarray
     state: SceneState
     step: int
+    moved: str | None = None
 
 
 class Rls3Env(gym.Env):
@@ -152,7 +154,7 @@ class Rls3Env(gym.Env):
             size = self.config.image_size
             image = self.backend.render(size, size) if self.config.render \
                 else np.zeros((1, 1, 3), np.uint8)
-            frame = Frame(image, self._state.rendered_at(size, size), self._steps)
+            frame = Frame(image, self._state.rendered_at(size, size), self._steps, moved)
             distinct = not self._frames or not same_layout(self._frames[-1].state, self._state)
             after = self._state.objects[self._moving]
             move = float(np.linalg.norm(np.subtract(after.position, before.position)))

@@ -262,7 +262,7 @@ class Loop:
         collector = EpisodeCollector(vlm, rng, cfg.loop.eta, cfg.loop.beta, cfg.env.t0,
                                      feedback=use_feedback, mode=cfg.loop.feedback, norm=norm,
                                      signal=cfg.loop.signal, batch=cfg.loop.feedback_batch,
-                                     keep=cfg.loop.keep)
+                                     keep=cfg.loop.keep, caption_pair=cfg.loop.caption_pair)
         self.finetuner = Finetuner(vlm, cfg.loop, cfg.seed)
         self.replay = self.finetuner.replay
         if self.replay is not None and self.ckpt is None:

@@ -373,6 +373,24 @@ def test_describe_is_consistent_and_covers_all_pairs():
     assert len(pairs) == 6
 
 
+def test_describe_with_a_subject_keeps_to_its_pairs_in_both_roles():
+    """`subject` (loop.caption_pair: moved): only the 4 ordered pairs the object is part of."""
+    pairs = set()
+    for seed in range(60):
+        d = describe(STATE, np.random.default_rng(seed), subject="wine_bottle")
+        assert "wine_bottle" in (d.primary, d.secondary)
+        a, b = STATE.object(d.primary), STATE.object(d.secondary)
+        assert d.terms == spatial_terms(a.position, b.position, STATE.camera.forward)
+        pairs.add((d.primary, d.secondary))
+    assert len(pairs) == 4
+    state = make_state({"mug": (0.1, 0.1, 1.0), "cup": (0.1, 0.1, 1.0), "vase": (0.4, 0.0, 1.0)})
+    for seed in range(10):   # the coinciding pair is skipped, the other one taken
+        d = describe(state, np.random.default_rng(seed), subject="mug")
+        assert {d.primary, d.secondary} == {"mug", "vase"}
+    with pytest.raises(ValueError, match=r"'teapot' is not an active object.*kitchen_a"):
+        describe(STATE, np.random.default_rng(0), subject="teapot")
+
+
 def test_describe_reproduces_the_paper_example():
     for seed in range(50):
         d = describe(STATE, np.random.default_rng(seed))

@@ -175,3 +175,50 @@ def test_keep_option_is_checked():
     with pytest.raises(ValueError, match="keep"):
         EpisodeCollector(build_vlm("clip-tiny", seed=0, progress=False),
                          np.random.default_rng(0), 0.5, 1.0, 4, feedback=False, keep="hardest")
+
+
+def test_caption_pair_moved_captions_the_object_each_step_moved():
+    """`caption_pair="moved"`: in a real episode every valid frame's caption relates the object
+    its step moved (in either role); with "any" some captions leave it out."""
+    from rls3.env import EnvConfig, Rls3Env
+
+    vlm = build_vlm("clip-tiny", seed=0, progress=False)
+    left_out = {}
+    for pair in ("moved", "any"):
+        col = EpisodeCollector(vlm, np.random.default_rng(0), 1.0, 1.0, 12, mode="sample",
+                               caption_pair=pair)
+        be = SimBackend(["kitchen"], shadows=False)
+        env = Rls3Env(be, EnvConfig(t0=12, image_size=32), **col.env_hooks())
+        try:
+            env.reset(seed=4)
+            rng = np.random.default_rng(5)
+            moved, done = [], False
+            while not done:
+                _, r, term, trunc, info = env.step(rng.uniform(-1, 1, 3).astype(np.float32))
+                done = term or trunc
+                if info["valid"]:
+                    moved.append(info["moved"])
+                    assert info["frame"].moved == info["moved"]
+                col.on_step(info, r, done)
+        finally:
+            env.close()
+        assert col.episodes == 1 and len(col.generated) == len(moved) == 12
+        about = [{s.description.primary, s.description.secondary} for s in col.generated]
+        left_out[pair] = sum(m not in a for m, a in zip(moved, about, strict=True))
+    assert left_out["moved"] == 0 and left_out["any"] > 0
+
+
+def test_caption_pair_option_is_checked():
+    with pytest.raises(ConfigError, match=r"loop.caption_pair.*'any', 'moved'"):
+        preset("quick").override({"loop.caption_pair": "subject"})
+    assert preset("quick").override({"loop.caption_pair": "moved"}).loop.caption_pair == "moved"
+    assert preset("paper-clip").loop.caption_pair == preset("quick").loop.caption_pair == "any"
+    with pytest.raises(ValueError, match="caption_pair"):
+        EpisodeCollector(build_vlm("clip-tiny", seed=0, progress=False),
+                         np.random.default_rng(0), 0.5, 1.0, 4, caption_pair="mover")
+    col = EpisodeCollector(build_vlm("clip-tiny", seed=0, progress=False),
+                           np.random.default_rng(0), 1.0, 1.0, 1, mode="sample",
+                           caption_pair="moved")
+    frame = _kitchen_frames(1)[0]   # built without a step: no moved object
+    with pytest.raises(ValueError, match="needs the moved object"):
+        col.score_step(frame)

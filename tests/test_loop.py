@@ -516,6 +516,16 @@ def test_keep_hardest_resumes_bit_identically_after_sigkill(root, tmp_path):
 
 
 @pytest.mark.slow
+def test_caption_pair_moved_resumes_bit_identically_after_sigkill(root, tmp_path):
+    """`loop.caption_pair: moved` (captions about the moved object): `rls3 run` killed by
+    SIGKILL after its first checkpoint resumes to the uninterrupted run's metrics and weights."""
+    over = {"loop.feedback": "sample", "loop.caption_pair": "moved", "loop.iterations": 2}
+    full = run(tiny_config(root, **over), run_dir=tmp_path / "full")
+    assert [r["iteration"] for r in read_metrics(full.run_dir)] == [0, 1, 2]
+    _killed_run_resumes_like(tiny_config(root, **over), tmp_path / "killed", full.run_dir)
+
+
+@pytest.mark.slow
 def test_relative_paths_are_recorded_absolute_and_resume_from_anywhere(root, tmp_path,
                                                                       monkeypatch):
     """Issue 13, item 6: data.dir, runs_dir and the pre-training cache are resolved once when
