@@ -155,6 +155,34 @@ def test_bad_input(backend, tmp_path):
         load_scene_spec(bad)
 
 
+def test_memoised_render_passes_give_pyrender_s_own_pixels(backend):
+    """rls3.sim.render memoises pyrender's per-frame work and skips repeated uniform sets: every
+    scene, after moves and with shadows on and off, renders the same pixels as pyrender as
+    shipped, switching paths back and forth (a stale uniform record would show here)."""
+    import pyrender
+
+    from rls3.sim.render import _get_pose, shipped_pyrender
+
+    assert pyrender.Scene.get_pose is _get_pose
+    shadows = backend._renderer.shadows
+    try:
+        for i in range(len(backend.scene_names)):
+            backend._renderer.shadows = i % 3 != 2
+            for step, d in enumerate([(0.0, 0.0, 0.0), (0.05, -0.05, 0.0), (0.0, 0.1, 0.0)]):
+                if step == 0:
+                    backend.load_scene(i, seed=11)
+                else:
+                    backend.move_object(step, d)
+                lean = backend.render(96, 72)
+                with shipped_pyrender():
+                    assert pyrender.Scene.get_pose is not _get_pose
+                    shipped = backend.render(96, 72)
+                assert np.array_equal(lean, shipped), (backend.scene_names[i], step)
+                assert np.array_equal(backend.render(96, 72), shipped)
+    finally:
+        backend._renderer.shadows = shadows
+
+
 @pytest.mark.slow
 def test_images_identical_across_processes():
     """Draw order must not depend on object addresses, which differ between processes."""

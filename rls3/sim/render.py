@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import trimesh
@@ -15,6 +19,8 @@ if not hasattr(np, "infty"):  # pyrender 0.1.45 still uses np.infty, removed in 
 import pyrender  # noqa: E402
 
 import pyrender.renderer as _pyrender_renderer  # noqa: E402
+from OpenGL import GL  # noqa: E402
+from pyrender.constants import RenderFlags  # noqa: E402
 
 from rls3.scene import Camera  # noqa: E402
 
@@ -37,6 +43,123 @@ def _stable_sorted_mesh_nodes(self: _pyrender_renderer.Renderer, scene: pyrender
 
 
 _pyrender_renderer.Renderer._sorted_mesh_nodes = _stable_sorted_mesh_nodes
+
+
+# pyrender recomputes per primitive what is fixed for a frame (light matrices with an inverse, the
+# light budget with a GL query, the shader program's defines, node poses) and looks up a uniform's
+# location on every set. The wrappers below memoise those for one `Renderer.render` call and skip
+# a uniform set when the program already holds that exact value: the same GL state reaches every
+# draw, so the pixels are the same (tests/test_render.py), in less Python per frame.
+_PYRENDER = {"render": _pyrender_renderer.Renderer.render,
+             "light_matrices": _pyrender_renderer.Renderer._get_light_cam_matrices,
+             "max_lights": _pyrender_renderer.Renderer._compute_max_n_lights,
+             "program": _pyrender_renderer.Renderer._get_primitive_program,
+             "get_pose": pyrender.Scene.get_pose,
+             "read": _pyrender_renderer.Renderer._read_main_framebuffer,
+             "set_uniform": pyrender.shader_program.ShaderProgram.set_uniform}
+
+
+def _memo(owner: object, key: tuple, compute: Callable[[], Any]) -> Any:
+    """`compute()` once per key while `owner` is inside a render call (always, outside one)."""
+    memo = owner.__dict__.get("_rls3_frame")
+    if memo is None:
+        return compute()
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
+def _render_memoised(self: Any, scene: pyrender.Scene, flags: int, seg_node_map: Any = None
+                     ) -> Any:
+    self._rls3_frame, scene._rls3_frame = {}, {}
+    try:
+        return _PYRENDER["render"](self, scene, flags, seg_node_map)
+    finally:
+        self._rls3_frame = scene._rls3_frame = None
+
+
+def _light_matrices(self: Any, scene: pyrender.Scene, light_node: pyrender.Node, flags: int
+                    ) -> Any:
+    return _memo(self, ("light", id(light_node), flags),
+                 lambda: _PYRENDER["light_matrices"](self, scene, light_node, flags))
+
+
+def _max_lights(self: Any, flags: int) -> Any:
+    return _memo(self, ("max_lights", flags), lambda: _PYRENDER["max_lights"](self, flags))
+
+
+def _program(self: Any, primitive: Any, flags: int, program_flags: int) -> Any:
+    return _memo(self, ("program", id(primitive), flags, program_flags),
+                 lambda: _PYRENDER["program"](self, primitive, flags, program_flags))
+
+
+def _get_pose(self: pyrender.Scene, node: pyrender.Node) -> np.ndarray:
+    return _memo(self, ("pose", id(node)), lambda: _PYRENDER["get_pose"](self, node))
+
+
+def _read_color(self: Any, scene: pyrender.Scene, flags: int) -> Any:
+    """pyrender's framebuffer read without the depth image rls3 never uses (no depth blit, no
+    float read-back): the same colour pixels, and None for the depth."""
+    if flags & (RenderFlags.DEPTH_ONLY | RenderFlags.RGBA) or sys.platform == "darwin":
+        return _PYRENDER["read"](self, scene, flags)
+    width, height = self._main_fb_dims[0], self._main_fb_dims[1]
+    GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, self._main_fb_ms)
+    GL.glBindFramebuffer(GL.GL_DRAW_FRAMEBUFFER, self._main_fb)
+    GL.glBlitFramebuffer(0, 0, width, height, 0, 0, width, height, GL.GL_COLOR_BUFFER_BIT,
+                         GL.GL_LINEAR)
+    GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, self._main_fb)
+    buf = GL.glReadPixels(0, 0, width, height, GL.GL_RGB, GL.GL_UNSIGNED_BYTE)
+    color = np.frombuffer(buf, dtype=np.uint8).reshape((height, width, 3))
+    return np.flip(color, axis=0), None
+
+
+def _set_uniform_once(self: Any, name: str, value: Any, unsigned: bool = False) -> None:
+    """pyrender's `set_uniform` with the location looked up once per program and the call skipped
+    when this program was last given exactly this value (uniforms are per-program GL state)."""
+    cache = self.__dict__.get("_rls3_uniforms")
+    if cache is None or cache[0] != self._program_id:
+        cache = self._rls3_uniforms = (self._program_id, {})
+    if isinstance(value, np.ndarray):
+        key: tuple = (value.dtype.str, value.shape, value.tobytes(), unsigned)
+    else:
+        key = (type(value), value, unsigned)
+    if cache[1].get(name) == key:
+        return
+    _PYRENDER["set_uniform"](self, name, value, unsigned)
+    cache[1][name] = key
+
+
+def _install(lean: bool) -> None:
+    """pyrender with the memoised per-frame work (`lean`) or as shipped; switching drops every
+    program's uniform record, since the other path does not keep it."""
+    r, sp = _pyrender_renderer.Renderer, pyrender.shader_program.ShaderProgram
+    r.render = _render_memoised if lean else _PYRENDER["render"]
+    r._get_light_cam_matrices = _light_matrices if lean else _PYRENDER["light_matrices"]
+    r._compute_max_n_lights = _max_lights if lean else _PYRENDER["max_lights"]
+    r._get_primitive_program = _program if lean else _PYRENDER["program"]
+    r._read_main_framebuffer = _read_color if lean else _PYRENDER["read"]
+    pyrender.Scene.get_pose = _get_pose if lean else _PYRENDER["get_pose"]
+    sp.set_uniform = _set_uniform_once if lean else _PYRENDER["set_uniform"]
+    for program in _programs():
+        program.__dict__.pop("_rls3_uniforms", None)
+
+
+def _programs() -> list[Any]:
+    """The shader programs of the process's context (none before it exists)."""
+    if not _CONTEXT:
+        return []
+    return list(_CONTEXT[0]._renderer._program_cache._program_cache.values())
+
+
+@contextlib.contextmanager
+def shipped_pyrender() -> Iterator[None]:
+    """Render with pyrender's own per-frame work inside the block (benchmarks and tests compare
+    the two paths)."""
+    _install(False)
+    try:
+        yield
+    finally:
+        _install(True)
 
 
 def pose_matrix(position: np.ndarray, yaw: float) -> np.ndarray:
@@ -135,3 +258,6 @@ class Renderer:
 
     def close(self) -> None:
         """Nothing to free per backend: the context lives as long as the process."""
+
+
+_install(True)
