@@ -91,6 +91,9 @@ AGENT_FORMAT = 2
 #: files of agent format 1 that are pickles: never loaded (unpickling can run any code)
 PICKLED_FILES = ("sac.zip", "replay_buffer.pkl")
 BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+#: the actor's and critics' Adam: multi-tensor kernels (torch's CPU default loops over the
+#: parameters, a dozen small kernels each per update); the same values, tested
+ADAM_KWARGS: dict[str, Any] = {"foreach": True}
 #: SAC's entropy coefficient, as SB3 keeps it (learned: log_ent_coef; fixed: ent_coef_tensor)
 _ENT_COEF_VARS = ("log_ent_coef", "ent_coef_tensor")
 
@@ -327,7 +330,8 @@ def _sac_kwargs(cfg: AgentConfig) -> dict[str, Any]:
             "gamma": cfg.gamma, "tau": cfg.tau, "train_freq": cfg.train_freq,
             "gradient_steps": cfg.gradient_steps, "ent_coef": cfg.ent_coef,
             "target_entropy": "auto" if cfg.target_entropy is None else cfg.target_entropy,
-            "policy_kwargs": {"net_arch": list(cfg.net_arch)}, "device": cfg.device}
+            "policy_kwargs": {"net_arch": list(cfg.net_arch), "optimizer_kwargs": ADAM_KWARGS},
+            "device": cfg.device}
 
 
 class SACAgent:
@@ -431,7 +435,8 @@ class SACAgent:
                                              if k.startswith("policy.")}}
         params.update(_read_optimizers(folder / OPTIMIZERS_FILE, m))
         try:
-            m.set_parameters(params, exact_match=True, device=m.device)
+            with _keeping_foreach(m.actor.optimizer, m.critic.optimizer):
+                m.set_parameters(params, exact_match=True, device=m.device)
             for name in _ENT_COEF_VARS:
                 var = getattr(m, name, None)
                 if isinstance(var, torch.Tensor):
@@ -517,6 +522,17 @@ def _read_optimizers(path: Path, model: SAC) -> dict[str, Any]:
             isinstance(v, dict) for v in data.values()):
         raise AgentStateError(f"{str(path)!r} must hold the optimiser states {sorted(wanted)}")
     return data
+
+
+@contextlib.contextmanager
+def _keeping_foreach(*optimizers: torch.optim.Optimizer) -> Iterator[None]:
+    """Loading optimizer states inside the block keeps each group's `foreach` (how updates are
+    computed, not what they are: a state saved by the per-parameter loop still runs multi-tensor)."""
+    before = [[g.get("foreach") for g in opt.param_groups] for opt in optimizers]
+    yield
+    for opt, flags in zip(optimizers, before, strict=True):
+        for g, flag in zip(opt.param_groups, flags, strict=True):
+            g["foreach"] = flag
 
 
 def _save_buffer(buffer: ReplayBuffer, path: Path) -> None:

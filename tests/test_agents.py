@@ -109,6 +109,30 @@ def test_the_pretraining_schedule_applies_to_pretraining_only(backend, tmp_path)
         agent_cfg(tmp_path, pretrain_batch_size=0)
 
 
+def test_multi_tensor_adam_trains_sac_exactly_as_the_per_parameter_loop(backend, tmp_path,
+                                                                         monkeypatch):
+    """SAC's actor and critic optimizers run torch's `foreach` Adam; pre-training with it gives
+    the weights of the per-parameter loop (torch's CPU default) bit for bit."""
+    import torch
+
+    import rls3.agents as agents
+
+    weights = []
+    for foreach in (True, False):
+        monkeypatch.setattr(agents, "ADAM_KWARGS", {"foreach": foreach})
+        cfg = agent_cfg(tmp_path / str(foreach), pretrain_steps=300, learning_starts=50)
+        agent = build_agent("sac", make_env(backend), cfg, 0, "sim")
+        assert agent.model.actor.optimizer.param_groups[0]["foreach"] is foreach
+        weights.append(agent.model.policy.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    agent.save(tmp_path / "per-parameter")      # a state saved by the per-parameter loop ...
+    monkeypatch.setattr(agents, "ADAM_KWARGS", {"foreach": True})
+    again = build_agent("sac", make_env(backend), cfg, 0, "sim")
+    again.load(tmp_path / "per-parameter")      # ... loads and still runs multi-tensor
+    for opt in (again.model.actor.optimizer, again.model.critic.optimizer):
+        assert all(g["foreach"] is True for g in opt.param_groups)
+
+
 def test_a_corrupt_pretrained_cache_is_rebuilt(backend, tmp_path, caplog):
     """Bytes flipped in the cached model file: the next run pre-trains again (with a warning)
     instead of failing on a bad zip forever (issue 13, item 2)."""

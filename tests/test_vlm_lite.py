@@ -126,6 +126,25 @@ def test_lite_finetune_lowers_loss_and_changes_only_trainable(lite, samples):
         assert changed == (n in trainable), n
 
 
+def test_multi_tensor_adamw_trains_exactly_as_the_per_parameter_loop(lite, samples, tmp_path):
+    """The optimizer runs torch's `foreach` AdamW (fewer, larger kernels on a CPU); it must give
+    the losses and weights of the per-parameter implementation bit for bit."""
+    runs = []
+    for foreach in (True, False):
+        vlm = fresh(lite, lr=3e-4)
+        assert vlm.optimizer.param_groups[0]["foreach"] is True
+        for g in vlm.optimizer.param_groups:
+            g["foreach"] = foreach
+        losses = vlm.finetune(samples, 3)
+        runs.append((losses, {n: p.detach().clone() for n, p in vlm.trainable_parameters()}))
+    (la, wa), (lb, wb) = runs
+    assert la == lb
+    assert all(torch.equal(wa[n], wb[n]) for n in wa)
+    vlm.save(tmp_path / "per-parameter")        # saved by the per-parameter loop ...
+    again = build_vlm("lite", weights=tmp_path / "per-parameter", progress=False)
+    assert all(g["foreach"] is True for g in again.optimizer.param_groups)   # ... loads as foreach
+
+
 def test_mirror_augment_pairs_flipped_images_with_mirrored_captions(lite, samples):
     from rls3.captions import mirror
     vlm = fresh(lite)

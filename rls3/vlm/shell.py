@@ -152,8 +152,11 @@ class AdapterShell:
 
     def _restore_optimizer(self, folder: Path) -> None:
         state = load_optimizer_state(folder)
-        if state is not None:
+        if state is not None:   # the groups' `foreach` stay this adapter's (how, not what)
+            flags = [g.get("foreach") for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(state)
+            for g, flag in zip(self.optimizer.param_groups, flags, strict=True):
+                g["foreach"] = flag
 
     def _resume_optimizer_from(self, weights: str | Path | None) -> None:
         """After building from `weights`: restore the optimizer state a checkpoint folder holds
