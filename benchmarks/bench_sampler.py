@@ -67,6 +67,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                            "loop.caption_pair=moved"]},
     "random-moved": {"agent": "random", "sets": ["env.t0=8", "loop.episodes=16",
                                                  "loop.caption_pair=moved"]},
+    # term balance: SAC also paid 2x the rarity of its frame's spatial terms (`loop.term_balance`);
+    # the random agent ignores rewards, so random-t8 is its pair
+    "sac-terms": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16",
+                                           "loop.term_balance=2"]},
     # `quick` before it took T0 = 8 (the rows named sac and random in results/sampler)
     "sac-t32": {"agent": "sac", "sets": ["env.t0=32", "loop.episodes=4"]},
     "random-t32": {"agent": "random", "sets": ["env.t0=32", "loop.episodes=4"]},

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from rls3.captions import TERMS
 from rls3.config import CAPTION_PAIRS, FEEDBACK_MODES, KEEP_RULES, SIGNALS
 from rls3.data import make_sample
 from rls3.env import Frame, finite_reward
@@ -47,6 +48,16 @@ class RunningNorm:
         return {"count": self.count, "mean": self.mean, "m2": self.m2}
 
 
+def term_rarity(terms: Sequence[str], counts: Mapping[str, int]) -> float:
+    """Mean over `terms` of 1 - len(TERMS) * share_t, share_t being term t's share of `counts`:
+    +1 for a term never counted, 0 at an even share, negative for a common one (0 before any
+    count)."""
+    total = sum(counts.values())
+    if not terms or total == 0:
+        return 0.0
+    return float(np.mean([1.0 - len(TERMS) * counts.get(t, 0) / total for t in terms]))
+
+
 def learnability(p: float) -> float:
     """p (1 - p) of a sample answered right with probability p: largest for samples the VLM
     is unsure about (p = 1/2), zero for solved and for hopeless ones."""
@@ -73,12 +84,17 @@ class EpisodeCollector:
     the rewards into its replay buffer), which scores the queued frames `batch` at a time
     (`feedback_batch`). `keep="hardest"` (`loop.keep`) keeps the episode's highest-scored frames
     instead of a random eta-subsample. `caption_pair="moved"` (`loop.caption_pair`) captions
-    each frame with a pair of objects that includes the one its step moved."""
+    each frame with a pair of objects that includes the one its step moved. `term_balance` > 0
+    (sample mode, `loop.term_balance`) adds term_balance * `term_rarity` of each valid frame's
+    caption, against the counts of every frame captioned before it (`term_counts`, carried
+    across iterations in the checkpoint), to its extrinsic reward."""
 
     def __init__(self, vlm: VLM, rng: np.random.Generator, eta: float, beta: float, t0: int,
                  feedback: bool = True, mode: str = "episode",
                  norm: RunningNorm | None = None, signal: str = "hardness",
-                 batch: int = 1, keep: str = "random", caption_pair: str = "any") -> None:
+                 batch: int = 1, keep: str = "random", caption_pair: str = "any",
+                 term_balance: float = 0.0, term_counts: Mapping[str, int] | None = None
+                 ) -> None:
         if mode not in FEEDBACK_MODES:
             raise ValueError(f"feedback mode must be one of {list(FEEDBACK_MODES)}, got {mode!r}")
         if signal not in SIGNALS:
@@ -93,8 +109,15 @@ class EpisodeCollector:
         if caption_pair not in CAPTION_PAIRS:
             raise ValueError(f"caption_pair must be one of {list(CAPTION_PAIRS)}, got "
                              f"{caption_pair!r}")
+        if not (math.isfinite(term_balance) and term_balance >= 0.0):
+            raise ValueError(f"term_balance must be a finite number >= 0, got {term_balance!r}")
+        if term_balance and mode != "sample":
+            raise ValueError("term_balance pays each valid frame: it needs mode='sample'")
         self.keep = keep
         self.caption_pair = caption_pair
+        self.term_balance = term_balance
+        #: spatial terms of every frame captioned so far in the run (term_balance > 0)
+        self.term_counts: dict[str, int] = dict(term_counts or {})
         self.signal = signal
         self.feedback_batch = batch
         #: whether valid frames are queued for `flush` instead of scored on their step
@@ -118,6 +141,7 @@ class EpisodeCollector:
         self.hardness: list[float] = []   # per scored sample, in generation order
         self.hardness_terms: list[tuple[str, ...]] = []
         self.extrinsic: list[float] = []  # per step that received one
+        self.term_bonus: list[float] = []  # term_rarity of each scored frame (term_balance > 0)
         self.moves: list[float] = []      # per valid step, metres
         self.steps = self.valid = self.distinct = self.episodes = self.truncated = 0
         self.abandoned = 0  # completed beyond E on the last step (scene workers only)
@@ -125,7 +149,8 @@ class EpisodeCollector:
         self.scenes: dict[str, int] = {}
         self._pending: dict[int, list[Sample]] = {}  # sample mode: each worker's episode so far
         self._open: set[int] = set()  # workers whose current episode has not ended
-        self._queue: list[tuple[int, Sample]] = []  # deferred feedback: (worker, sample) to score
+        #: deferred feedback: (worker, sample, its term rarity) to score
+        self._queue: list[tuple[int, Sample, float]] = []
         self._score: dict[int, float] = {}  # keep="hardest": id(sample) -> its hardness, until kept
 
     def env_hooks(self) -> dict[str, Any]:
@@ -161,13 +186,25 @@ class EpisodeCollector:
         or by `rls3.workers.FeedbackVecEnv` with the worker's index. Deferring, the sample is
         queued for `flush` and the step's extrinsic reward is 0."""
         sample = self._sample(frame)
+        rarity = self._count_terms(sample)
         self._pending.setdefault(worker, []).append(sample)
         if not self.feedback_enabled:
             return 0.0
         if self.deferring:
-            self._queue.append((worker, sample))
+            self._queue.append((worker, sample, rarity))
             return 0.0
-        return self._sample_rewards([sample])[0]
+        return self._sample_rewards([sample], [rarity])[0]
+
+    def _count_terms(self, sample: Sample) -> float:
+        """With term_balance: the caption's `term_rarity` against the frames before it, then its
+        terms counted (0.0 and nothing counted without)."""
+        if not self.term_balance:
+            return 0.0
+        terms = sample.description.terms
+        rarity = term_rarity(terms, self.term_counts)
+        for t in terms:
+            self.term_counts[t] = self.term_counts.get(t, 0) + 1
+        return rarity
 
     def _sample(self, frame: Frame) -> Sample:
         """The frame captioned (with `caption_pair="moved"`, about the object its step moved)."""
@@ -189,14 +226,15 @@ class EpisodeCollector:
         queue, self._queue = self._queue, []
         for start in range(0, len(queue), self.feedback_batch):
             part = queue[start:start + self.feedback_batch]
-            rewards = self._sample_rewards([s for _, s in part])
+            rewards = self._sample_rewards([s for _, s, _ in part], [r for _, _, r in part])
             self.extrinsic.extend(rewards)
-            out.extend((w, r) for (w, _), r in zip(part, rewards, strict=True))
+            out.extend((w, r) for (w, _, _), r in zip(part, rewards, strict=True))
         return out
 
-    def _sample_rewards(self, samples: list[Sample]) -> list[float]:
+    def _sample_rewards(self, samples: list[Sample], rarity: list[float]) -> list[float]:
         """Score `samples` in one VLM call; the extrinsic reward of each (its hardness or
-        learnability, standardised when `norm` is set, times beta), in order."""
+        learnability, standardised when `norm` is set, times beta, plus term_balance times its
+        term rarity), in order."""
         t = time.perf_counter()
         fb = self.vlm.feedback(samples)
         self.feedback_s += time.perf_counter() - t
@@ -204,9 +242,12 @@ class EpisodeCollector:
         self._scored(samples, hardness)
         if self.keep != "random":
             self._note_scores(samples, hardness)
-        if self.signal == "learnability":
-            return [finite_reward(self._reward(learnability(float(p)))) for p in fb.success]
-        return [finite_reward(self._reward(h)) for h in hardness]
+        if self.term_balance:
+            self.term_bonus.extend(rarity)
+        signal = ([learnability(float(p)) for p in fb.success] if self.signal == "learnability"
+                  else hardness)
+        return [finite_reward(self._reward(x) + self.term_balance * r)
+                for x, r in zip(signal, rarity, strict=True)]
 
     def _note_scores(self, samples: Sequence[Sample], scores: Sequence[float]) -> None:
         if len(scores) != len(samples):
@@ -293,6 +334,7 @@ class EpisodeCollector:
             "hardness_n": int(h.size),
             "hardness_by_term": {t: float(np.mean(v)) for t, v in sorted(by_term.items())},
             "extrinsic_mean": float(np.mean(self.extrinsic)) if self.extrinsic else None,
+            "term_rarity_mean": float(np.mean(self.term_bonus)) if self.term_bonus else None,
         }
 
 

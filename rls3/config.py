@@ -168,7 +168,12 @@ class LoopConfig:
     frame's caption relates, "any" (the paper: an ordered pair drawn at random, so a third of
     the captions leave out the object the agent moved) or "moved" (a departure: a pair the moved
     object is part of, in either role, so the agent's move decides the relation it is scored
-    on); the fixed validation and test sets are captioned as before.
+    on); the fixed validation and test sets are captioned as before. `term_balance` (>= 0, with
+    `feedback: sample`; 0, off, is the paper's): each valid frame's extrinsic reward also gets
+    term_balance * its terms' rarity, the mean over its caption's spatial terms t of
+    1 - 6 * share_t, share_t being t's share among the terms of every frame captioned so far in
+    the run (+1 for a term never seen, 0 at an even share; a departure: it pays the agent for the
+    relations the data lacks, e.g. "above"/"below", which the layouts give half as often).
     """
 
     iterations: int = 50
@@ -191,6 +196,7 @@ class LoopConfig:
     feedback_batch: int = 1
     keep: str = "random"
     caption_pair: str = "any"
+    term_balance: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.iterations >= 1, "loop.iterations", self.iterations, "an integer >= 1")
@@ -225,6 +231,11 @@ class LoopConfig:
                  "when its episode ends)")
         _require(self.caption_pair in CAPTION_PAIRS, "loop.caption_pair", self.caption_pair,
                  f"one of {list(CAPTION_PAIRS)}")
+        _require(math.isfinite(self.term_balance) and self.term_balance >= 0.0,
+                 "loop.term_balance", self.term_balance, "a finite number >= 0 (0: off)")
+        _require(self.term_balance == 0.0 or self.feedback == "sample", "loop.term_balance",
+                 self.term_balance, "0 unless loop.feedback is 'sample' (the bonus is paid per "
+                 "valid frame)")
         _require(self.save_batches or not self.replay.enabled, "loop.save_batches",
                  self.save_batches, "true while loop.replay is on (replayed samples are read "
                  "back from the saved batches when a run resumes)")

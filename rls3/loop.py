@@ -97,6 +97,8 @@ class RunState:
     elapsed_s: float = 0.0
     replay: dict[str, Any] | None = None      # `SampleReplay.state()` when loop.replay is on
     reward_norm: dict[str, float] | None = None  # `RunningNorm.state()` (loop.reward_norm)
+    #: terms of every frame captioned so far (`EpisodeCollector.term_counts`, loop.term_balance)
+    term_counts: dict[str, int] = field(default_factory=dict)
     #: iteration -> SHA-256 of its saved batch's manifest (data/iter_NNNN/manifest.json), checked
     #: when replay reads the batch back on resume
     batch_digests: dict[str, str] = field(default_factory=dict)
@@ -262,7 +264,9 @@ class Loop:
         collector = EpisodeCollector(vlm, rng, cfg.loop.eta, cfg.loop.beta, cfg.env.t0,
                                      feedback=use_feedback, mode=cfg.loop.feedback, norm=norm,
                                      signal=cfg.loop.signal, batch=cfg.loop.feedback_batch,
-                                     keep=cfg.loop.keep, caption_pair=cfg.loop.caption_pair)
+                                     keep=cfg.loop.keep, caption_pair=cfg.loop.caption_pair,
+                                     term_balance=cfg.loop.term_balance,
+                                     term_counts=self.state.term_counts)
         self.finetuner = Finetuner(vlm, cfg.loop, cfg.seed)
         self.replay = self.finetuner.replay
         if self.replay is not None and self.ckpt is None:
@@ -565,6 +569,7 @@ class Loop:
         self.state.env_episode = env.episode
         if collector.norm is not None:
             self.state.reward_norm = collector.norm.state()
+        self.state.term_counts = dict(sorted(collector.term_counts.items()))
 
         def write_parts(folder: Path) -> None:
             vlm.save(folder / "vlm")

@@ -187,6 +187,7 @@ def test_unity_bridge_errors_are_one_line_and_logged(tmp_path, capsys, monkeypat
     ("vlm.cache_dtype=float64", ["vlm.cache_dtype", "float64", "bfloat16"]),
     ("loop.keep=hardest", ["loop.keep", "eta < 1"]),
     ("loop.caption_pair=moving", ["loop.caption_pair", "moving", "'moved'"]),
+    ("loop.term_balance=-1", ["loop.term_balance", ">= 0"]),
 ])
 def test_everything_checkable_is_checked_before_a_run_folder_exists(override, words, tmp_path,
                                                                     capsys, monkeypatch):

@@ -222,3 +222,64 @@ def test_caption_pair_option_is_checked():
     frame = _kitchen_frames(1)[0]   # built without a step: no moved object
     with pytest.raises(ValueError, match="needs the moved object"):
         col.score_step(frame)
+
+
+def test_term_rarity_rewards_the_terms_the_counts_lack():
+    from rls3.collector import term_rarity
+
+    assert term_rarity(("above",), {}) == 0.0                       # nothing counted yet
+    even = {t: 5 for t in ("above", "below", "behind", "in front", "left", "right")}
+    assert term_rarity(("above", "left"), even) == pytest.approx(0.0)
+    counts = {"left": 3, "right": 1}
+    assert term_rarity(("above",), counts) == 1.0                   # never seen
+    assert term_rarity(("left",), counts) == pytest.approx(1 - 6 * 3 / 4)
+    assert term_rarity(("above", "left"), counts) == pytest.approx((1 + 1 - 4.5) / 2)
+
+
+def test_term_balance_adds_each_frame_s_rarity_to_its_reward_and_counts_its_terms():
+    """`term_balance` w: a valid frame's extrinsic reward is the hardness reward plus w times
+    the rarity of its caption's terms against every frame captioned before it (counts carried
+    in from earlier iterations); deferred scoring pays the same."""
+    from rls3.collector import term_rarity
+
+    frames = _kitchen_frames(5)
+    vlm = build_vlm("clip-tiny", seed=0, progress=False)
+    start = {"left": 10, "right": 10}
+    runs = {}
+    for w, batch in ((0.0, 1), (2.0, 1), (2.0, 2)):
+        col = EpisodeCollector(vlm, np.random.default_rng(0), 1.0, 1.0, 5, mode="sample",
+                               term_balance=w, term_counts=start, batch=batch)
+        got = [col.score_step(f) for f in frames]
+        if batch > 1:
+            got = [r for _, r in col.flush()]
+        runs[(w, batch)] = (got, col)
+    base, plain = runs[(0.0, 1)]
+    assert plain.term_counts == start and plain.term_bonus == []    # off: nothing counted
+    for key in ((2.0, 1), (2.0, 2)):
+        got, col = runs[key]
+        counts, want = dict(start), []
+        for s in col._pending[0]:
+            want.append(term_rarity(s.description.terms, counts))
+            for t in s.description.terms:
+                counts[t] = counts.get(t, 0) + 1
+        assert col.term_counts == counts and col.term_bonus == pytest.approx(want)
+        np.testing.assert_allclose(got, np.add(base, 2.0 * np.asarray(want)), rtol=1e-4,
+                                   atol=1e-5)
+    assert start == {"left": 10, "right": 10}                    # the caller's dict untouched
+    assert runs[(2.0, 1)][1].hardness_fields()["term_rarity_mean"] == pytest.approx(
+        float(np.mean(runs[(2.0, 1)][1].term_bonus)))
+
+
+def test_term_balance_option_is_checked():
+    with pytest.raises(ConfigError, match="loop.term_balance"):
+        preset("quick").override({"loop.term_balance": -1})
+    with pytest.raises(ConfigError, match="loop.term_balance"):
+        preset("quick").override({"loop.term_balance": float("nan")})
+    with pytest.raises(ConfigError, match=r"loop.term_balance.*feedback is 'sample'"):
+        preset("paper-clip").override({"loop.term_balance": 1.0})
+    assert preset("quick").override({"loop.term_balance": 1.0}).loop.term_balance == 1.0
+    assert preset("paper-clip").loop.term_balance == preset("quick").loop.term_balance == 0.0
+    with pytest.raises(ValueError, match="term_balance"):
+        EpisodeCollector(build_vlm("clip-tiny", seed=0, progress=False),
+                         np.random.default_rng(0), 1.0, 1.0, 4, mode="episode",
+                         term_balance=1.0)

@@ -526,6 +526,22 @@ def test_caption_pair_moved_resumes_bit_identically_after_sigkill(root, tmp_path
 
 
 @pytest.mark.slow
+def test_term_balance_resumes_bit_identically_after_sigkill(root, tmp_path):
+    """`loop.term_balance` (its term counts carried across iterations in the checkpoint):
+    `rls3 run` killed by SIGKILL after its first checkpoint resumes to the uninterrupted run's
+    metrics and weights; the counts cover every valid frame."""
+    over = {"loop.feedback": "sample", "loop.term_balance": 1.0, "loop.iterations": 2}
+    full = run(tiny_config(root, **over), run_dir=tmp_path / "full")
+    recs = read_metrics(full.run_dir)
+    assert all(r["term_rarity_mean"] is not None for r in recs[1:])
+    state = json.loads((latest_checkpoint(full.run_dir) / "state.json").read_text())
+    counted = sum(state["term_counts"].values())
+    # every captioned frame, including those of episodes cut by the step cap
+    assert counted >= sum(sum(r["terms_generated"].values()) for r in recs[1:]) > 0
+    _killed_run_resumes_like(tiny_config(root, **over), tmp_path / "killed", full.run_dir)
+
+
+@pytest.mark.slow
 def test_relative_paths_are_recorded_absolute_and_resume_from_anywhere(root, tmp_path,
                                                                       monkeypatch):
     """Issue 13, item 6: data.dir, runs_dir and the pre-training cache are resolved once when
