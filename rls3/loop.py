@@ -595,7 +595,7 @@ class Loop:
                 writer.add_scalar(f"{split}/complexity/{c}", v, i)
         for key in ("cum_steps", "cum_valid", "yield", "cum_yield", "feedback_j2",
                     "finetune_loss", "samples_per_s", "truncated_episodes", "yield_distinct",
-                    "move_median", "hardness_mean", "extrinsic_mean"):
+                    "move_median", "hardness_mean", "extrinsic_mean", "term_rarity_mean"):
             if rec.get(key) is not None:
                 writer.add_scalar(f"data/{key}", rec[key], i)
         for phase, v in (rec.get("time_s") or {}).items():
