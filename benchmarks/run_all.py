@@ -148,6 +148,11 @@ BENCHMARKS: dict[str, Bench] = {
         "SAC pre-training: the loop's update schedule against the preset's",
         fast=["--seeds", "0", "--steps", "30", "--pretrain-steps", "200"],
         full=[]),
+    "optim": Bench(
+        "bench_optim", "optim.json",
+        "Multi-tensor Adam against torch's per-parameter loop (lite fine-tuning, SAC pre-training)",
+        fast=["--n", "8", "--epochs", "1", "--sac-steps", "200", "--repeats", "1"],
+        full=[]),
     "render": Bench(
         "bench_render", "render.json", "Env steps against raw renders of the same layouts",
         fast=["--size", "96", "--steps", "30", "--scenes", "kitchen,bedroom"],
