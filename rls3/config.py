@@ -173,7 +173,8 @@ class LoopConfig:
     term_balance * its terms' rarity, the mean over its caption's spatial terms t of
     1 - 6 * share_t, share_t being t's share among the terms of every frame captioned so far in
     the run (+1 for a term never seen, 0 at an even share; a departure: it pays the agent for the
-    relations the data lacks, e.g. "above"/"below", which the layouts give half as often).
+    relations the data lacks, e.g. "above"/"below", which the layouts give less than half as
+    often as "left"/"right").
     """
 
     iterations: int = 50

@@ -48,8 +48,9 @@ _pyrender_renderer.Renderer._sorted_mesh_nodes = _stable_sorted_mesh_nodes
 # pyrender recomputes per primitive what is fixed for a frame (light matrices with an inverse, the
 # light budget with a GL query, the shader program's defines, node poses) and looks up a uniform's
 # location on every set. The wrappers below memoise those for one `Renderer.render` call and skip
-# a uniform set when the program already holds that exact value: the same GL state reaches every
-# draw, so the pixels are the same (tests/test_render.py), in less Python per frame.
+# a uniform set (and its lookup) when the program already holds that exact value; the colour is
+# read back without pyrender's depth image. The same GL state reaches every draw, so the pixels
+# are the same (tests/test_sim.py), in less Python per frame.
 _PYRENDER = {"render": _pyrender_renderer.Renderer.render,
              "light_matrices": _pyrender_renderer.Renderer._get_light_cam_matrices,
              "max_lights": _pyrender_renderer.Renderer._compute_max_n_lights,
@@ -114,8 +115,8 @@ def _read_color(self: Any, scene: pyrender.Scene, flags: int) -> Any:
 
 
 def _set_uniform_once(self: Any, name: str, value: Any, unsigned: bool = False) -> None:
-    """pyrender's `set_uniform` with the location looked up once per program and the call skipped
-    when this program was last given exactly this value (uniforms are per-program GL state)."""
+    """pyrender's `set_uniform`, skipped (lookup and call) when this program was last given
+    exactly this value: uniforms are per-program GL state, so the program already holds it."""
     cache = self.__dict__.get("_rls3_uniforms")
     if cache is None or cache[0] != self._program_id:
         cache = self._rls3_uniforms = (self._program_id, {})
