@@ -53,6 +53,7 @@ from rls3.atomic import atomic_folder
 from rls3.config import PRETRAIN_SCHEDULE, AgentConfig
 from rls3.env import Rls3Env
 from rls3.manifest import manifest_problems, write_manifest
+from rls3.optim import keeping_foreach
 from rls3.progress import progress_bar
 from rls3.rundir import RunDirError
 from rls3.safeload import NotDataError, load_torch_data
@@ -435,7 +436,7 @@ class SACAgent:
                                              if k.startswith("policy.")}}
         params.update(_read_optimizers(folder / OPTIMIZERS_FILE, m))
         try:
-            with _keeping_foreach(m.actor.optimizer, m.critic.optimizer):
+            with keeping_foreach(m.actor.optimizer, m.critic.optimizer):
                 m.set_parameters(params, exact_match=True, device=m.device)
             for name in _ENT_COEF_VARS:
                 var = getattr(m, name, None)
@@ -522,17 +523,6 @@ def _read_optimizers(path: Path, model: SAC) -> dict[str, Any]:
             isinstance(v, dict) for v in data.values()):
         raise AgentStateError(f"{str(path)!r} must hold the optimiser states {sorted(wanted)}")
     return data
-
-
-@contextlib.contextmanager
-def _keeping_foreach(*optimizers: torch.optim.Optimizer) -> Iterator[None]:
-    """Loading optimizer states inside the block keeps each group's `foreach` (how updates are
-    computed, not what they are: a state saved by the per-parameter loop still runs multi-tensor)."""
-    before = [[g.get("foreach") for g in opt.param_groups] for opt in optimizers]
-    yield
-    for opt, flags in zip(optimizers, before, strict=True):
-        for g, flag in zip(opt.param_groups, flags, strict=True):
-            g["foreach"] = flag
 
 
 def _save_buffer(buffer: ReplayBuffer, path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from rls3.optim import keeping_foreach
 from rls3.vlm.common import (META_FILE, check_positive, load_optimizer_state, read_meta,
                              resolve_device, resolve_dtype, save_optimizer, scale_learning_rate,
                              seeded_generator, shrink_weights, weight_snapshot, write_meta)
@@ -152,11 +153,9 @@ class AdapterShell:
 
     def _restore_optimizer(self, folder: Path) -> None:
         state = load_optimizer_state(folder)
-        if state is not None:   # the groups' `foreach` stay this adapter's (how, not what)
-            flags = [g.get("foreach") for g in self.optimizer.param_groups]
-            self.optimizer.load_state_dict(state)
-            for g, flag in zip(self.optimizer.param_groups, flags, strict=True):
-                g["foreach"] = flag
+        if state is not None:
+            with keeping_foreach(self.optimizer):
+                self.optimizer.load_state_dict(state)
 
     def _resume_optimizer_from(self, weights: str | Path | None) -> None:
         """After building from `weights`: restore the optimizer state a checkpoint folder holds
