@@ -43,8 +43,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+#: where `rls3` is imported from: this checkout, or the "before" tree a --before child names
+CODE = os.environ.get("RLS3_BENCH_CODE", str(ROOT))
+if CODE not in sys.path:
+    sys.path.insert(0, CODE)
 
 from rls3 import runtime  # noqa: E402
 

@@ -155,6 +155,35 @@ def test_bad_input(backend, tmp_path):
         load_scene_spec(bad)
 
 
+def test_image_shows_the_reported_layout_however_it_was_reached():
+    """The scene graph is brought to the active objects only when an image is asked for: a
+    backend that renders after every step and one that renders only at the end show the same
+    pixels, and an object swapped out and back leaves no trace of the one in between."""
+    a, b = SimBackend(["office"]), SimBackend(["office"])
+    try:
+        a.load_scene(0, seed=4)
+        b.load_scene(0, seed=4)
+        first = a.render(64, 64)
+        moves = [(0.1, 0.0, 0.0), (0.0, -0.15, 0.0), (0.4, 0.4, 0.6), (-0.05, 0.05, 0.0)]
+        for k, d in enumerate(moves):
+            assert a.move_object(k % 3, d) == b.move_object(k % 3, d)
+            a.render(64, 64)
+        moved = a.render(64, 64)
+        assert np.array_equal(moved, b.render(64, 64))
+        assert not np.array_equal(moved, first)      # the layout moved, so did the image
+        before = b.state()
+        idle = [n for n in b.object_pool if n not in {o.name for o in before.objects}]
+        swapped = next(n for n in idle if b.swap_object(0, n).valid)
+        with_new = b.render(64, 64)
+        assert b.swap_object(0, before.objects[0].name).valid  # back to the same spot
+        assert b.state() == before
+        assert np.array_equal(b.render(64, 64), moved), swapped
+        assert not np.array_equal(with_new, moved)
+    finally:
+        a.close()
+        b.close()
+
+
 def test_memoised_render_passes_give_pyrender_s_own_pixels(backend):
     """rls3.sim.render memoises pyrender's per-frame work and skips repeated uniform sets: every
     scene, after moves and with shadows on and off, renders the same pixels as pyrender as

@@ -51,7 +51,30 @@ class _World:
     bodies: dict[str, Body]
     nodes: dict[str, pyrender.Node]
     camera_node: pyrender.Node
+    camera: Camera
+    view: _View
     slots: list[_Slot] = field(default_factory=list)
+    shown: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)  # in `scene` now
+
+
+@dataclass(frozen=True)
+class _View:
+    """The camera's fixed frame for the visibility test, worked out once per scene (it was
+    rebuilt for every candidate spot)."""
+
+    position: np.ndarray
+    forward: np.ndarray
+    right: np.ndarray
+    up: np.ndarray
+    tan_half_fov: float
+
+    @classmethod
+    def of(cls, cam: Camera) -> _View:
+        f = cam.forward
+        right = np.cross(f, (0, 0, 1.0))
+        right /= np.linalg.norm(right)
+        return cls(np.asarray(cam.position), f, right, np.cross(right, f),
+                   math.tan(math.radians(cam.fov_y) / 2))
 
 
 def resolve_scenes(scenes: Sequence[str] | str) -> list[SceneSpec]:
@@ -116,7 +139,6 @@ class SimBackend:
         chosen = rng.choice(len(self._pool), size=3, replace=False)
         for k in chosen:
             name = self._pool[int(k)]
-            self._activate(w, name)
             if not self._place_randomly(w, name, rng):
                 raise RuntimeError(f"scene {w.spec.name!r}: found no valid spot for {name!r} in "
                                    f"{PLACE_TRIES} tries; check its designated surfaces")
@@ -140,7 +162,6 @@ class SimBackend:
             raise ValueError(f"object {name!r} is already active")
         old = w.slots[slot]
         w.physics.park(w.bodies[old.name], self._pool.index(old.name))  # out of the ray tests
-        self._activate(w, name)
         res = self._try_place(w, slot, name, old.base.copy(), old.yaw, swap_from=old)
         if res.valid:
             self._deactivate(w, old.name)
@@ -165,6 +186,7 @@ class SimBackend:
         if width <= 0 or height <= 0:
             raise ValueError(f"image size must be positive, got {width}x{height}")
         w = self._world()
+        self._show(w)
         w.camera_node.camera.aspectRatio = width / height
         return self._renderer.render(w.scene, width, height)
 
@@ -191,8 +213,7 @@ class SimBackend:
         return self._worlds[self._index]
 
     def _camera(self, w: _World) -> Camera:
-        c = w.spec.camera
-        return Camera.looking_at(c.position, c.look_at, c.fov_y)
+        return w.camera
 
     def _try_place(self, w: _World, slot: int, name: str, target: np.ndarray, yaw: float,
                    swap_from: _Slot | None = None) -> Feasibility:
@@ -236,25 +257,20 @@ class SimBackend:
             return Feasibility.fail(Reason.OVERLAP, f"penetrates {depth * 100:.1f} cm"), none, ""
         if not self._visible(w, body, base):
             return Feasibility.fail(Reason.NOT_VISIBLE, "outside the frame or occluded"), none, ""
-        self._set_node(w, self._name_of(w, body), base, yaw)
         return Feasibility.ok(), base, surface.name
 
     def _visible(self, w: _World, body: Body, base: np.ndarray) -> bool:
-        cam = self._camera(w)
+        v = w.view
         centre = base + (0, 0, body.extents[2] / 2)
-        rel = centre - np.asarray(cam.position)
-        f = cam.forward
-        right = np.cross(f, (0, 0, 1.0))
-        right /= np.linalg.norm(right)
-        up = np.cross(right, f)
-        depth = rel @ f
+        rel = centre - v.position
+        depth = rel @ v.forward
         if depth <= 0.05:
             return False
-        t = math.tan(math.radians(cam.fov_y) / 2)
+        t = v.tan_half_fov
         margin = 0.92  # keep the centre a little inside the frame (aspect 1 images)
-        if abs(rel @ right) / depth > t * margin or abs(rel @ up) / depth > t * margin:
+        if abs(rel @ v.right) / depth > t * margin or abs(rel @ v.up) / depth > t * margin:
             return False
-        return w.physics.first_hit(np.asarray(cam.position), centre) == body.uid
+        return w.physics.first_hit(v.position, centre) == body.uid
 
     def _place_randomly(self, w: _World, name: str, rng: np.random.Generator) -> bool:
         body = w.bodies[name]
@@ -276,21 +292,26 @@ class SimBackend:
                 return True
         return False
 
-    def _name_of(self, w: _World, body: Body) -> str:
-        return next(n for n, b in w.bodies.items() if b.uid == body.uid)
-
-    def _activate(self, w: _World, name: str) -> None:
-        if not w.scene.has_node(w.nodes[name]):
-            w.scene.add_node(w.nodes[name])
-
     def _deactivate(self, w: _World, name: str) -> None:
-        if w.scene.has_node(w.nodes[name]):
-            w.scene.remove_node(w.nodes[name])
         w.physics.park(w.bodies[name], self._pool.index(name))
 
-    def _set_node(self, w: _World, name: str, base: np.ndarray, yaw: float) -> None:
-        w.scene.set_pose(w.nodes[name], pose_matrix(base, yaw)) if w.scene.has_node(w.nodes[name]) \
-            else setattr(w.nodes[name], "matrix", pose_matrix(base, yaw))
+    def _show(self, w: _World) -> None:
+        """Bring the pyrender scene to the active slots, only when an image is asked for: steps
+        that render nothing (pre-training, invalid moves) leave the scene graph alone."""
+        want = {s.name: (s.base, s.yaw) for s in w.slots}
+        for name in [n for n in w.shown if n not in want]:
+            w.scene.remove_node(w.nodes[name])
+            del w.shown[name]
+        for name, (base, yaw) in want.items():
+            shown = w.shown.get(name)
+            if shown is not None and shown[1] == yaw and np.array_equal(shown[0], base):
+                continue
+            if shown is None:
+                w.nodes[name].matrix = pose_matrix(base, yaw)
+                w.scene.add_node(w.nodes[name])
+            else:
+                w.scene.set_pose(w.nodes[name], pose_matrix(base, yaw))
+            w.shown[name] = (base.copy(), yaw)
 
     # -- building ------------------------------------------------------------------------------
     def _entry(self, asset_id: str, kind: str) -> AssetEntry:
@@ -372,7 +393,8 @@ class SimBackend:
         cam = self._camera_for(spec)
         cam_node = scene.add(pyrender.PerspectiveCamera(yfov=math.radians(cam.fov_y), znear=0.05,
                                                         zfar=50.0), pose=camera_pose(cam))
-        return _World(spec, phys, scene, tuple(surfaces), bodies, nodes, cam_node)
+        return _World(spec, phys, scene, tuple(surfaces), bodies, nodes, cam_node, cam,
+                      _View.of(cam))
 
     def _camera_for(self, spec: SceneSpec) -> Camera:
         c = spec.camera
