@@ -270,28 +270,31 @@ def summarize(variants: dict[str, dict[str, Any]], seeds: list[int],
         per[name] = [run_curve(name, v, s, args) for s in seeds if _available(name, v, s, args)]
         if len(per[name]) < len(seeds):
             print(f"{name}: {len(per[name])} of {len(seeds)} seeds finished", flush=True)
+    base = per.get("random")
+    return {"seeds": seeds, "variants": {name: _entry(variants[name], runs, base)
+                                         for name, runs in per.items()}}
+
+
+def _entry(spec: dict[str, Any], runs: list[dict[str, Any]],
+           base: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """One variant's means over its runs and its paired differences against random's `base`."""
     keys = ("auc", "final", "best_val_test", "val_auc", "final_val", "dataset_value", "steps",
             "valid", "wall_s", "cpu_s")
-    res: dict[str, Any] = {"seeds": seeds, "variants": {}}
-    base = per.get("random")
-    for name, runs in per.items():
-        entry: dict[str, Any] = {"spec": variants[name], "runs": runs}
-        for k in keys:
-            xs = [r[k] for r in runs if r.get(k) is not None]
-            entry[k] = _ci(xs) if xs else None
-        if base is not None and name != "random":
-            by_seed = {r["seed"]: r for r in base}
-            pairs = [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
-            entry["vs_random"] = {k: _ci([a[k] - b[k] for a, b in pairs])
-                                  for k in ("auc", "final", "best_val_test", "val_auc",
-                                            "wall_s")
-                                  if pairs and all(a.get(k) is not None and
-                                                   b.get(k) is not None for a, b in pairs)}
-        valued = [r for r in runs if r.get("dataset_value") is not None]
-        if valued:
-            entry["loop_minus_value"] = _ci([r["final"] - r["dataset_value"] for r in valued])
-        res["variants"][name] = entry
-    return res
+    entry: dict[str, Any] = {"spec": spec, "runs": runs}
+    for k in keys:
+        xs = [r[k] for r in runs if r.get(k) is not None]
+        entry[k] = _ci(xs) if xs else None
+    if base is not None and base is not runs:
+        by_seed = {r["seed"]: r for r in base}
+        pairs = [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
+        entry["vs_random"] = {k: _ci([a[k] - b[k] for a, b in pairs])
+                              for k in ("auc", "final", "best_val_test", "val_auc", "wall_s")
+                              if pairs and all(a.get(k) is not None and
+                                               b.get(k) is not None for a, b in pairs)}
+    valued = [r for r in runs if r.get("dataset_value") is not None]
+    if valued:
+        entry["loop_minus_value"] = _ci([r["final"] - r["dataset_value"] for r in valued])
+    return entry
 
 
 # ------------------------------------------------------------------------------------ output
@@ -433,15 +436,21 @@ def paired(variants: dict[str, Any], a: str, b: str) -> dict[str, Any]:
 
 
 def merge(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
-    """`now` with the variants of `earlier` it does not have; differences against random are
-    recomputed over the merged random runs."""
-    variants = {**{n: e for n, e in earlier["variants"].items() if n not in now["variants"]},
-                **now["variants"]}
-    for name, e in variants.items():
-        if name != "random" and "random" in variants:
-            e["vs_random"] = {k: v for k, v in paired(variants, name, "random").items()
-                              if k != "seeds"}
-    return {**now, "variants": variants, "merged_from": earlier.get("command")}
+    """`now` with the runs of `earlier` it does not have: its variants, and its seeds of a
+    variant both hold (a variant's means and every difference against random are recomputed
+    over the merged runs)."""
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    specs: dict[str, dict[str, Any]] = {}
+    for res in (earlier, now):  # now's run of a seed replaces earlier's
+        for name, e in res["variants"].items():
+            specs[name] = e["spec"]
+            runs.setdefault(name, {}).update({r["seed"]: r for r in e["runs"]})
+    per = {n: [by_seed[s] for s in sorted(by_seed)] for n, by_seed in runs.items()}
+    base = per.get("random")
+    seeds = sorted({s for by_seed in runs.values() for s in by_seed})
+    return {**now, "seeds": seeds,
+            "variants": {n: _entry(specs[n], per[n], base) for n in per},
+            "merged_from": earlier.get("command")}
 
 
 if __name__ == "__main__":

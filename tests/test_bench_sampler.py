@@ -70,3 +70,23 @@ def test_tiny_sampler_benchmark(tmp_path):
         sac["vs_random"]["final"]["mean"])
     assert res2["pairs"]["sac − random-cosine"]["auc"]["mean"] == pytest.approx(
         sac["auc"]["mean"] - off["auc"]["mean"])
+    # seeds summarised apart and merged give the variant's runs, means and differences of all
+    # seeds at once
+    parts = []
+    for seed in ("0", "1"):
+        part = cmd[:]
+        part[part.index("--seeds") + 1] = seed
+        part[part.index("--out") + 1] = str(tmp_path / f"seed{seed}")
+        part += ["--summarize-only", "--no-value"]
+        if parts:
+            part += ["--merge", str(parts[-1])]
+        p = subprocess.run(part, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        parts.append(tmp_path / f"seed{seed}" / "sampler.json")
+    res3 = json.loads(parts[-1].read_text())
+    assert res3["seeds"] == [0, 1]
+    for name in ("random", "sac", "random-cosine"):
+        e3, e = res3["variants"][name], res["variants"][name]
+        assert [r["seed"] for r in e3["runs"]] == [0, 1]
+        assert e3["auc"] == e["auc"] and e3["final"] == e["final"]
+    assert res3["variants"]["sac"]["vs_random"] == sac["vs_random"]
