@@ -71,6 +71,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the random agent ignores rewards, so random-t8 is its pair
     "sac-terms": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16",
                                            "loop.term_balance=2"]},
+    # SAC learning harder from the VLM's feedback: 8 gradient steps per env step in the loop
+    # (pre-training keeps `quick`'s schedule)
+    "sac-utd8": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16",
+                                          "agent.gradient_steps=8"]},
     # `quick` before it took T0 = 8 (the rows named sac and random in results/sampler)
     "sac-t32": {"agent": "sac", "sets": ["env.t0=32", "loop.episodes=4"]},
     "random-t32": {"agent": "random", "sets": ["env.t0=32", "loop.episodes=4"]},
