@@ -26,8 +26,8 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -158,9 +158,9 @@ def run(args: argparse.Namespace) -> dict | None:
                      out[PRESET]["yield_distinct"] - out[before]["yield_distinct"]}
     if CANDIDATE in out:
         extra |= {"candidate": args.candidate,
-                 "candidate_speedup": sum(out[LOOP]["wall_s"]) / sum(out[CANDIDATE]["wall_s"]),
-                 "candidate_yield_distinct_change":
-                     out[CANDIDATE]["yield_distinct"] - out[LOOP]["yield_distinct"]}
+                  "candidate_speedup": sum(out[LOOP]["wall_s"]) / sum(out[CANDIDATE]["wall_s"]),
+                  "candidate_yield_distinct_change":
+                      out[CANDIDATE]["yield_distinct"] - out[LOOP]["yield_distinct"]}
     return {**extra,"benchmark": "pretrain", "preset": args.preset, "seeds": ints(args.seeds),
             "pretrain_steps": cfg.agent.pretrain_steps, "eval_steps_per_seed": args.steps,
             "variants": out, "speedup": speedup,
