@@ -289,12 +289,7 @@ def _entry(spec: dict[str, Any], runs: list[dict[str, Any]],
         xs = [r[k] for r in runs if r.get(k) is not None]
         entry[k] = _ci(xs) if xs else None
     if base is not None and base is not runs:
-        by_seed = {r["seed"]: r for r in base}
-        pairs = [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
-        entry["vs_random"] = {k: _ci([a[k] - b[k] for a, b in pairs])
-                              for k in ("auc", "final", "best_val_test", "val_auc", "wall_s")
-                              if pairs and all(a.get(k) is not None and
-                                               b.get(k) is not None for a, b in pairs)}
+        entry["vs_random"] = _differences(runs, base, _VS_RANDOM)
     valued = [r for r in runs if r.get("dataset_value") is not None]
     if valued:
         entry["loop_minus_value"] = _ci([r["final"] - r["dataset_value"] for r in valued])
@@ -424,19 +419,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 _PAIRED = ("auc", "final", "best_val_test", "val_auc", "final_val", "wall_s")
+_VS_RANDOM = ("auc", "final", "best_val_test", "val_auc", "wall_s")
+
+
+def _differences(a: list[dict[str, Any]], b: list[dict[str, Any]], keys: tuple[str, ...]
+                 ) -> dict[str, Any]:
+    """Runs `a` - runs `b`, seed by seed over the seeds both have: each measure of `keys` that
+    every pair has."""
+    by_seed = {r["seed"]: r for r in b}
+    pairs = [(r, by_seed[r["seed"]]) for r in a if r["seed"] in by_seed]
+    return {k: _ci([x[k] - y[k] for x, y in pairs]) for k in keys
+            if pairs and all(x.get(k) is not None and y.get(k) is not None for x, y in pairs)}
 
 
 def paired(variants: dict[str, Any], a: str, b: str) -> dict[str, Any]:
     """Differences a - b of each per-seed measure over the seeds both variants have."""
     if a not in variants or b not in variants:
         raise SystemExit(f"--pair {a}:{b}: both must be variants of the result")
-    by_seed = {r["seed"]: r for r in variants[b]["runs"]}
-    pairs = [(r, by_seed[r["seed"]]) for r in variants[a]["runs"] if r["seed"] in by_seed]
-    out: dict[str, Any] = {"seeds": [r["seed"] for r, _ in pairs]}
-    for k in _PAIRED:
-        if pairs and all(x.get(k) is not None and y.get(k) is not None for x, y in pairs):
-            out[k] = _ci([x[k] - y[k] for x, y in pairs])
-    return out
+    seeds = {r["seed"] for r in variants[b]["runs"]}
+    return {"seeds": [r["seed"] for r in variants[a]["runs"] if r["seed"] in seeds],
+            **_differences(variants[a]["runs"], variants[b]["runs"], _PAIRED)}
 
 
 def merge(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:

@@ -70,10 +70,8 @@ class _View:
 
     @classmethod
     def of(cls, cam: Camera) -> _View:
-        f = cam.forward
-        right = np.cross(f, (0, 0, 1.0))
-        right /= np.linalg.norm(right)
-        return cls(np.asarray(cam.position), f, right, np.cross(right, f),
+        pose = camera_pose(cam)  # columns: right, up, -forward
+        return cls(np.asarray(cam.position), -pose[:3, 2], pose[:3, 0], pose[:3, 1],
                    math.tan(math.radians(cam.fov_y) / 2))
 
 
