@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import plant_payload
 
 from rls3.agents import (AGENT_SPECS, BUFFER_FILE, MODEL_FILE, AgentStateError, RandomAgent,
@@ -83,6 +84,39 @@ def test_sac_pretrains_once_and_caches(backend, tmp_path):
     assert pretrain_key(agent_cfg(tmp_path, gamma=0.9), env, 0, "sim") != key
 
 
+def test_pretraining_in_worker_processes(backend, tmp_path):
+    """`agent.pretrain_workers: 2` steps pre-training's envs in two processes: the same number of
+    env steps and, per env step, of gradient steps; its own cache key (1 keeps the old key); the
+    same agent twice from the same seed; loaded onto the loop's single env with every transition;
+    without the backend's config it says what is missing."""
+    from rls3.backends import BackendConfig
+
+    env = make_env(backend)
+    one = agent_cfg(tmp_path, pretrain_train_freq=2)
+    two = agent_cfg(tmp_path, pretrain_train_freq=2, pretrain_workers=2)
+    assert "pretrain_workers" not in pretrain_key(one, env, 0, "sim")["agent"]
+    assert pretrain_key(two, env, 0, "sim")["agent"]["pretrain_workers"] == 2
+    bcfg = BackendConfig(train_scenes=("kitchen",))
+    with pytest.raises(ValueError, match="backend's config"):
+        build_agent("sac", env, two, 0, "sim")
+    agent = build_agent("sac", env, two, 0, "sim", backend_cfg=bcfg)
+    single = build_agent("sac", make_env(backend), one, 0, "sim")
+    assert agent.num_timesteps == single.num_timesteps == 120
+    assert agent.model.n_envs == 1 and agent.model.replay_buffer.size() == 120
+    # one gradient step every 2 env steps either way (the worker run: 2 per 2 vec steps)
+    assert agent.model._n_updates == single.model._n_updates
+    other = agent_cfg(tmp_path / "again", pretrain_train_freq=2, pretrain_workers=2)
+    again = build_agent("sac", make_env(backend), other, 0, "sim", backend_cfg=bcfg)
+    for (name, a), b in zip(agent.model.policy.state_dict().items(),
+                            again.model.policy.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert np.array_equal(agent.model.replay_buffer.observations,
+                          again.model.replay_buffer.observations)
+    assert not all(torch.equal(a, b) for a, b in zip(
+        agent.model.policy.state_dict().values(), single.model.policy.state_dict().values(),
+        strict=True))
+
+
 def test_the_pretraining_schedule_applies_to_pretraining_only(backend, tmp_path):
     """`agent.pretrain_*` set SAC's updates while pre-training (n_updates counts them) and enter
     the cache key; the loaded agent trains on the loop's schedule; unset, the key is the one
@@ -131,6 +165,32 @@ def test_multi_tensor_adam_trains_sac_exactly_as_the_per_parameter_loop(backend,
     again.load(tmp_path / "per-parameter")      # ... loads and still runs multi-tensor
     for opt in (again.model.actor.optimizer, again.model.critic.optimizer):
         assert all(g["foreach"] is True for g in opt.param_groups)
+
+
+def test_the_policy_skipping_mode_switches_trains_sac_exactly_as_sb3s(backend, tmp_path,
+                                                                      monkeypatch):
+    """`LazyModePolicy` (no train/eval walk when the mode is already set) pre-trains and then
+    collects to the weights and replay buffer of SB3's own MlpPolicy, bit for bit; it does switch
+    when the mode changes."""
+    import rls3.agents as agents
+
+    runs = []
+    for policy in (agents.LazyModePolicy, "MlpPolicy"):
+        monkeypatch.setattr(agents, "POLICY", policy)
+        cfg = agent_cfg(tmp_path / str(policy), pretrain_steps=300, learning_starts=50)
+        agent = build_agent("sac", make_env(backend, feedback=lambda frames: 2.0), cfg, 0, "sim")
+        agent.collect(2, seed=4)
+        runs.append((agent.model.policy.state_dict(), agent.model.replay_buffer.rewards.copy()))
+    (w1, r1), (w2, r2) = runs
+    assert all(torch.equal(w1[k], w2[k]) for k in w1) and np.array_equal(r1, r2)
+    monkeypatch.setattr(agents, "POLICY", agents.LazyModePolicy)
+    cfg = agent_cfg(tmp_path / "q", pretrain_steps=0)
+    policy = build_agent("sac", make_env(backend), cfg, 0, "sim").model.policy
+    assert isinstance(policy, agents.LazyModePolicy)
+    policy.set_training_mode(True)
+    assert policy.actor.training and policy.critic.training
+    policy.set_training_mode(False)
+    assert not policy.actor.training and not policy.critic.training and not policy.training
 
 
 def test_a_corrupt_pretrained_cache_is_rebuilt(backend, tmp_path, caplog):
