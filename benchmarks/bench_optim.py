@@ -66,7 +66,7 @@ def _sac_pretraining(steps: int, foreach: bool) -> tuple[float, float, Any]:
         with tempfile.TemporaryDirectory(prefix="rls3-optim-") as tmp:
             a = replace(cfg.agent, pretrained_dir=tmp, pretrain_background=False)
             t, c = time.perf_counter(), time.process_time()
-            sac = agents.pretrained_sac(env, a, 0, cfg.backend.name, backend_cfg=cfg.backend)
+            sac = agents.pretrained_sac(env, a, 0, cfg.backend.name)
             wall, cpu = time.perf_counter() - t, time.process_time() - c
     finally:
         agents.ADAM_KWARGS = saved

@@ -51,19 +51,16 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
 
 
-def _one(env: Any, agent_cfg: Any, seed: int, backend: Any, steps: int
+def _one(env: Any, agent_cfg: Any, seed: int, backend_name: str, steps: int
          ) -> tuple[float, float, dict[str, Any]]:
     """Pre-train one agent from scratch (a temporary cache), then roll its stochastic policy:
-    (wall s, this process's CPU s, per-scene tally). With `agent.pretrain_workers` > 1 the CPU
-    seconds leave out the worker processes' (their wall is in the wall seconds)."""
+    (wall s, CPU s, per-scene tally)."""
     from rls3.agents import pretrained_sac
 
-    # code before `agent.pretrain_workers` (a --before child) takes no backend config
-    extra = {"backend_cfg": backend} if getattr(agent_cfg, "pretrain_workers", 1) > 1 else {}
     with tempfile.TemporaryDirectory(prefix="rls3-pretrain-") as tmp:
         a = replace(agent_cfg, pretrained_dir=tmp)
         t, c = time.perf_counter(), time.process_time()
-        sac = pretrained_sac(env, a, seed, backend.name, progress=True, **extra)
+        sac = pretrained_sac(env, a, seed, backend_name, progress=True)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
 
     def act(obs: Any) -> Any:
@@ -113,7 +110,7 @@ def run(args: argparse.Namespace) -> dict | None:
     _warm(env)
     if args.child is not None:   # the --before side: one seed, the preset schedule, this code
         try:
-            wall, cpu, tally = _one(env, cfg.agent, args.child, cfg.backend, args.steps)
+            wall, cpu, tally = _one(env, cfg.agent, args.child, cfg.backend.name, args.steps)
         finally:
             env.close()
         print(json.dumps({"wall_s": wall, "cpu_s": cpu, "tally": tally}))
@@ -133,7 +130,8 @@ def run(args: argparse.Namespace) -> dict | None:
                     assert tree is not None
                     wall, cpu, tally = _before(tree, seed, args)
                 else:
-                    wall, cpu, tally = _one(env, agents[name], seed, cfg.backend, args.steps)
+                    wall, cpu, tally = _one(env, agents[name], seed, cfg.backend.name,
+                                            args.steps)
                 rows[name]["wall_s"].append(wall)
                 rows[name]["cpu_s"].append(cpu)
                 add_tally(rows[name]["tallies"], tally)

@@ -67,8 +67,7 @@ def measure(preset: str = "quick", seeds: tuple[int, ...] = (0, 1, 2), steps: in
     try:
         for seed in seeds:
             t, c = time.perf_counter(), time.process_time()
-            sac = pretrained_sac(env, cfg.agent, seed, cfg.backend.name, progress=progress,
-                                 backend_cfg=cfg.backend)
+            sac = pretrained_sac(env, cfg.agent, seed, cfg.backend.name, progress=progress)
             timings["pretrain_or_load_s"] += time.perf_counter() - t
             timings["pretrain_or_load_cpu_s"] += time.process_time() - c
             rng = np.random.default_rng(seed)

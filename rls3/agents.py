@@ -16,9 +16,8 @@ With scene workers (`env.workers` = N > 1, `rls3.workers`) both agents drive a `
 of N envs instead: SAC with `n_envs = N` and N * `gradient_steps` gradient steps per vec step
 (the same gradient steps per env step as N = 1), the random agent with N actions per step. An
 iteration counts E completed episodes across the workers (see `rls3.workers` for the boundary
-rule). Pre-training runs in one in-process env, or in `agent.pretrain_workers` physics-only
-worker processes; either way its replay buffer is laid out for the loop's N envs when loaded
-(`_relayout_buffer`), so the cache is shared by every N.
+rule). Pre-training always runs in one in-process env; its replay buffer is laid out for N envs
+when loaded (`_relayout_buffer`), so the cache is shared by every N.
 
 Saved agents (checkpoints, the pre-training cache) are data only, since run directories and caches
 are shared between people and machines: SAC's policy, critics, target critics and entropy
@@ -52,7 +51,6 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.sac.policies import SACPolicy
 
 from rls3.atomic import atomic_folder
-from rls3.backends import BackendConfig
 from rls3.config import PRETRAIN_SCHEDULE, AgentConfig
 from rls3.env import Rls3Env
 from rls3.manifest import manifest_problems, write_manifest
@@ -61,7 +59,7 @@ from rls3.progress import progress_bar
 from rls3.rundir import RunDirError
 from rls3.safeload import NotDataError, load_torch_data
 from rls3.seeding import stream_rng
-from rls3.workers import FeedbackVecEnv, make_workers
+from rls3.workers import FeedbackVecEnv
 
 log = logging.getLogger(__name__)
 
@@ -318,14 +316,11 @@ class _StepProgress(BaseCallback):
         super().__init__(verbose=0)
         self.bar = progress_bar(total=total, desc="pretrain SAC", unit="step", enabled=enabled)
         self.report = report
-        self._reported = 0
 
     def _on_step(self) -> bool:
-        self.bar.update(self.num_timesteps - self.bar.n)  # n_envs env steps per vec step
-        if self.report is not None and (self.num_timesteps // self.REPORT_EVERY
-                                        > self._reported // self.REPORT_EVERY):
+        self.bar.update(1)
+        if self.report is not None and self.num_timesteps % self.REPORT_EVERY == 0:
             self.report(self.num_timesteps)
-            self._reported = self.num_timesteps
         return True
 
     def _on_training_end(self) -> None:
@@ -641,7 +636,7 @@ def _relayout_buffer(old: ReplayBuffer, new: ReplayBuffer) -> ReplayBuffer:
 def pretrain_key(cfg: AgentConfig, env: Rls3Env, seed: int, backend_name: str) -> dict[str, Any]:
     """What determines a pre-trained SAC: scenes, object pool, env dynamics, SAC settings, seed.
     (Rendering and image size do not: pretraining runs without images; nor does the number of
-    the loop's scene workers: pretraining runs in its own env(s), `agent.pretrain_workers`.)"""
+    scene workers: pretraining always runs in one in-process env.)"""
     import stable_baselines3
 
     env_cfg = {k: v for k, v in asdict(env.config).items()
@@ -649,8 +644,7 @@ def pretrain_key(cfg: AgentConfig, env: Rls3Env, seed: int, backend_name: str) -
     agent = {k: v for k, v in asdict(cfg).items()
              if k not in ("name", "pretrained_dir", "device", "torch_threads",
                           "pretrain_background")
-             and not (k in PRETRAIN_SCHEDULE and v is None)  # unset: the key of older caches
-             and not (k == "pretrain_workers" and v == 1)}
+             and not (k in PRETRAIN_SCHEDULE and v is None)}  # unset: the key of older caches
     agent["net_arch"] = list(cfg.net_arch)
     return {"format": AGENT_FORMAT, "backend": backend_name,
             "scenes": list(env.backend.scene_names), "objects": list(env.backend.object_pool),
@@ -672,14 +666,12 @@ def pretrained_folder(cfg: AgentConfig, key: Mapping[str, Any]) -> Path:
 
 
 def pretrained_sac(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
-                   progress: bool = False, workers: FeedbackVecEnv | None = None,
-                   backend_cfg: BackendConfig | None = None) -> SACAgent:
+                   progress: bool = False, workers: FeedbackVecEnv | None = None) -> SACAgent:
     """SAC pre-trained for `cfg.pretrain_steps` on the intrinsic reward (rendering off), loaded
     onto `env` (or onto `workers`, with N envs). The pre-trained model and replay buffer are cached
     under `cfg.pretrained_dir` and reused by any run with the same scenes, env dynamics, SAC
-    settings and seed, whatever its number of workers (pre-training runs in `env`, or in
-    `cfg.pretrain_workers` processes that build `backend_cfg`'s backend)."""
-    folder = ensure_pretrained(env, cfg, seed, backend_name, progress, backend_cfg=backend_cfg)
+    settings and seed, whatever its number of workers (pre-training runs in `env`)."""
+    folder = ensure_pretrained(env, cfg, seed, backend_name, progress)
     try:
         return SACAgent.from_folder(workers if workers is not None else env, folder, cfg)
     except AgentStateError as e:
@@ -689,12 +681,10 @@ def pretrained_sac(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
 
 def ensure_pretrained(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
                       progress: bool = False,
-                      report: Callable[[int], None] | None = None,
-                      backend_cfg: BackendConfig | None = None) -> Path:
+                      report: Callable[[int], None] | None = None) -> Path:
     """The cache folder of the SAC `pretrained_sac` loads, pre-training it first when it is
     missing (a damaged one is rebuilt; one whose key differs is an `AgentStateError`);
-    `report(steps)` hears pre-training's progress; `backend_cfg` builds the worker processes'
-    backends (needed with `cfg.pretrain_workers` > 1)."""
+    `report(steps)` hears pre-training's progress."""
     key = pretrain_key(cfg, env, seed, backend_name)
     folder = pretrained_folder(cfg, key)
     bad = manifest_problems(folder) if folder.is_dir() else []
@@ -712,38 +702,25 @@ def ensure_pretrained(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: s
                                   f"key; delete the folder to pre-train again")
         log.info("reusing the pre-trained SAC in %s", folder)
     else:
-        _pretrain(env, cfg, seed, key, folder, progress, report, backend_cfg)
+        _pretrain(env, cfg, seed, key, folder, progress, report)
     return folder
 
 
 def _pretrain(env: Rls3Env, cfg: AgentConfig, seed: int, key: Mapping[str, Any], folder: Path,
-              progress: bool, report: Callable[[int], None] | None = None,
-              backend_cfg: BackendConfig | None = None) -> None:
+              progress: bool, report: Callable[[int], None] | None = None) -> None:
     import time
 
-    quiet_cfg = replace(env.config, render=False)
-    driven: AgentEnv = Rls3Env(env.backend, quiet_cfg, feedback=None)
-    n = cfg.pretrain_workers
+    quiet = Rls3Env(env.backend, replace(env.config, render=False), feedback=None)
+    agent = SACAgent.new(quiet, pretrain_schedule(cfg), seed)
     t0, c0 = time.perf_counter(), time.process_time()
-    if n > 1 and cfg.pretrain_steps > 0:
-        if backend_cfg is None:
-            raise ValueError("agent.pretrain_workers > 1 needs the backend's config to start "
-                             "the worker processes (pass backend_cfg)")
-        driven = make_workers(backend_cfg, quiet_cfg, n, hooks={})
-    try:
-        agent = SACAgent.new(driven, pretrain_schedule(cfg), seed)
-        if cfg.pretrain_steps > 0:
-            with torch_threads(cfg.torch_threads):
-                agent.model.learn(total_timesteps=cfg.pretrain_steps,
-                                  callback=_StepProgress(cfg.pretrain_steps, progress, report),
-                                  progress_bar=False)
-    finally:
-        if isinstance(driven, FeedbackVecEnv):
-            driven.close()
+    if cfg.pretrain_steps > 0:
+        with torch_threads(cfg.torch_threads):
+            agent.model.learn(total_timesteps=cfg.pretrain_steps,
+                              callback=_StepProgress(cfg.pretrain_steps, progress, report),
+                              progress_bar=False)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    log.info("pre-trained SAC for %d steps on the intrinsic reward in %.1fs (%.1f CPU s in this "
-             "process, %.0f steps/s, envs %s)", cfg.pretrain_steps, dt, cpu,
-             cfg.pretrain_steps / max(dt, 1e-9), f"in {n} processes" if n > 1 else "in process")
+    log.info("pre-trained SAC for %d steps on the intrinsic reward in %.1fs (%.1f CPU s, %.0f "
+             "steps/s)", cfg.pretrain_steps, dt, cpu, cfg.pretrain_steps / max(dt, 1e-9))
     with atomic_folder(folder, keep_existing=True) as tmp:  # a concurrent run may win: use it
         agent.save(tmp)
         (tmp / KEY_FILE).write_text(json.dumps(key, indent=2, sort_keys=True))
@@ -760,7 +737,7 @@ def _restore_sac(driven: AgentEnv, folder: Path, cfg: AgentConfig, seed: int) ->
 
 
 def _build_random(env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str, progress: bool,
-                  workers: FeedbackVecEnv | None, backend_cfg: BackendConfig | None) -> Agent:
+                  workers: FeedbackVecEnv | None) -> Agent:
     return RandomAgent(workers if workers is not None else env, seed)
 
 
@@ -773,13 +750,12 @@ def _restore_random(driven: AgentEnv, folder: Path, cfg: AgentConfig, seed: int)
 @dataclass(frozen=True)
 class AgentSpec:
     """One data-generation agent as the loop uses it: how a run's start builds it (`build(env,
-    cfg, seed, backend_name, progress, workers, backend_cfg)`), how a resume restores it from a
-    checkpoint's agent folder (`restore(driven, folder, cfg, seed)`), and whether it learns from
-    the VLM's feedback (otherwise feedback is computed only with `loop.random_feedback`)."""
+    cfg, seed, backend_name, progress, workers)`), how a resume restores it from a checkpoint's
+    agent folder (`restore(driven, folder, cfg, seed)`), and whether it learns from the VLM's
+    feedback (otherwise feedback is computed only with `loop.random_feedback`)."""
 
     name: str
-    build: Callable[[Rls3Env, AgentConfig, int, str, bool, FeedbackVecEnv | None,
-                     BackendConfig | None], Agent]
+    build: Callable[[Rls3Env, AgentConfig, int, str, bool, FeedbackVecEnv | None], Agent]
     restore: Callable[[AgentEnv, Path, AgentConfig, int], Agent]
     learns_from_feedback: bool
 
@@ -801,12 +777,10 @@ def agent_spec(name: str) -> AgentSpec:
 
 
 def build_agent(name: str, env: Rls3Env, cfg: AgentConfig, seed: int, backend_name: str,
-                progress: bool = False, workers: FeedbackVecEnv | None = None,
-                backend_cfg: BackendConfig | None = None) -> Agent:
+                progress: bool = False, workers: FeedbackVecEnv | None = None) -> Agent:
     """The loop's agent at the start of a run: pre-trained SAC or a seeded random agent, driving
-    `workers` when given (scene workers), else `env`; `backend_cfg` (the run's backend) builds
-    pre-training's worker processes (`agent.pretrain_workers`)."""
-    return agent_spec(name).build(env, cfg, seed, backend_name, progress, workers, backend_cfg)
+    `workers` when given (scene workers), else `env`."""
+    return agent_spec(name).build(env, cfg, seed, backend_name, progress, workers)
 
 
 def restore_agent(name: str, driven: AgentEnv, folder: str | Path, cfg: AgentConfig,

@@ -342,9 +342,6 @@ class AgentConfig:
     `pretrain_gradient_steps` and `pretrain_batch_size` (None: the loop's values) set SAC's update
     schedule during pre-training only, where steps need no rendering and gradient steps dominate
     the cost (fewer, larger ones: `quick`); the loop always runs with the fields below.
-    `pretrain_workers` = N > 1 steps pre-training's physics-only envs in N worker processes
-    (`rls3.workers`, rendering off) while this process predicts and trains, with N times the
-    gradient steps per vectorised step (the same per env step); 1: one in-process env.
     `pretrain_background`: a run that must pre-train does it in a child process while it builds
     its data sets, loads the VLM and evaluates iteration 0 (the same cache, so the same agent;
     runs of fewer than `rls3.pretraining.MIN_BACKGROUND_STEPS` steps, and backends whose extra
@@ -357,7 +354,6 @@ class AgentConfig:
     pretrain_train_freq: int | None = None
     pretrain_gradient_steps: int | None = None
     pretrain_batch_size: int | None = None
-    pretrain_workers: int = 1
     pretrain_background: bool = True
     learning_rate: float = 3e-4
     buffer_size: int = 1_000_000
@@ -380,8 +376,6 @@ class AgentConfig:
             v = getattr(self, key)
             _require(v is None or v >= 1, f"agent.{key}", v,
                      "null (the loop's value) or an integer >= 1")
-        _require(self.pretrain_workers >= 1, "agent.pretrain_workers", self.pretrain_workers,
-                 "an integer >= 1 (1: pre-train in one in-process env)")
         _require(isinstance(self.pretrain_background, bool), "agent.pretrain_background",
                  self.pretrain_background, "true or false")
         _require(self.learning_rate > 0, "agent.learning_rate", self.learning_rate, "> 0")

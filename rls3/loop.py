@@ -286,8 +286,7 @@ class Loop:
                 if pre is not None:
                     pre.wait(progress=cfg.progress)
                 agent = build_agent(cfg.agent.name, env, cfg.agent, cfg.seed, self.backend_key,
-                                    progress=cfg.progress, workers=workers,
-                                    backend_cfg=self.backend_cfg)
+                                    progress=cfg.progress, workers=workers)
                 # whatever setup consumed (pretraining or a cache hit, data generation), the
                 # first iteration starts from the same seeded RNG states
                 seed_globals(cfg.seed)

@@ -74,7 +74,7 @@ def _pretrain_child(parent: int, backend_cfg: BackendConfig, env_cfg: EnvConfig,
     backend = make_backend(backend_cfg, "train")
     try:
         ensure_pretrained(Rls3Env(backend, replace(env_cfg, render=False)), agent, seed,
-                          backend_key, progress=False, report=report, backend_cfg=backend_cfg)
+                          backend_key, progress=False, report=report)
     finally:
         backend.close()
 
@@ -90,10 +90,8 @@ class BackgroundPretraining:
         self.started = time.perf_counter()
         #: pre-training steps the child has taken (to the last `_StepProgress.REPORT_EVERY`)
         self.done = ctx.Value("q", 0, lock=False)
-        # daemonic processes may not start processes: with pre-training's own worker processes
-        # the child is not one (the run's `stop` and the child's parent-death signal end it)
         self.process = ctx.Process(
-            target=_pretrain_child, name="rls3-pretrain", daemon=agent.pretrain_workers == 1,
+            target=_pretrain_child, name="rls3-pretrain", daemon=True,
             args=(os.getpid(), backend_cfg, env_cfg, agent, seed, backend_key, self.done))
         self.process.start()
         self.steps = agent.pretrain_steps

@@ -84,39 +84,6 @@ def test_sac_pretrains_once_and_caches(backend, tmp_path):
     assert pretrain_key(agent_cfg(tmp_path, gamma=0.9), env, 0, "sim") != key
 
 
-def test_pretraining_in_worker_processes(backend, tmp_path):
-    """`agent.pretrain_workers: 2` steps pre-training's envs in two processes: the same number of
-    env steps and, per env step, of gradient steps; its own cache key (1 keeps the old key); the
-    same agent twice from the same seed; loaded onto the loop's single env with every transition;
-    without the backend's config it says what is missing."""
-    from rls3.backends import BackendConfig
-
-    env = make_env(backend)
-    one = agent_cfg(tmp_path, pretrain_train_freq=2)
-    two = agent_cfg(tmp_path, pretrain_train_freq=2, pretrain_workers=2)
-    assert "pretrain_workers" not in pretrain_key(one, env, 0, "sim")["agent"]
-    assert pretrain_key(two, env, 0, "sim")["agent"]["pretrain_workers"] == 2
-    bcfg = BackendConfig(train_scenes=("kitchen",))
-    with pytest.raises(ValueError, match="backend's config"):
-        build_agent("sac", env, two, 0, "sim")
-    agent = build_agent("sac", env, two, 0, "sim", backend_cfg=bcfg)
-    single = build_agent("sac", make_env(backend), one, 0, "sim")
-    assert agent.num_timesteps == single.num_timesteps == 120
-    assert agent.model.n_envs == 1 and agent.model.replay_buffer.size() == 120
-    # one gradient step every 2 env steps either way (the worker run: 2 per 2 vec steps)
-    assert agent.model._n_updates == single.model._n_updates
-    other = agent_cfg(tmp_path / "again", pretrain_train_freq=2, pretrain_workers=2)
-    again = build_agent("sac", make_env(backend), other, 0, "sim", backend_cfg=bcfg)
-    for (name, a), b in zip(agent.model.policy.state_dict().items(),
-                            again.model.policy.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
-    assert np.array_equal(agent.model.replay_buffer.observations,
-                          again.model.replay_buffer.observations)
-    assert not all(torch.equal(a, b) for a, b in zip(
-        agent.model.policy.state_dict().values(), single.model.policy.state_dict().values(),
-        strict=True))
-
-
 def test_the_pretraining_schedule_applies_to_pretraining_only(backend, tmp_path):
     """`agent.pretrain_*` set SAC's updates while pre-training (n_updates counts them) and enter
     the cache key; the loaded agent trains on the loop's schedule; unset, the key is the one

@@ -124,8 +124,6 @@ def test_overrides():
     ("env.workers=0", ["env.workers=0", "integer >= 1"]),
     ("env.workers=-2", ["env.workers=-2", "integer >= 1"]),
     ("env.workers=1.5", ["env.workers=1.5", "integer"]),
-    ("agent.pretrain_workers=0", ["agent.pretrain_workers=0", "integer >= 1"]),
-    ("agent.pretrain_workers=two", ["agent.pretrain_workers='two'", "integer"]),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(override, words):
     with pytest.raises(ConfigError) as e:
