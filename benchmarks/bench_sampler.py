@@ -67,6 +67,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                            "loop.caption_pair=moved"]},
     "random-moved": {"agent": "random", "sets": ["env.t0=8", "loop.episodes=16",
                                                  "loop.caption_pair=moved"]},
+    # the agent says where on its surface the object goes (`env.action: place`), captions about
+    # that object: its action decides the relation each frame is scored and trained on
+    "sac-place": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16", "env.action=place",
+                                           "loop.caption_pair=moved"]},
+    "random-place": {"agent": "random", "sets": ["env.t0=8", "loop.episodes=16",
+                                                 "env.action=place", "loop.caption_pair=moved"]},
     # term balance: SAC also paid 2x the rarity of its frame's spatial terms (`loop.term_balance`);
     # the random agent ignores rewards, so random-t8 is its pair
     "sac-terms": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16",

@@ -640,7 +640,8 @@ def pretrain_key(cfg: AgentConfig, env: Rls3Env, seed: int, backend_name: str) -
     import stable_baselines3
 
     env_cfg = {k: v for k, v in asdict(env.config).items()
-               if k not in ("render", "image_size", "workers")}
+               if k not in ("render", "image_size", "workers")
+               and not (k == "action" and v == "move")}  # the paper's: the key of older caches
     agent = {k: v for k, v in asdict(cfg).items()
              if k not in ("name", "pretrained_dir", "device", "torch_threads",
                           "pretrain_background")

@@ -11,7 +11,8 @@ Two observations (`EnvConfig.observation`):
   action units with same-surface flags and combined half-extents, the camera's heading, and
   one-hot codes of the moved object and the scene. Every value lies in [-1, 1].
 
-Each step moves one of the three active objects by the action (a displacement scaled from [-1, 1]);
+Each step moves one of the three active objects by the action (a displacement scaled from [-1, 1];
+with `EnvConfig.action` "place" the action's x and y instead say where on its surface it goes);
 the reward is +1 for a feasible layout and -1 otherwise, and every valid step is rendered into a
 `Frame`. An episode ends once it has produced `t0` valid frames (or after `max_steps`); on that
 completing step an optional feedback callable receives the episode's frames and its return value
@@ -36,7 +37,11 @@ import numpy as np
 from gymnasium import spaces
 
 from rls3 import ENV_ID
-from rls3.envconfig import OBSERVATIONS, EnvConfig  # noqa: F401  (re-exported: the env's settings)
+from rls3.envconfig import (  # noqa: F401  (re-exported: the env's settings)
+    ACTIONS,
+    OBSERVATIONS,
+    EnvConfig,
+)
 from rls3.scene import SceneBackend, SceneState
 
 OBS_SIZE = 32  # the paper observation
@@ -145,7 +150,8 @@ class Rls3Env(gym.Env):
         self._steps += 1
         before = self._state.objects[self._moving]
         moved = before.name
-        feas = self.backend.move_object(self._moving, tuple(a * self._scale))
+        d = self._placement(a) if self.config.action == "place" else a * self._scale
+        feas = self.backend.move_object(self._moving, (float(d[0]), float(d[1]), float(d[2])))
         reward = 1.0 if feas.valid else -1.0
         frame = None
         distinct, move = False, 0.0
@@ -219,6 +225,19 @@ class Rls3Env(gym.Env):
                 name = idle[int(self.np_random.integers(len(idle)))]
                 if self.backend.swap_object(self._moving, name).valid:
                     self._state = self.backend.state()
+
+    def _placement(self, a: np.ndarray) -> np.ndarray:
+        """The displacement that puts the moving object at `a`'s place on its surface (x, y in
+        [-1, 1] span the centres it may take there, as the relative observation's offset does),
+        raised or lowered by a[2] * max_step_z."""
+        s = self._state
+        assert s is not None
+        m = s.objects[self._moving]
+        surf = s.surface(m.surface)
+        half = np.maximum(np.array(surf.size[:2]) / 2 - self._half_extents(s, self._moving)[:2],
+                          0.0)
+        xy = np.array(surf.center[:2]) + a[:2] * half - np.array(m.position[:2])
+        return np.array([xy[0], xy[1], a[2] * self.config.max_step_z])
 
     def _obs(self) -> np.ndarray:
         s = self._state

@@ -10,6 +10,8 @@ from typing import Any
 from rls3.scene import DEFAULT_IMAGE_SIZE
 
 OBSERVATIONS: tuple[str, ...] = ("paper", "relative")
+#: what an action's x and y mean (`EnvConfig.action`): a displacement (the paper) or a place
+ACTIONS: tuple[str, ...] = ("move", "place")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,10 @@ class EnvConfig:
     swap_prob: float = 0.25  # chance that the next object to move is first swapped with the pool
     render: bool = True
     observation: str = "paper"  # "paper" (32 absolute values) or "relative" (see RELATIVE_LAYOUT)
+    #: "move" (the paper): x and y displace the object by up to max_step_xy; "place" (a
+    #: departure): x and y say where on its surface it goes, -1..1 spanning the centres it may
+    #: take there. z moves it by up to max_step_z either way (onto what lies below the target).
+    action: str = "move"
     #: scene worker processes the loop collects with (`rls3.workers`); `Rls3Env` ignores it
     workers: int = 1
 
@@ -42,6 +48,7 @@ class EnvConfig:
                "an integer >= 1 (1: collect in this process; N > 1: N worker processes)")
         _check(self.observation in OBSERVATIONS, "observation", self.observation,
                f"one of {list(OBSERVATIONS)}")
+        _check(self.action in ACTIONS, "action", self.action, f"one of {list(ACTIONS)}")
 
     @property
     def step_cap(self) -> int:

@@ -188,6 +188,7 @@ def test_unity_bridge_errors_are_one_line_and_logged(tmp_path, capsys, monkeypat
     ("loop.keep=hardest", ["loop.keep", "eta < 1"]),
     ("loop.caption_pair=moving", ["loop.caption_pair", "moving", "'moved'"]),
     ("loop.term_balance=-1", ["loop.term_balance", ">= 0"]),
+    ("env.action=teleport", ["env.action", "teleport", "'place'"]),
 ])
 def test_everything_checkable_is_checked_before_a_run_folder_exists(override, words, tmp_path,
                                                                     capsys, monkeypatch):

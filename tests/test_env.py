@@ -107,6 +107,43 @@ def test_distinct_layouts_and_move_size(backend):
     assert same_layout(f[0].state, f[1].state) and not same_layout(f[1].state, f[-1].state)
 
 
+def test_place_action_puts_the_object_where_it_says_on_its_surface(backend):
+    """`action: place`: x and y in [-1, 1] are the moved object's place on its surface, in the
+    units of the relative observation's offset; z still lifts or lowers it. It fails if the
+    action were read as a displacement (a zero action would leave the object where it was)."""
+    env = make(backend, t0=400, observation="relative", action="place", swap_prob=0.0,
+               scene_every=400)
+    obs, _ = env.reset(seed=3)
+    rng = np.random.default_rng(8)
+    placed = 0
+    for _ in range(300):
+        a = np.append(rng.uniform(-1, 1, 2), 0.0).astype(np.float32)
+        k = env._moving
+        before = env._state.objects[k]
+        obs, _, term, trunc, info = env.step(a)
+        if info["valid"]:
+            assert env._state.objects[k].surface == before.surface
+            # the relative observation of the same object now reports exactly that place
+            env._moving = k
+            assert np.allclose(env._obs()[:2], a[:2], atol=1e-5)
+            placed += 1
+        if term or trunc:
+            obs, _ = env.reset()
+    assert placed > 100
+    env.reset(seed=3)
+    for _ in range(20):                     # the centre of its surface, unless something is there
+        k = env._moving
+        start = env._state.objects[k].position
+        _, _, _, _, info = env.step(np.zeros(3, np.float32))
+        if info["valid"]:
+            break
+    centre = env._state.surface(env._state.objects[k].surface).center
+    assert np.allclose(env._state.objects[k].position[:2], centre[:2])
+    assert info["move"] > 1e-3 or np.allclose(start[:2], centre[:2])
+    with pytest.raises(ValueError, match=r"action.*'move', 'place'"):
+        EnvConfig(action="teleport")
+
+
 def test_step_feedback_rewards_every_valid_step(backend):
     seen = []
 

@@ -526,6 +526,18 @@ def test_caption_pair_moved_resumes_bit_identically_after_sigkill(root, tmp_path
 
 
 @pytest.mark.slow
+def test_place_action_resumes_bit_identically_after_sigkill(root, tmp_path):
+    """`env.action: place` (the agent says where on its surface the object goes): `rls3 run`
+    killed by SIGKILL after its first checkpoint resumes to the uninterrupted run's metrics and
+    weights."""
+    over = {"loop.feedback": "sample", "env.action": "place", "loop.caption_pair": "moved",
+            "loop.iterations": 2}
+    full = run(tiny_config(root, **over), run_dir=tmp_path / "full")
+    assert [r["iteration"] for r in read_metrics(full.run_dir)] == [0, 1, 2]
+    _killed_run_resumes_like(tiny_config(root, **over), tmp_path / "killed", full.run_dir)
+
+
+@pytest.mark.slow
 def test_term_balance_resumes_bit_identically_after_sigkill(root, tmp_path):
     """`loop.term_balance` (its term counts carried across iterations in the checkpoint):
     `rls3 run` killed by SIGKILL after its first checkpoint resumes to the uninterrupted run's
