@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -31,6 +34,29 @@ def test_five_train_three_test_scenes():
 def test_protocol(backend):
     assert isinstance(backend, SceneBackend)
     assert len(backend.object_pool) >= 9
+
+
+def test_states_are_immutable_so_deepcopy_may_return_them(backend):
+    """`SceneState.__deepcopy__` returns the state itself (SB3 deep-copies every step's info);
+    that is only sound while a state holds nothing mutable. Walks real states of every scene."""
+    def walk(v, path):
+        assert not isinstance(v, (list, dict, set, np.ndarray)), f"{path} is a mutable {type(v)}"
+        if dataclasses.is_dataclass(v):
+            assert type(v).__dataclass_params__.frozen, f"{path}: {type(v).__name__} not frozen"
+            for f in dataclasses.fields(v):
+                walk(getattr(v, f.name), f"{path}.{f.name}")
+        elif isinstance(v, tuple):
+            for i, x in enumerate(v):
+                walk(x, f"{path}[{i}]")
+        else:
+            assert isinstance(v, (int, float, str, type(None), np.floating, np.integer)), path
+    for i in range(len(backend.scene_names)):
+        s = backend.load_scene(i, seed=i)
+        walk(s, "state")
+        walk(s.rendered_at(64, 48), "state")
+        walk(type(s).from_dict(s.to_dict()), "state")   # as a Unity player's states are read
+        assert copy.deepcopy(s) is s
+        assert copy.deepcopy({"frame": [s]})["frame"][0] is s
 
 
 def test_every_scene_loads_and_renders(backend):
