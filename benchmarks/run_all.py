@@ -116,6 +116,14 @@ BENCHMARKS: dict[str, Bench] = {
               "--data-dir", str(FAST_RUNS / "bench-fast-sampler-data"),
               *(a for s in SAMPLER_FAST for a in ("--set", s))],
         full=[]),
+    "feedback_signal": Bench(
+        "bench_feedback_signal", "feedback_signal.json",
+        "What the agent's per-sample reward tells it (caption draw against layout)",
+        fast=["--runs", str(FAST_RUNS / "bench-fast-sampler" / "sac__0"), "--frames", "4"],
+        full=["--runs", ",".join(str(ROOT / "runs" / "sampler" / r) for r in
+                                 ("sac-place__0", "random-place__0"))],
+        optional="reads finished bench_sampler runs: `benchmarks/bench_feedback_signal.py "
+                 "--runs RUN_DIR,...`"),
     "dp": Bench(
         "bench_dp", "dp.json", "Data-parallel VLM fine-tuning on CPUs (1 vs 2 processes, "
         "accelerate)",
