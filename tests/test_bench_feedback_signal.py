@@ -40,9 +40,10 @@ def test_every_ordered_pair_is_captioned_with_its_own_terms():
 
 
 @pytest.mark.parametrize("r2", [fs.ridge_r2, fs.mlp_r2])
-def test_r2_finds_a_layout_signal_and_not_noise(r2):
+@pytest.mark.parametrize("offset, scale", [(0.0, 1.0), (1.1, 0.01)])   # hardness near ln 3
+def test_r2_finds_a_layout_signal_and_not_noise(r2, offset, scale):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 12))
     signal = x[:, 0] - 0.5 * x[:, 3] + 0.1 * rng.normal(size=300)
-    assert r2(x, signal, np.random.default_rng(1)) > 0.8
-    assert r2(x, rng.normal(size=300), np.random.default_rng(1)) < 0.05
+    assert r2(x, offset + scale * signal, np.random.default_rng(1)) > 0.8
+    assert -0.1 < r2(x, offset + scale * rng.normal(size=300), np.random.default_rng(1)) < 0.05
