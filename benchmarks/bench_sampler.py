@@ -73,10 +73,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                            "loop.caption_pair=moved"]},
     "random-place": {"agent": "random", "sets": ["env.t0=8", "loop.episodes=16",
                                                  "env.action=place", "loop.caption_pair=moved"]},
-    # the same, SAC also paid for the relations the data lacks (random-place is its pair)
-    "sac-place-terms": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16",
-                                                 "env.action=place", "loop.caption_pair=moved",
-                                                 "loop.term_balance=2"]},
     # term balance: SAC also paid 2x the rarity of its frame's spatial terms (`loop.term_balance`);
     # the random agent ignores rewards, so random-t8 is its pair
     "sac-terms": {"agent": "sac", "sets": ["env.t0=8", "loop.episodes=16",
