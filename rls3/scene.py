@@ -188,7 +188,7 @@ class SceneState:
     def __deepcopy__(self, memo: dict[int, Any]) -> SceneState:
         """Itself: a state is frozen and holds only numbers, strings and tuples. SB3's
         DummyVecEnv deep-copies every step's info, which holds the step's frame and its state
-        (0.3 ms a valid step, ~7% of pre-training, before this)."""
+        (0.4 ms a valid step before this; benchmarks/results/pretrain_deepcopy.json)."""
         return self
 
     def rendered_at(self, width: int, height: int) -> SceneState:
