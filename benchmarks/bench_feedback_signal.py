@@ -58,29 +58,12 @@ def _frames(run: Path, limit: int) -> list[Any]:
 def _all_pairs(sample: Any, rng: np.random.Generator) -> list[Any]:
     """The frame once per ordered pair of its objects, each with that pair's caption and hard
     negatives (the loop's rule `any` draws one of these)."""
-    from rls3.captions import (
-        Description,
-        caption,
-        display_name,
-        order_swap,
-        question,
-        spatial_swap,
-        spatial_terms,
-    )
+    from rls3.captions import describe_pair
     from rls3.sample import Sample
 
     objs, fwd = sample.state.objects, sample.state.camera.forward
-    out = []
-    for i, a in enumerate(objs):
-        for j, b in enumerate(objs):
-            if i == j:
-                continue
-            t = spatial_terms(a.position, b.position, fwd)
-            an, bn = display_name(a.name), display_name(b.name)
-            d = Description(a.name, b.name, t, caption(bn, an, t), spatial_swap(bn, an, t, rng),
-                            order_swap(bn, an, t), question(bn, an))
-            out.append(Sample(sample.image, sample.state, d))
-    return out
+    return [Sample(sample.image, sample.state, describe_pair(a, b, fwd, rng))
+            for i, a in enumerate(objs) for j, b in enumerate(objs) if i != j]
 
 
 def _features(sample: Any, pool: list[str], n_scenes: int) -> list[float]:

@@ -21,7 +21,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from rls3.scene import SceneState
+from rls3.scene import ObjectPose, SceneState
 
 #: A 3-vector given as any sequence of three numbers or a numpy array.
 Vector = Sequence[float] | np.ndarray
@@ -263,6 +263,20 @@ def display_name(identifier: str, names: Mapping[str, str] | None = None) -> str
     return identifier.replace("_", " ")
 
 
+def describe_pair(primary: ObjectPose, secondary: ObjectPose, camera_forward: Vector,
+                  rng: np.random.Generator, names: Mapping[str, str] | None = None
+                  ) -> Description:
+    """Describe `secondary` relative to `primary` as seen along `camera_forward`; `rng` draws the
+    spatial hard negative's flipped term."""
+    terms = spatial_terms(primary.position, secondary.position, camera_forward)
+    an, bn = display_name(primary.name, names), display_name(secondary.name, names)
+    return Description(primary=primary.name, secondary=secondary.name, terms=terms,
+                       caption=caption(bn, an, terms),
+                       spatial_negative=spatial_swap(bn, an, terms, rng),
+                       order_negative=order_swap(bn, an, terms),
+                       question=question(bn, an))
+
+
 def describe(state: SceneState, rng: np.random.Generator,
              names: Mapping[str, str] | None = None, subject: str | None = None) -> Description:
     """Pick a primary A and a distinct secondary B among the active objects with `rng` and describe
@@ -288,12 +302,6 @@ def describe(state: SceneState, rng: np.random.Generator,
         a, b = objs[pairs[int(k)][0]], objs[pairs[int(k)][1]]
         if np.array_equal(np.asarray(a.position, float), np.asarray(b.position, float)):
             continue
-        terms = spatial_terms(a.position, b.position, forward)
-        an, bn = display_name(a.name, names), display_name(b.name, names)
-        return Description(primary=a.name, secondary=b.name, terms=terms,
-                           caption=caption(bn, an, terms),
-                           spatial_negative=spatial_swap(bn, an, terms, rng),
-                           order_negative=order_swap(bn, an, terms),
-                           question=question(bn, an))
+        return describe_pair(a, b, forward, rng, names)
     raise ValueError(f"every pair of active objects coincides in scene {state.scene_name!r}: "
                      f"{[(o.name, o.position) for o in objs]}")

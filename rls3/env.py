@@ -230,14 +230,19 @@ class Rls3Env(gym.Env):
         """The displacement that puts the moving object at `a`'s place on its surface (x, y in
         [-1, 1] span the centres it may take there, as the relative observation's offset does),
         raised or lowered by a[2] * max_step_z."""
-        s = self._state
-        assert s is not None
+        assert self._state is not None
+        d, half = self._surface_offset(self._state)
+        xy = a[:2] * half - d
+        return np.array([xy[0], xy[1], a[2] * self.config.max_step_z])
+
+    def _surface_offset(self, s: SceneState) -> tuple[np.ndarray, np.ndarray]:
+        """The moving object's x/y offset from its surface's centre, and the half-range its
+        centre may take there (the units of the relative observation and the place action)."""
         m = s.objects[self._moving]
         surf = s.surface(m.surface)
-        half = np.maximum(np.array(surf.size[:2]) / 2 - self._half_extents(s, self._moving)[:2],
-                          0.0)
-        xy = np.array(surf.center[:2]) + a[:2] * half - np.array(m.position[:2])
-        return np.array([xy[0], xy[1], a[2] * self.config.max_step_z])
+        h = self._half_extents(s, self._moving)
+        half = np.maximum(np.array(surf.size[:2]) / 2 - h[:2], 1e-6)
+        return np.array(m.position[:2]) - np.array(surf.center[:2]), half
 
     def _obs(self) -> np.ndarray:
         s = self._state
@@ -273,8 +278,7 @@ class Rls3Env(gym.Env):
         m = s.objects[self._moving]
         surf = s.surface(m.surface)
         h = self._half_extents(s, self._moving)
-        half = np.maximum(np.array(surf.size[:2]) / 2 - h[:2], 1e-6)
-        d = np.array(m.position[:2]) - np.array(surf.center[:2])
+        d, half = self._surface_offset(s)
         lo, hi = (-half - d) / sxy, (half - d) / sxy
         room_h = max(s.bounds[1][2] - s.bounds[0][2], 1e-6)
         yaw = s.camera.rotation[2]
