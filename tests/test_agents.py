@@ -134,24 +134,32 @@ def test_multi_tensor_adam_trains_sac_exactly_as_the_per_parameter_loop(backend,
         assert all(g["foreach"] is True for g in opt.param_groups)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.99])
 def test_the_policy_skipping_mode_switches_trains_sac_exactly_as_sb3s(backend, tmp_path,
-                                                                      monkeypatch):
-    """`LazyModePolicy` (no train/eval walk when the mode is already set) pre-trains and then
-    collects to the weights and replay buffer of SB3's own MlpPolicy, bit for bit; it does switch
-    when the mode changes."""
+                                                                      monkeypatch, gamma):
+    """`LazyModePolicy` (no train/eval walk when the mode is already set; at gamma = 0 no next
+    states' actions or target Q values) pre-trains and then collects to the weights (target
+    critics included), replay buffer and torch RNG state of SB3's own MlpPolicy, bit for bit; it
+    does switch when the mode changes, and takes the gamma = 0 shortcut only at gamma = 0."""
     import rls3.agents as agents
 
     runs = []
     for policy in ("MlpPolicy", agents.LazyModePolicy):
         monkeypatch.setattr(agents, "POLICY", policy)
-        cfg = agent_cfg(tmp_path / str(policy), pretrain_steps=300, learning_starts=50)
+        cfg = agent_cfg(tmp_path / str(policy), pretrain_steps=300, learning_starts=50,
+                        gamma=gamma)
         agent = build_agent("sac", make_env(backend, feedback=lambda frames: 2.0), cfg, 0, "sim")
         agent.collect(2, seed=4)
-        runs.append((agent.model.policy.state_dict(), agent.model.replay_buffer.rewards.copy()))
-    (w1, r1), (w2, r2) = runs
+        runs.append((agent.model.policy.state_dict(), agent.model.replay_buffer.rewards.copy(),
+                     torch.get_rng_state()))
+    (w1, r1, g1), (w2, r2, g2) = runs
     assert all(torch.equal(w1[k], w2[k]) for k in w1) and np.array_equal(r1, r2)
+    assert torch.equal(g1, g2)
+    assert any(k.startswith("critic_target.") for k in w1)
     policy = agent.model.policy  # the last run's
     assert isinstance(policy, agents.LazyModePolicy)
+    assert isinstance(policy.critic_target, agents._DiscardedTargetCritic) is (gamma == 0.0)
+    assert isinstance(policy.actor, agents._DiscountFreeActor) is (gamma == 0.0)
     policy.set_training_mode(True)
     assert policy.actor.training and policy.critic.training
     policy.set_training_mode(False)
