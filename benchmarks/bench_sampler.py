@@ -335,7 +335,33 @@ def figures(res: dict[str, Any], out: Path) -> list[Path]:
         ax.legend(fontsize=8)
         ax.set_title("VLM test accuracy per iteration, mean ± std over paired seeds")
         paths.append(save_figure(fig, out / fname, res, rect=(0, 0.04, 1, 1)))
+    if res.get("pairs"):
+        paths.append(paired_figure(res, out / "paired_differences.png"))
     return paths
+
+
+def paired_figure(res: dict[str, Any], path: Path) -> Path:
+    """Every paired difference of the result (`--pair`s) on test AUC and final test: the mean
+    and its 95% t-interval per comparison, with its number of seeds, one row each."""
+    plt = pyplot()
+    pairs = [(n, p) for n, p in res["pairs"].items() if p.get("auc") and p.get("final")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.32 * len(pairs) + 1.4), sharey=True)
+    y = list(range(len(pairs)))[::-1]
+    for ax, key, title in zip(axes, ("auc", "final"), ("test AUC (mean over iterations 1..N)",
+                                                       "final test"), strict=True):
+        for yi, (_, p) in zip(y, pairs, strict=True):
+            c = p[key]
+            lo, hi = c.get("ci95") or (c["mean"], c["mean"])
+            colour = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray"
+            ax.plot([lo, hi], [yi, yi], color=colour, lw=2)
+            ax.plot(c["mean"], yi, "o", color=colour, ms=4)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("paired difference A − B (95% t-interval)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [f"{n} (n={len(p['seeds'])})" for n, p in pairs], fontsize=7)
+    fig.suptitle("Paired differences by seed (green: interval above 0, red: below)", fontsize=10)
+    return save_figure(fig, path, res, rect=(0, 0.04, 1, 0.97))
 
 
 def _fmt(c: dict[str, Any] | None, d: int = 3) -> str:

@@ -70,6 +70,8 @@ def test_tiny_sampler_benchmark(tmp_path):
         sac["vs_random"]["final"]["mean"])
     assert res2["pairs"]["sac − random-cosine"]["auc"]["mean"] == pytest.approx(
         sac["auc"]["mean"] - off["auc"]["mean"])
+    assert (tmp_path / "out2" / "paired_differences.png").stat().st_size > 10_000
+    assert not (tmp_path / "out" / "paired_differences.png").exists()  # no --pair, no figure
     # seeds summarised apart and merged give the variant's runs, means and differences of all
     # seeds at once
     parts = []
