@@ -3,7 +3,7 @@ step, what pre-training used before `agent.pretrain_*`) against the preset's pre
 same seeds, side by side in one run, with the distinct-layout yield each one reaches.
 
     python benchmarks/bench_pretrain.py [--preset quick] [--seeds 0,1,2] [--steps 600]
-        [--pretrain-steps N] [--candidate KEY=VALUE ...] [--before REV]
+        [--pretrain-steps N] [--candidate KEY=VALUE ...] [--before REV [--before-set KEY=VALUE ...]]
         [--out benchmarks/results/pretrain.json]
 
 Each (seed, schedule) pre-trains from scratch into a temporary folder (never the shared cache),
@@ -13,7 +13,10 @@ as `bench_yield`): yield, distinct-layout yield and median move. The target is a
 pre-training at the same distinct-layout yield. `--candidate` adds a third schedule: the preset's
 agent settings with these `agent.*` overrides (e.g. agent.pretrain_train_freq=8). `--before REV`
 adds the preset's schedule under the code at git revision REV (in a child process per seed, timed
-inside it alike): what a code change did to the same pre-training.
+inside it alike): what a code change did to the same pre-training. `--before-set` overrides the
+preset of that side, for a revision whose preset differed in what pre-training depends on (e.g.
+`--before ecc58e8 --before-set env.t0=8`: the code before issue 23, whose `quick` had T0 = 32 and
+no pre-training schedule, on today's episodes; the child needs only what that code had).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     help="agent.* override of a third schedule (repeatable)")
     ap.add_argument("--before", default=None, metavar="REV",
                     help="also the preset schedule under the code at this git revision")
+    ap.add_argument("--before-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override of the --before side's preset (repeatable)")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -76,28 +81,47 @@ def _warm(env: Any) -> None:
         env.backend.load_scene(i, seed=0)
 
 
-def _before(tree: Path, seed: int, args: argparse.Namespace) -> tuple[float, float, dict]:
-    """`_one` with the preset's own schedule, in a child running the code in `tree`."""
+def _before(tree: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """`_one` with the preset's own schedule, in a child running the code in `tree`: its wall s,
+    CPU s, tally and the schedule it pre-trained with."""
     cmd = [sys.executable, __file__, "--child", str(seed), "--preset", args.preset,
            "--steps", str(args.steps), "--out", os.devnull]
+    cmd += [f"--before-set={s}" for s in args.before_set]
     if args.pretrain_steps is not None:
         cmd += ["--pretrain-steps", str(args.pretrain_steps)]
     env = dict(os.environ, RLS3_BENCH_CODE=str(tree))
     out = subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.PIPE, text=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    return r["wall_s"], r["cpu_s"], r["tally"]
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def run(args: argparse.Namespace) -> dict | None:
-    from rls3.agents import pretrain_schedule
     from rls3.backends import make_backend
-    from rls3.config import PRETRAIN_SCHEDULE
     from rls3.config import preset as make_preset
     from rls3.env import Rls3Env
 
     cfg = make_preset(args.preset)
     if args.pretrain_steps is not None:
         cfg = cfg.override({"agent.pretrain_steps": args.pretrain_steps})
+    if args.child is not None:   # the --before side: one seed, its preset schedule, that code
+        cfg = cfg.override(overrides(args.before_set))
+        env = Rls3Env(make_backend(cfg.backend, "train"), replace(cfg.env_config, render=False))
+        _warm(env)
+        try:
+            wall, cpu, tally = _one(env, cfg.agent, args.child, cfg.backend.name, args.steps)
+        finally:
+            env.close()
+        try:   # the update schedule pre-training ran with there (older code: the loop's)
+            from rls3.agents import pretrain_schedule
+            sched = pretrain_schedule(cfg.agent)
+        except ImportError:
+            sched = cfg.agent
+        print(json.dumps({"wall_s": wall, "cpu_s": cpu, "tally": tally, "schedule": {
+            k: getattr(sched, k) for k in ("train_freq", "gradient_steps", "batch_size")}}))
+        return None
+
+    from rls3.agents import pretrain_schedule
+    from rls3.config import PRETRAIN_SCHEDULE
+
     agents = {LOOP: replace(cfg.agent, **{k: None for k in PRETRAIN_SCHEDULE}),
               PRESET: cfg.agent}
     if args.candidate:
@@ -108,17 +132,11 @@ def run(args: argparse.Namespace) -> dict | None:
     backend = make_backend(cfg.backend, "train")
     env = Rls3Env(backend, replace(cfg.env_config, render=False))
     _warm(env)
-    if args.child is not None:   # the --before side: one seed, the preset schedule, this code
-        try:
-            wall, cpu, tally = _one(env, cfg.agent, args.child, cfg.backend.name, args.steps)
-        finally:
-            env.close()
-        print(json.dumps({"wall_s": wall, "cpu_s": cpu, "tally": tally}))
-        return None
-    before = f"preset schedule, before ({args.before})"
+    before = f"preset schedule, before ({', '.join([args.before, *args.before_set])})"
     names = list(agents) + ([before] if args.before else [])
     rows: dict[str, dict[str, Any]] = {v: {"wall_s": [], "cpu_s": [], "tallies": {}}
                                        for v in names}
+    before_schedule: dict[str, int] = {}
     with ExitStack() as stack:
         stack.callback(env.close)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rls3-before-")))
@@ -128,7 +146,9 @@ def run(args: argparse.Namespace) -> dict | None:
             for name in names:
                 if name == before:
                     assert tree is not None
-                    wall, cpu, tally = _before(tree, seed, args)
+                    r = _before(tree, seed, args)
+                    wall, cpu, tally = r["wall_s"], r["cpu_s"], r["tally"]
+                    before_schedule = r["schedule"]
                 else:
                     wall, cpu, tally = _one(env, agents[name], seed, cfg.backend.name,
                                             args.steps)
@@ -141,7 +161,8 @@ def run(args: argparse.Namespace) -> dict | None:
         steps = sum(c["steps"] for c in t)
         moves = [m for c in t for m in c["moves"]]
         sched = pretrain_schedule(agents[name if name != before else PRESET])
-        out[name] = {"schedule": {k: getattr(sched, k) for k in PRETRAIN_SCHEDULE.values()},
+        out[name] = {"schedule": before_schedule if name == before else
+                     {k: getattr(sched, k) for k in PRETRAIN_SCHEDULE.values()},
                      "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
                      "steps_per_s": [cfg.agent.pretrain_steps / w for w in r["wall_s"]],
                      "eval_steps": steps,
@@ -151,7 +172,7 @@ def run(args: argparse.Namespace) -> dict | None:
     speedup = sum(out[LOOP]["wall_s"]) / sum(out[PRESET]["wall_s"])
     extra: dict[str, Any] = {}
     if args.before:
-        extra = {"before": args.before,
+        extra = {"before": args.before, "before_set": args.before_set,
                  "code_speedup": sum(out[before]["wall_s"]) / sum(out[PRESET]["wall_s"]),
                  "code_speedup_cpu": sum(out[before]["cpu_s"]) / sum(out[PRESET]["cpu_s"]),
                  "code_yield_distinct_change":
