@@ -175,6 +175,13 @@ class LoopConfig:
     the run (+1 for a term never seen, 0 at an even share; a departure: it pays the agent for the
     relations the data lacks, e.g. "above"/"below", which the layouts give less than half as
     often as "left"/"right").
+
+    `overlap` (off in the paper presets, a departure): iteration i + 1's collection runs on this
+    thread while iteration i fine-tunes, validates and tests on another, so the scene and the
+    VLM's fine-tuning share the cores. Algorithm 1 orders fine-tuning i before collection i + 1;
+    with overlap the agent's feedback in collection i + 1 comes from the VLM before fine-tuning
+    i (a copy, one iteration older), the only change. A collection that ran beside the run's
+    last fine-tuning (an early stop) is dropped; a run resumes between the two halves exactly.
     """
 
     iterations: int = 50
@@ -198,6 +205,7 @@ class LoopConfig:
     keep: str = "random"
     caption_pair: str = "any"
     term_balance: float = 0.0
+    overlap: bool = False
 
     def __post_init__(self) -> None:
         _require(self.iterations >= 1, "loop.iterations", self.iterations, "an integer >= 1")
@@ -240,6 +248,10 @@ class LoopConfig:
         _require(self.save_batches or not self.replay.enabled, "loop.save_batches",
                  self.save_batches, "true while loop.replay is on (replayed samples are read "
                  "back from the saved batches when a run resumes)")
+        _require(isinstance(self.overlap, bool), "loop.overlap", self.overlap, "true or false")
+        _require(self.save_batches or not self.overlap, "loop.save_batches", self.save_batches,
+                 "true while loop.overlap is on (a checkpoint taken between a collection and "
+                 "its fine-tuning finds the batch in data/ when the run resumes)")
 
     @property
     def validation_points(self) -> tuple[int, ...]:

@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 
@@ -76,6 +78,7 @@ from rls3.workers import FeedbackVecEnv, make_workers
 log = logging.getLogger(__name__)
 
 PhaseHook = Callable[[int, str], None]
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -102,6 +105,10 @@ class RunState:
     #: iteration -> SHA-256 of its saved batch's manifest (data/iter_NNNN/manifest.json), checked
     #: when replay reads the batch back on resume
     batch_digests: dict[str, str] = field(default_factory=dict)
+    #: loop.overlap: the collection that ran beside this checkpoint's fine-tuning, whose own
+    #: fine-tuning comes next ({"iteration": i, "summary": `Collected.summary`}; its batch is
+    #: data/iter_NNNN), or None
+    pending: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -122,6 +129,17 @@ class RunResult:
     @property
     def final(self) -> dict[str, Any]:
         return self.records[-1] if self.records else {}
+
+
+@dataclass
+class Collected:
+    """Step 1 of an iteration done: its fine-tuning batch and what its record takes from the
+    collection (`summary`: counts, feedback, times; plain JSON, so that a checkpoint taken
+    before the batch's fine-tuning, `loop.overlap`, can hold it)."""
+
+    iteration: int
+    batch: list[Sample]
+    summary: dict[str, Any]
 
 
 class Loop:
@@ -303,16 +321,9 @@ class Loop:
                                        purge_step=self.state.iteration + 1 if self.ckpt else 0)
             if self.ckpt is None:
                 self._baseline(base, vlm, agent, env, collector, writer)
-            elapsed0 = self.state.elapsed_s - (time.perf_counter() - t_start)
-            while self.state.stop_reason is None:
-                i = self.state.iteration + 1
-                record = self._iteration(i, vlm, agent, env, collector, val, test)
-                self.state.elapsed_s = elapsed0 + time.perf_counter() - t_start
-                self._stop_check(record)
-                self._tb(writer, record)
-                self.state.metrics_bytes = append_metrics(self.run_dir, record)
-                self._checkpoint(vlm, agent, env, collector)
-                self._phase(i, "done")
+            self._iterations(vlm, agent, env, collector, val, test, writer,
+                             elapsed0=self.state.elapsed_s - (time.perf_counter() - t_start),
+                             t_start=t_start, use_feedback=use_feedback)
             log.info("run finished after %d iterations (%s): %s", self.state.iteration,
                      self.state.stop_reason, self.run_dir)
         except BaseException:
@@ -321,6 +332,32 @@ class Loop:
         _close_all((writer, workers, backend), failing=False)
         return RunResult(self.run_dir, self.state.iteration, self.state.stop_reason,
                          read_metrics(self.run_dir))
+
+    def _iterations(self, vlm: VLM, agent: Agent, env: Rls3Env, collector: EpisodeCollector,
+                    val: list[Sample], test: list[Sample], writer: Any, *, elapsed0: float,
+                    t_start: float, use_feedback: bool) -> None:
+        """Iterations until a stop: each one's record, stopping check and checkpoint."""
+        cfg = self.cfg
+        pending = self._pending()
+        if cfg.loop.overlap and use_feedback:   # scores feedback while `vlm` fine-tunes
+            collector.vlm = vlm.feedback_twin()  # type: ignore[attr-defined]
+        while self.state.stop_reason is None:
+            i = self.state.iteration + 1
+            if cfg.loop.overlap:
+                record, pending = self._overlapped(i, vlm, agent, collector, val, test, pending)
+            else:
+                record = self._iteration(i, vlm, agent, collector, val, test)
+            self.state.elapsed_s = elapsed0 + time.perf_counter() - t_start
+            self._stop_check(record)
+            if pending is not None and self.state.stop_reason is not None:
+                self._drop(pending)
+                pending = None
+            self.state.pending = (None if pending is None else
+                                  {"iteration": pending.iteration, "summary": pending.summary})
+            self._tb(writer, record)
+            self.state.metrics_bytes = append_metrics(self.run_dir, record)
+            self._checkpoint(vlm, agent, env, collector)
+            self._phase(i, "done")
 
     # -- pieces ------------------------------------------------------------------------------
     def _restore(self, env: Rls3Env, vlm: VLM, collector: EpisodeCollector,
@@ -404,33 +441,103 @@ class Loop:
                 "cum_episodes": s.cum_episodes, "finetune_steps_cum": s.finetune_steps,
                 "cum_terms_generated": dict(sorted(s.cum_terms.items()))}
 
-    def _iteration(self, i: int, vlm: VLM, agent: Agent, env: Rls3Env,
-                   collector: EpisodeCollector, val: list[Sample],
-                   test: list[Sample]) -> dict[str, Any]:
+    def _iteration(self, i: int, vlm: VLM, agent: Agent, collector: EpisodeCollector,
+                   val: list[Sample], test: list[Sample]) -> dict[str, Any]:
         """Steps 1-3 of iteration `i` (see the module docstring) up to its metrics record, which
-        it returns: collect, count, save the batch, fine-tune and validate, test."""
-        s = self.state
-        times: dict[str, float] = {}
+        it returns: collect, save the batch, fine-tune and validate, test, count."""
         t_iter = time.perf_counter()
-        self._collect(i, agent, collector, times)
-        batch = list(collector.batch)
-        generated_terms = self._count(collector)
-        if self.cfg.loop.save_batches:
-            self._save_batch(i, batch, times)
-        ft = self._finetune(i, vlm, batch, val, times)
+        collected = self._collect(i, agent, collector)
+        ft, te, times = self._train(i, vlm, collected, val, test)
+        return self._finish(collected, ft, te, times, t_iter)
+
+    def _overlapped(self, i: int, vlm: VLM, agent: Agent, collector: EpisodeCollector,
+                    val: list[Sample], test: list[Sample], pending: Collected | None
+                    ) -> tuple[dict[str, Any], Collected | None]:
+        """Iteration `i` with `loop.overlap`: its fine-tuning, validation and test on a second
+        thread while this one (the scene's) collects iteration i + 1, whose feedback comes from
+        the VLM as it was before (`collector.vlm`, a twin, follows `vlm` first). `pending`:
+        iteration i's collection, made beside iteration i - 1 (None: collected now, alone).
+        Returns iteration i's record and iteration i + 1's collection (None: the run ends at
+        i)."""
+        t_iter = time.perf_counter()
+        twin = collector.vlm if collector.vlm is not vlm else None
+        if twin is not None:
+            twin.follow(vlm)  # type: ignore[attr-defined]
+        if pending is None:
+            pending = self._collect(i, agent, collector)
+        if pending.iteration != i:  # a checkpoint that does not fit its state: a bug
+            raise RuntimeError(f"collection of iteration {pending.iteration} pending at {i}")
+        current = pending
+        job = _Background(lambda: self._train(i, vlm, current, val, test), name=f"finetune-{i}")
+        upcoming = None
+        try:
+            if self._continues_after(i, current.summary):
+                upcoming = self._collect(i + 1, agent, collector)
+        except KeyboardInterrupt:
+            raise   # the fine-tuning thread is a daemon: the process may end at once
+        except BaseException:
+            job.wait()  # no thread left changing the VLM behind the caller's back
+            raise
+        ft, te, times = job.result()
+        return self._finish(current, ft, te, times, t_iter), upcoming
+
+    def _continues_after(self, i: int, summary: dict[str, Any]) -> bool:
+        """Whether an iteration i + 1 can follow iteration `i` (collected as `summary`): not
+        after the last iteration or once the budget is used (early stopping is known only after
+        validation: a collection made for nothing is dropped, `_drop`)."""
+        cfg, s = self.cfg, self.state
+        if cfg.loop.budget > 0:
+            used = (s.cum_steps + summary["steps"] if cfg.loop.budget_unit == "steps"
+                    else s.cum_valid + summary["valid"])
+            return used < cfg.loop.budget
+        return i < cfg.loop.iterations
+
+    def _drop(self, collected: Collected) -> None:
+        """Forget a collection no fine-tuning will use (the run stopped beside it): its saved
+        batch and digest go; its steps stay in the agent's replay buffer."""
+        i = collected.iteration
+        log.info("run stopped at iteration %d: the collection of iteration %d made beside its "
+                 "fine-tuning is dropped", i - 1, i)
+        self.state.batch_digests.pop(str(i), None)
+        shutil.rmtree(self.run_dir / "data" / f"iter_{i:04d}", ignore_errors=True)
+
+    def _pending(self) -> Collected | None:
+        """The collection a checkpoint holds for its next fine-tuning (`loop.overlap`), its
+        batch read back from data/, or None."""
+        p = self.state.pending
+        if p is None:
+            return None
+        try:
+            batch = self._saved_batch(int(p["iteration"]))
+        except ReplayError as e:
+            raise RunDirError(f"{str(self.run_dir)!r}: cannot read back the batch collected "
+                              f"for the next fine-tuning: {e}") from e
+        return Collected(int(p["iteration"]), batch, dict(p["summary"]))
+
+    def _train(self, i: int, vlm: VLM, collected: Collected, val: list[Sample],
+               test: list[Sample]) -> tuple[FinetuneRecord, dict[str, Any], dict[str, float]]:
+        """Steps 2-3 of iteration `i` on its collection: fine-tune and validate, test; returns
+        the fine-tuning record, the test metrics and the iteration's times so far."""
+        times: dict[str, float] = dict(collected.summary["time_s"])
+        ft = self._finetune(i, vlm, collected.batch, val, times)
         te = self._test(i, vlm, test, times)
+        return ft, te, times
+
+    def _finish(self, collected: Collected, ft: FinetuneRecord, te: dict[str, Any],
+                times: dict[str, float], t_iter: float) -> dict[str, Any]:
+        """Iteration `collected.iteration` done: the run's counters and its metrics record."""
+        s, i = self.state, collected.iteration
+        self._count(collected.summary)
         s.val_scores.append(float(ft.val_points[-1]["score"]))
         s.iteration = i
-        s.env_episode = env.episode
         times["total"] = time.perf_counter() - t_iter
-        rec = self._record(i, collector, batch, generated_terms, ft, te, times)
+        rec = self._record(i, collected, ft, te, times)
         _log_iteration(rec)
         return rec
 
-    def _collect(self, i: int, agent: Agent, collector: EpisodeCollector,
-                 times: dict[str, float]) -> None:
+    def _collect(self, i: int, agent: Agent, collector: EpisodeCollector) -> Collected:
         """Step 1: the agent runs E episodes, the collector keeping their batch and feedback;
-        times its feedback and the rest (generation)."""
+        times its feedback and the rest (generation); the batch is saved."""
         cfg, s = self.cfg, self.state
         collector.start()
         collector.last_val = s.val_scores[-1] if s.val_scores else None
@@ -449,21 +556,29 @@ class Loop:
         if collector.queued:    # an agent that returned without flushing: a bug, not bad input
             raise RuntimeError(f"{collector.queued} frames were left unscored by the agent")
         collect_s = time.perf_counter() - t
-        times["feedback"] = collector.feedback_s
-        times["generate"] = collect_s - collector.feedback_s
+        times = {"feedback": collector.feedback_s, "generate": collect_s - collector.feedback_s}
+        summary = {
+            "steps": collector.steps, "valid": collector.valid, "episodes": collector.episodes,
+            "truncated": collector.truncated, "j2": list(collector.j2),
+            "hardness": collector.hardness_fields(),
+            "terms_generated": term_counts(collector.generated),
+            "complexity_generated": complexity_counts(collector.generated),
+            "scenes_valid": dict(sorted(collector.scenes.items())),
+            "abandoned_episodes": collector.abandoned_episodes, "time_s": times}
+        batch = list(collector.batch)
+        if cfg.loop.save_batches:
+            self._save_batch(i, batch, times)
+        return Collected(i, batch, summary)
 
-    def _count(self, collector: EpisodeCollector) -> dict[str, int]:
-        """The run's counters after this iteration's collection; returns the terms of the
-        frames it generated."""
+    def _count(self, summary: dict[str, Any]) -> None:
+        """The run's counters after an iteration's collection (`Collected.summary`)."""
         s = self.state
-        s.cum_steps += collector.steps
-        s.cum_valid += collector.valid
-        s.cum_episodes += collector.episodes
-        s.cum_truncated += collector.truncated
-        generated_terms = term_counts(collector.generated)
-        for k, v in generated_terms.items():
+        s.cum_steps += summary["steps"]
+        s.cum_valid += summary["valid"]
+        s.cum_episodes += summary["episodes"]
+        s.cum_truncated += summary["truncated"]
+        for k, v in summary["terms_generated"].items():
             s.cum_terms[k] = s.cum_terms.get(k, 0) + v
-        return generated_terms
 
     def _save_batch(self, i: int, batch: list[Sample], times: dict[str, float]) -> None:
         """The iteration's fine-tuning batch as data/iter_NNNN, its manifest's digest recorded
@@ -498,38 +613,39 @@ class Loop:
         times["test"] = time.perf_counter() - t
         return te
 
-    def _record(self, i: int, collector: EpisodeCollector, batch: list[Sample],
-                generated_terms: dict[str, int], ft: FinetuneRecord, te: dict[str, Any],
+    def _record(self, i: int, collected: Collected, ft: FinetuneRecord, te: dict[str, Any],
                 times: dict[str, float]) -> dict[str, Any]:
         """Iteration `i`'s metrics record (before `_stop_check` adds the stopping fields): what
         was generated and kept, the feedback, fine-tuning, validation and test, the times."""
-        cfg = self.cfg
-        j2, losses, v = collector.j2, ft.losses, ft.val_points[-1]
+        cfg, c, batch = self.cfg, collected.summary, collected.batch
+        j2, losses, v = c["j2"], ft.losses, ft.val_points[-1]
         rec = self._record_base(i)
         rec.update({
-            "steps": collector.steps, "valid": collector.valid,
-            "yield": collector.valid / collector.steps if collector.steps else None,
-            "episodes": collector.episodes, "truncated_episodes": collector.truncated,
+            "steps": c["steps"], "valid": c["valid"],
+            "yield": c["valid"] / c["steps"] if c["steps"] else None,
+            "episodes": c["episodes"], "truncated_episodes": c["truncated"],
             "feedback_j2": float(np.mean(j2)) if j2 else None, "feedback_j2_episodes": j2,
             "feedback_reward": cfg.loop.beta * float(np.mean(j2)) if j2 else None,
-            **collector.hardness_fields(),
+            **c["hardness"],
             "batch_size": len(batch),
             "replay_stored": ft.stored, "replayed": ft.replayed, "finetune_set": ft.set_size,
             "finetune_losses": losses,
             "finetune_loss": float(np.mean(losses)) if losses else None,
             **_group_loss_fields(ft.group_losses, len(losses)),
             "val": {k: v[k] for k in v if k != "k"}, "val_points": ft.val_points, "test": te,
-            "terms_generated": generated_terms, "terms_batch": term_counts(batch),
-            "complexity_generated": complexity_counts(collector.generated),
+            "terms_generated": c["terms_generated"], "terms_batch": term_counts(batch),
+            "complexity_generated": c["complexity_generated"],
             "complexity_batch": complexity_counts(batch),
-            "scenes_valid": dict(sorted(collector.scenes.items())),
-            "samples_per_s": collector.steps / times["generate"] if times["generate"] > 0 else None,
+            "scenes_valid": c["scenes_valid"],
+            "samples_per_s": c["steps"] / times["generate"] if times["generate"] > 0 else None,
             "time_s": times, "elapsed_s": None,
         })
         if ft.lr_factors:  # (absent with a constant learning rate: records stay as they were)
             rec["finetune_lr_factors"] = ft.lr_factors
         if cfg.env.workers > 1:  # (absent at N = 1: its records stay as they were)
-            rec.update(workers=cfg.env.workers, abandoned_episodes=collector.abandoned_episodes)
+            rec.update(workers=cfg.env.workers, abandoned_episodes=c["abandoned_episodes"])
+        if cfg.loop.overlap:  # (absent without: records stay as they were)
+            rec["overlap"] = True
         return rec
 
     def _stop_check(self, rec: dict[str, Any]) -> None:
@@ -674,3 +790,30 @@ def resume(run_dir: str | Path, on_phase: PhaseHook | None = None,
     """Continue a run from its last committed checkpoint (or start it, if it has none)."""
     return Loop(run_dir, on_phase=on_phase, progress=progress, parallel=parallel).run()
 
+
+
+class _Background(Generic[T]):
+    """`fn()` on a daemon thread (`loop.overlap`'s fine-tuning: a Ctrl-C on the main thread
+    ends the process without waiting for it); `result` waits, then returns its value or raises
+    its exception."""
+
+    def __init__(self, fn: Callable[[], T], name: str) -> None:
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], T]) -> None:
+        try:
+            self._value = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller by `result`
+            self._error = e
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> T:
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        return cast(T, self._value)

@@ -40,9 +40,15 @@ def check_image_size(cfg: Config) -> None:
 
 
 def check_vlm(cfg: Config) -> None:
-    """The VLM's options against its adapter's constructor, and a state-dict file given as the
-    clip adapter's weights (read and checked, not yet converted)."""
-    from rls3.vlm import check_vlm_options, get_vlm_spec
+    """The VLM's options against its adapter's constructor, a state-dict file given as the
+    clip adapter's weights (read and checked, not yet converted), and `loop.overlap`'s need
+    for a feedback copy."""
+    from rls3.vlm import check_vlm_options, get_vlm_spec, has_feedback_twin
+
+    if cfg.loop.overlap and not has_feedback_twin(cfg.vlm.name):
+        raise ConfigError(f"loop.overlap=true needs a CLIP-type VLM (e.g. lite, clip), whose "
+                          f"copy for feedback shares its frozen weights; vlm.name="
+                          f"{cfg.vlm.name!r} has none: set loop.overlap=false")
 
     kw = cfg.vlm.build_kwargs()
     options = {**get_vlm_spec(cfg.vlm.name).options,

@@ -636,6 +636,7 @@ def test_one_worker_records_stay_as_before(sac_run):
     last = read_metrics(sac_run.run_dir)[-1]
     assert "workers" not in last and "abandoned_episodes" not in last
     assert load_run_config(sac_run.run_dir).env.workers == 1
+    assert "overlap" not in last   # nor overlap fields without loop.overlap
 
 
 @pytest.mark.slow
@@ -652,6 +653,98 @@ def test_random_agent_with_two_scene_workers(root):
 
 # ------------------------------------------------------------------------------------ issue 25
 # a run directory is data, never code: whatever a received run holds, resuming it runs none of it
+# ------------------------------------------------------------------------------------ overlap
+OVERLAP = {"loop.overlap": True, "loop.feedback": "sample", "loop.reward_norm": "running",
+           "env.observation": "relative", "agent.gamma": 0.0, "loop.iterations": 3}
+
+
+@pytest.fixture(scope="module")
+def overlap_run(root):
+    return run(tiny_config(root, **OVERLAP), run_dir=root / "runs" / "overlap")
+
+
+def _fresh_hardness(run_dir: Path, i: int) -> float:
+    """Mean hardness of iteration i's saved batch as the untouched VLM scores it, frame by
+    frame (as per-sample feedback does)."""
+    import numpy as np
+
+    from rls3.vlm.launch import build_vlm_from_config
+
+    vlm = build_vlm_from_config(load_run_config(run_dir))
+    batch = read_dataset(run_dir / "data" / f"iter_{i:04d}")
+    return float(np.mean([vlm.feedback([s]).hardness[0] for s in batch]))
+
+
+def test_overlap_feeds_back_from_the_vlm_before_the_fine_tuning_beside_it(overlap_run):
+    """loop.overlap: iteration 2 is collected beside iteration 1's fine-tuning, so its frames
+    were scored by the untouched VLM, as iteration 1's were; iteration 3's by the VLM after
+    fine-tuning 1 (with eta = 1 the batch holds every scored frame)."""
+    d = overlap_run.run_dir
+    recs = read_metrics(d)
+    assert overlap_run.stop_reason == "max_iterations"
+    assert [r["iteration"] for r in recs] == [0, 1, 2, 3]
+    assert all(r["overlap"] for r in recs[1:]) and "overlap" not in recs[0]
+    for r in recs[1:]:
+        assert r["truncated_episodes"] == 0 and r["hardness_n"] == r["batch_size"] == 8
+    assert _fresh_hardness(d, 1) == pytest.approx(recs[1]["hardness_mean"], abs=1e-6)
+    assert _fresh_hardness(d, 2) == pytest.approx(recs[2]["hardness_mean"], abs=1e-6)
+    assert _fresh_hardness(d, 3) != pytest.approx(recs[3]["hardness_mean"], abs=1e-3)
+    assert recs[-1]["cum_steps"] == sum(r["steps"] for r in recs[1:])
+    state = json.loads((latest_checkpoint(d) / "state.json").read_text())
+    assert state["pending"] is None and set(state["batch_digests"]) == {"1", "2", "3"}
+
+
+def test_overlap_drops_the_collection_beside_an_early_stop(root, tmp_path):
+    """An early stop after iteration 1 leaves iteration 2's collection, made beside its
+    fine-tuning, unused: its batch and digest are gone and nothing of it is counted."""
+    over = {**OVERLAP, "early_stopping.min_iterations": 1, "early_stopping.patience": 1,
+            "early_stopping.min_delta": 1.0}
+    res = run(tiny_config(root, **over), run_dir=tmp_path / "stop")
+    d = res.run_dir
+    assert res.stop_reason == "early_stopping" and res.iterations == 1
+    assert (d / "data" / "iter_0001").is_dir() and not (d / "data" / "iter_0002").exists()
+    state = json.loads((latest_checkpoint(d) / "state.json").read_text())
+    assert state["pending"] is None and set(state["batch_digests"]) == {"1"}
+    recs = read_metrics(d)
+    assert recs[-1]["cum_steps"] == recs[1]["steps"]
+
+
+@pytest.mark.slow
+def test_overlap_resumes_bit_identically_between_a_collection_and_its_fine_tuning(
+        overlap_run, root, tmp_path):
+    """`rls3 run` killed by SIGKILL after its first checkpoint, which holds iteration 2's
+    collection (made beside iteration 1's fine-tuning) for the fine-tuning to come, resumes to
+    the uninterrupted run's metrics and weights; so does a Ctrl-C in the fine-tuning thread."""
+    cfg = tiny_config(root, **OVERLAP)
+    d = tmp_path / "killed"
+    kill_after_first_checkpoint(cfg, d)
+    state = json.loads((latest_checkpoint(d) / "state.json").read_text())
+    assert state["pending"]["iteration"] == 2 and set(state["batch_digests"]) == {"1", "2"}
+    resume(d)
+    ref = comparable(read_metrics(overlap_run.run_dir))
+    assert comparable(read_metrics(d)) == ref
+    _same_weights(d, overlap_run.run_dir)
+    d = tmp_path / "ctrl_c"
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, run_dir=d, on_phase=interrupt_at(2, "finetune"))
+    assert comparable(read_metrics(d)) == ref[:2]
+    resume(d)
+    assert comparable(read_metrics(d)) == ref
+    _same_weights(d, overlap_run.run_dir)
+
+
+def test_overlap_needs_a_vlm_with_a_feedback_twin_and_saved_batches(root, tmp_path):
+    """PaliGemma has no cheap copy to score feedback with: refused before anything is written;
+    so is overlap without saved batches."""
+    with pytest.raises(ConfigError, match="loop.overlap"):
+        run(tiny_config(root, **{"loop.overlap": True, "vlm.name": "paligemma-tiny"}),
+            run_dir=tmp_path / "pg")
+    assert not (tmp_path / "pg").exists()
+    with pytest.raises(ConfigError, match="loop.save_batches"):
+        tiny_config(root, **{"loop.overlap": True, "loop.save_batches": False,
+                             "loop.replay.capacity": 0})
+
+
 def _copy(src: Path, dst: Path) -> Path:
     import shutil
 

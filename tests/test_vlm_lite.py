@@ -255,3 +255,41 @@ def test_cache_dtype_holds_prefix_rows_in_16_bits_and_uses_them_alike(lite, samp
         make_lite(cache_dtype="int8")
     with pytest.raises(ValueError, match="cache_dtype"):
         check_vlm_options("lite", {"cache_dtype": "float64"})
+
+
+# ----------------------------------------------------------------------------- loop.overlap
+def test_feedback_twin_shares_frozen_weights_and_follows_only_when_told(lite, samples):
+    """`feedback_twin` (loop.overlap): the frozen weights are the adapter's own tensors, the
+    trainable ones copies; it scores as its adapter did, keeps scoring so while the adapter
+    fine-tunes, and scores as the fine-tuned adapter after `follow`. It keeps no caches."""
+    vlm = fresh(lite)
+    twin = vlm.feedback_twin()
+    frozen = {n: p for n, p in vlm.module.named_parameters() if not p.requires_grad}
+    theirs = dict(twin.module.named_parameters())
+    assert frozen and all(theirs[n] is p for n, p in frozen.items())
+    trained = dict(vlm.trainable_parameters())
+    assert all(theirs[n] is not p and torch.equal(theirs[n], p) for n, p in trained.items())
+    before = [vlm.feedback([s]).hardness[0] for s in samples[:3]]
+    assert [twin.feedback([s]).hardness[0] for s in samples[:3]] == before
+    vlm.finetune(samples, 2)
+    after = [vlm.feedback([s]).hardness[0] for s in samples[:3]]
+    assert after != before
+    assert [twin.feedback([s]).hardness[0] for s in samples[:3]] == before
+    twin.follow(vlm)
+    assert [twin.feedback([s]).hardness[0] for s in samples[:3]] == after
+    assert len(twin.caches.fed_back) == len(twin.caches.evaluated) == 0
+    assert twin.caches.batch is None
+    assert twin._optimizer is None and vlm._optimizer is not None
+
+
+def test_bfloat16_on_the_cpu_computes_in_bfloat16(lite, samples):
+    """`vlm.dtype: bfloat16` on the CPU runs the towers under autocast (it was silently
+    float32): scores move by bfloat16 rounding, not more, and fine-tuning works with prefix
+    rows cached in float16 (`cache_dtype`), which autocast will not join itself."""
+    wide = fresh(lite)
+    half = fresh(lite, dtype=torch.bfloat16, cache_dtype=torch.float16, upcast=torch.float32)
+    a = wide.feedback(samples[:4]).per_sample
+    b = half.feedback(samples[:4]).per_sample
+    assert a != b and np.allclose(a, b, rtol=0.05, atol=0.05)
+    losses = half.finetune(samples, 1)
+    assert len(losses) == 2 and all(np.isfinite(losses))

@@ -117,6 +117,12 @@ def adapter_takes(name: str, option: str) -> bool:
     return option in inspect.signature(cls.__init__).parameters
 
 
+def has_feedback_twin(name: str) -> bool:
+    """Whether the adapter of the VLM registered as `name` can make a copy that scores feedback
+    while it fine-tunes (`feedback_twin`, which `loop.overlap` needs)."""
+    return hasattr(_adapter_class(get_vlm_spec(name).adapter), "feedback_twin")
+
+
 def check_vlm_options(name: str, options: Mapping[str, Any]) -> None:
     """ValueError when `name` is unknown, `options` holds a keyword its adapter's constructor
     does not take (the error lists the allowed ones) or a value its `check_options` refuses."""

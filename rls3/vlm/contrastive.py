@@ -36,6 +36,7 @@ Accuracy: an image is right when its true caption scores strictly above each of 
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -276,6 +277,35 @@ class ContrastiveVLM(AdapterShell):
                 out.append(self.text_suffix(self.text_prefix(tok)).float())
         return F.normalize(torch.cat(out), dim=-1).cpu()
 
+    # ----------------------------------------------------------------- feedback twin
+    def feedback_twin(self) -> ContrastiveVLM:
+        """A copy of this adapter that scores feedback in one thread while this one fine-tunes
+        in another (`loop.overlap`): the frozen weights shared (read-only), its own trainable
+        weights (`follow` copies this adapter's in), tokenizer and empty caches that keep
+        nothing. It is never fine-tuned."""
+        if self.parallel is not None:
+            raise RuntimeError("a feedback twin needs a one-process adapter")
+        memo: dict[int, Any] = {id(p): p for p in self.module.parameters() if not p.requires_grad}
+        memo[id(self.caches)] = PrefixCaches()
+        memo[id(self._generator)] = self._generator       # feedback draws no random numbers
+        for unused in (self._optimizer, self._initial):
+            if unused is not None:
+                memo[id(unused)] = None
+        twin = copy.deepcopy(self, memo)
+        twin.feedback_cache_samples = twin.eval_cache_samples = twin.train_cache_samples = 0
+        twin.progress = False
+        return twin
+
+    @torch.no_grad()
+    def follow(self, other: ContrastiveVLM) -> None:
+        """Take `other`'s trainable weights (a `feedback_twin` catching up with its adapter)."""
+        mine = dict(self.trainable_parameters())
+        theirs = dict(other.trainable_parameters())
+        if mine.keys() != theirs.keys():
+            raise ValueError("follow: the two adapters train different parameters")
+        for name, p in mine.items():
+            p.copy_(theirs[name])
+
     # ----------------------------------------------------------------- caches
     def clear_eval_cache(self) -> None:
         """Forget the cached frozen-prefix outputs of evaluated, fed-back and fine-tuned
@@ -455,8 +485,9 @@ class ContrastiveVLM(AdapterShell):
         mine = rows[start:start + size]
         if size < shards.widest:    # pad with a real row so every process sends equal shapes
             mine = torch.cat([mine, rows[:shards.widest - size]])
+        inputs = select_rows(cache, mine.to(self.device))  # (no cat of cached rows in autocast)
         with autocast(self.device, self.dtype):
-            local = suffix(select_rows(cache, mine.to(self.device))).float()
+            local = suffix(inputs).float()
         parts = group.gather_rows(local, shards)
         parts[group.rank] = scale_grad(local[:size], float(group.world_size))
         return torch.cat(parts)
@@ -550,9 +581,11 @@ class ContrastiveVLM(AdapterShell):
         averaged over processes and clipped, AdamW; returns the loss."""
         needed, local = _mini_batch_texts(batch.table, rows)
         if self.parallel is None:
+            # rows joined outside autocast: on the CPU it refuses to join 16-bit cached rows
+            img_in = select_rows(batch.images, rows.to(self.device))
+            txt_in = select_rows(batch.texts, needed.to(self.device))
             with autocast(self.device, self.dtype):
-                img = self.image_suffix(select_rows(batch.images, rows.to(self.device)))
-                txt = self.text_suffix(select_rows(batch.texts, needed.to(self.device)))
+                img, txt = self.image_suffix(img_in), self.text_suffix(txt_in)
         else:
             img = self._parallel_suffix(self.image_suffix, batch.images, rows)
             txt = self._parallel_suffix(self.text_suffix, batch.texts, needed)

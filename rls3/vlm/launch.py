@@ -62,6 +62,10 @@ def check_launch(cfg: Config, parallel: DataParallel | None) -> None:
         check_processes(cfg.vlm.processes, world)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if world > 1 and cfg.loop.overlap:
+        raise ConfigError(f"loop.overlap=true runs the VLM's fine-tuning beside the scene in "
+                          f"one process; it cannot with {world} VLM processes: set "
+                          f"loop.overlap=false")
     if world > 1 and cfg.env.workers > 1:
         log.info("%d scene workers run for the main process only; the %d VLM processes share "
                  "the fine-tuning, feedback and evaluation", cfg.env.workers, world)
