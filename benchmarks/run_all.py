@@ -161,6 +161,11 @@ BENCHMARKS: dict[str, Bench] = {
         "Multi-tensor Adam against torch's per-parameter loop (lite fine-tuning, SAC pre-training)",
         fast=["--n", "8", "--epochs", "1", "--sac-steps", "200", "--repeats", "1"],
         full=[]),
+    "dtype": Bench(
+        "bench_dtype", "dtype.json",
+        "lite on the CPU in float32 against bfloat16 (autocast): feedback, fine-tuning, evaluation",
+        fast=["--n", "8", "--feedback", "2", "--epochs", "1", "--repeats", "1"],
+        full=[]),
     "render": Bench(
         "bench_render", "render.json", "Env steps against raw renders of the same layouts",
         fast=["--size", "96", "--steps", "30", "--scenes", "kitchen,bedroom"],

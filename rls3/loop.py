@@ -24,6 +24,14 @@ hooks above run in this process for each worker in turn, an iteration takes E co
 across workers, and the other workers' unfinished episodes are abandoned at its end (their steps
 count; no feedback, no batch samples; recorded as `abandoned_episodes`).
 
+With `loop.overlap` (a departure) step 1 of iteration i + 1 runs on this thread (the scene's: its
+GL context lives here) while steps 2-3 of iteration i run on a second one, so the scene and the
+fine-tuning share the cores; the agent's feedback then comes from a twin of the VLM as it was
+before fine-tuning i (`feedback_twin`: frozen weights shared, trainable ones copied). The
+checkpoint after iteration i holds the collection i + 1 made beside it (`RunState.pending`, its
+batch saved in data/), so a resume continues bit for bit; when the run stops at i (early
+stopping) that collection is dropped.
+
 "Generated samples" (the paper's x-axis and the budget) are env steps, valid or not: every step
 proposes a layout, as every Unity step produced a frame to check; `cum_valid` counts valid frames.
 Iteration 0 is the untouched VLM (validation and test before any fine-tuning).
@@ -46,6 +54,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
+import torch
 
 from rls3 import runtime
 from rls3.agents import Agent, agent_spec, build_agent, restore_agent
@@ -70,6 +79,7 @@ from rls3.rundir import (CHECKPOINTS, CONFIG_FILE, LOG_FILE, METRICS_FILE, RunDi
 from rls3.sample import Sample
 from rls3.seeding import episode_seed, seed_globals, stream_rng
 from rls3.stopping import early_stopping
+from rls3.threads import torch_threads
 from rls3.vlm.base import VLM
 from rls3.vlm.distributed import DataParallel
 from rls3.vlm.launch import build_vlm_from_config, check_launch
@@ -284,7 +294,8 @@ class Loop:
                                      signal=cfg.loop.signal, batch=cfg.loop.feedback_batch,
                                      keep=cfg.loop.keep, caption_pair=cfg.loop.caption_pair,
                                      term_balance=cfg.loop.term_balance,
-                                     term_counts=self.state.term_counts)
+                                     term_counts=self.state.term_counts,
+                                     threads=torch.get_num_threads())
         self.finetuner = Finetuner(vlm, cfg.loop, cfg.seed)
         self.replay = self.finetuner.replay
         if self.replay is not None and self.ckpt is None:
@@ -468,7 +479,13 @@ class Loop:
         if pending.iteration != i:  # a checkpoint that does not fit its state: a bug
             raise RuntimeError(f"collection of iteration {pending.iteration} pending at {i}")
         current = pending
-        job = _Background(lambda: self._train(i, vlm, current, val, test), name=f"finetune-{i}")
+        threads = torch.get_num_threads()   # a new thread starts at OpenMP's default count
+
+        def train() -> tuple[FinetuneRecord, dict[str, Any], dict[str, float]]:
+            with torch_threads(threads):
+                return self._train(i, vlm, current, val, test)
+
+        job = _Background(train, name=f"finetune-{i}")
         upcoming = None
         try:
             if self._continues_after(i, current.summary):
