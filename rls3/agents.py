@@ -30,12 +30,13 @@ never loaded (`PICKLED_FILES`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,7 +59,6 @@ from rls3.optim import keeping_foreach
 from rls3.progress import progress_bar
 from rls3.rundir import RunDirError
 from rls3.safeload import NotDataError, load_torch_data
-from rls3.threads import torch_threads
 from rls3.seeding import stream_rng
 from rls3.workers import FeedbackVecEnv
 
@@ -364,6 +364,20 @@ class _StepProgress(BaseCallback):
 
     def _on_training_end(self) -> None:
         self.bar.close()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with `n` torch CPU threads (0: unchanged), restoring the previous count."""
+    if n <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _sac_kwargs(cfg: AgentConfig, policy: type[SACPolicy] | str) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from rls3.config import CAPTION_PAIRS, FEEDBACK_MODES, KEEP_RULES, SIGNALS
 from rls3.data import make_sample
 from rls3.env import Frame, finite_reward
 from rls3.sample import Sample
-from rls3.threads import torch_threads
 from rls3.vlm.base import VLM
 
 
@@ -94,8 +93,8 @@ class EpisodeCollector:
                  feedback: bool = True, mode: str = "episode",
                  norm: RunningNorm | None = None, signal: str = "hardness",
                  batch: int = 1, keep: str = "random", caption_pair: str = "any",
-                 term_balance: float = 0.0, term_counts: Mapping[str, int] | None = None,
-                 threads: int = 0) -> None:
+                 term_balance: float = 0.0, term_counts: Mapping[str, int] | None = None
+                 ) -> None:
         if mode not in FEEDBACK_MODES:
             raise ValueError(f"feedback mode must be one of {list(FEEDBACK_MODES)}, got {mode!r}")
         if signal not in SIGNALS:
@@ -124,9 +123,6 @@ class EpisodeCollector:
         #: whether valid frames are queued for `flush` instead of scored on their step
         self.deferring = feedback and mode == "sample" and batch > 1
         self.vlm = vlm
-        #: torch CPU threads of the VLM's feedback calls (0: the caller's; the loop passes the
-        #: process's, since the calls come from inside SAC's one-thread collection)
-        self.threads = threads
         self.rng = rng
         self.eta = eta
         self.beta = beta
@@ -174,8 +170,7 @@ class EpisodeCollector:
         reward = 0.0
         if self.feedback_enabled:
             t = time.perf_counter()
-            with torch_threads(self.threads):
-                fb = self.vlm.feedback(samples)
+            fb = self.vlm.feedback(samples)
             self.feedback_s += time.perf_counter() - t
             self.j2.append(float(fb.j2))
             if fb.hardness:
@@ -241,8 +236,7 @@ class EpisodeCollector:
         learnability, standardised when `norm` is set, times beta, plus term_balance times its
         term rarity), in order."""
         t = time.perf_counter()
-        with torch_threads(self.threads):
-            fb = self.vlm.feedback(samples)
+        fb = self.vlm.feedback(samples)
         self.feedback_s += time.perf_counter() - t
         hardness = [float(h) for h in (fb.hardness if fb.hardness else fb.per_sample)]
         self._scored(samples, hardness)

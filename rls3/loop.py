@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from rls3 import runtime
-from rls3.agents import Agent, agent_spec, build_agent, restore_agent
+from rls3.agents import Agent, agent_spec, build_agent, restore_agent, torch_threads
 from rls3.backends import backend_identity, make_backend
 from rls3.collector import EpisodeCollector, RunningNorm
 from rls3.config import Config
@@ -79,7 +79,6 @@ from rls3.rundir import (CHECKPOINTS, CONFIG_FILE, LOG_FILE, METRICS_FILE, RunDi
 from rls3.sample import Sample
 from rls3.seeding import episode_seed, seed_globals, stream_rng
 from rls3.stopping import early_stopping
-from rls3.threads import torch_threads
 from rls3.vlm.base import VLM
 from rls3.vlm.distributed import DataParallel
 from rls3.vlm.launch import build_vlm_from_config, check_launch
@@ -294,8 +293,7 @@ class Loop:
                                      signal=cfg.loop.signal, batch=cfg.loop.feedback_batch,
                                      keep=cfg.loop.keep, caption_pair=cfg.loop.caption_pair,
                                      term_balance=cfg.loop.term_balance,
-                                     term_counts=self.state.term_counts,
-                                     threads=torch.get_num_threads())
+                                     term_counts=self.state.term_counts)
         self.finetuner = Finetuner(vlm, cfg.loop, cfg.seed)
         self.replay = self.finetuner.replay
         if self.replay is not None and self.ckpt is None:

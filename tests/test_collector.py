@@ -283,33 +283,3 @@ def test_term_balance_option_is_checked():
         EpisodeCollector(build_vlm("clip-tiny", seed=0, progress=False),
                          np.random.default_rng(0), 1.0, 1.0, 4, mode="episode",
                          term_balance=1.0)
-
-
-@pytest.mark.parametrize("mode", ["sample", "episode"])
-def test_feedback_takes_the_collector_s_threads_inside_sac_s_one_thread_block(mode, monkeypatch):
-    """SAC collects under one torch thread (`agent.torch_threads`); the VLM's feedback calls made
-    from inside that block run on the collector's count (the loop passes the process's) and
-    hand SAC its one thread back."""
-    import torch
-
-    from rls3.threads import torch_threads
-
-    frames = _kitchen_frames(2)
-    vlm = build_vlm("clip-tiny", seed=0, progress=False)
-    seen = []
-    inner = vlm.feedback
-
-    def watched(samples):
-        seen.append(torch.get_num_threads())
-        return inner(samples)
-
-    monkeypatch.setattr(vlm, "feedback", watched)
-    col = EpisodeCollector(vlm, np.random.default_rng(1), 1.0, 1.0, 2, mode=mode, threads=3)
-    with torch_threads(1):
-        if mode == "sample":
-            for f in frames:
-                col.score_step(f)
-        else:
-            col(frames)
-        assert torch.get_num_threads() == 1
-    assert seen and set(seen) == {3}
