@@ -182,6 +182,8 @@ class LoopConfig:
     with overlap the agent's feedback in collection i + 1 comes from the VLM before fine-tuning
     i (a copy, one iteration older), the only change. A collection that ran beside the run's
     last fine-tuning (an early stop) is dropped; a run resumes between the two halves exactly.
+    Meant for accelerators: on a 2-core CPU the fine-tuning already keeps both cores busy and
+    the default run took 480 s with it against 437 s without (benchmarks/results).
     """
 
     iterations: int = 50
