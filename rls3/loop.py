@@ -500,12 +500,17 @@ class Loop:
         """Whether an iteration i + 1 can follow iteration `i` (collected as `summary`): not
         after the last iteration or once the budget is used (early stopping is known only after
         validation: a collection made for nothing is dropped, `_drop`)."""
-        cfg, s = self.cfg, self.state
+        cfg = self.cfg
         if cfg.loop.budget > 0:
-            used = (s.cum_steps + summary["steps"] if cfg.loop.budget_unit == "steps"
-                    else s.cum_valid + summary["valid"])
-            return used < cfg.loop.budget
+            return self._budget_used(summary) < cfg.loop.budget
         return i < cfg.loop.iterations
+
+    def _budget_used(self, summary: dict[str, Any] | None = None) -> int:
+        """Samples generated so far in `loop.budget_unit`, plus a collection not yet counted."""
+        s, extra = self.state, summary or {"steps": 0, "valid": 0}
+        if self.cfg.loop.budget_unit == "steps":
+            return s.cum_steps + extra["steps"]
+        return s.cum_valid + extra["valid"]
 
     def _drop(self, collected: Collected) -> None:
         """Forget a collection no fine-tuning will use (the run stopped beside it): its saved
@@ -674,8 +679,7 @@ class Loop:
             self._save_best(self.vlm)
         reason = None
         if cfg.loop.budget > 0:
-            used = s.cum_steps if cfg.loop.budget_unit == "steps" else s.cum_valid
-            if used >= cfg.loop.budget:
+            if self._budget_used() >= cfg.loop.budget:
                 reason = "budget"
         elif cfg.early_stopping.enabled and es.stop:
             reason = "early_stopping"
