@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> dict | None:
     backend = make_backend(cfg.backend, "train")
     env = Rls3Env(backend, replace(cfg.env_config, render=False))
     _warm(env)
-    before = f"preset schedule, before ({', '.join([args.before, *args.before_set])})"
+    before = (f"preset schedule, before ({', '.join([args.before, *args.before_set])})"
+              if args.before else "")
     names = list(agents) + ([before] if args.before else [])
     rows: dict[str, dict[str, Any]] = {v: {"wall_s": [], "cpu_s": [], "tallies": {}}
                                        for v in names}
@@ -160,9 +161,9 @@ def run(args: argparse.Namespace) -> dict | None:
         t = r["tallies"].values()
         steps = sum(c["steps"] for c in t)
         moves = [m for c in t for m in c["moves"]]
-        sched = pretrain_schedule(agents[name if name != before else PRESET])
         out[name] = {"schedule": before_schedule if name == before else
-                     {k: getattr(sched, k) for k in PRETRAIN_SCHEDULE.values()},
+                     {k: getattr(pretrain_schedule(agents[name]), k)
+                      for k in PRETRAIN_SCHEDULE.values()},
                      "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
                      "steps_per_s": [cfg.agent.pretrain_steps / w for w in r["wall_s"]],
                      "eval_steps": steps,
